@@ -1,0 +1,63 @@
+"""Writing outputs atomically: a temporary file beside the destination, renamed when complete.
+
+A failed or interrupted run never leaves a half-written file under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import CascadeVError
+
+# Files made by mkstemp are private (0600); finished outputs get the usual 0666 & ~umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """Fail early, with one sentence, when ``path`` cannot be written."""
+    path = Path(path)
+    parent = path.parent
+    if path.name in ("", ".", ".."):
+        raise CascadeVError(f"The {what} path {path} does not name a file.")
+    if not parent.is_dir():
+        raise CascadeVError(f"Cannot write {path}: the folder {parent} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CascadeVError(f"Cannot write {path}: the folder {parent} is not writable.")
+    if path.is_dir():
+        raise CascadeVError(f"Cannot write {path}: it is a folder.")
+    return path
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Create (empty) and return a unique temporary file beside ``path`` with the same suffix."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.close(fd)
+    return Path(name)
+
+
+def remove_quietly(path: str | os.PathLike | None) -> None:
+    if path is not None:
+        try:
+            Path(path).unlink()
+        except FileNotFoundError:
+            pass
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[Path]:
+    """``with atomic_output(p) as tmp:`` write ``tmp``; it becomes ``p`` only if the block succeeds."""
+    path = check_output_path(path, what)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

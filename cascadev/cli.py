@@ -1,0 +1,157 @@
+"""The ``cascadev`` command: ``encode``, ``decode`` and ``recon`` (video -> latent -> video)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CascadeVError
+
+DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
+
+
+def _default_config() -> str:
+    here = Path(DEFAULT_CONFIG)
+    if here.is_file():
+        return str(here)
+    return str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG)  # a source checkout's configs/
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--config", default=None, help=f"model config (default {DEFAULT_CONFIG})")
+    g.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    g.add_argument("--ckpt", default=None, help="DiT checkpoint (.safetensors or .pth); default from the config")
+    g.add_argument("--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)")
+    g.add_argument("--random-init", action="store_true", help="random weights instead of released ones (smoke tests only)")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_frame_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("frames")
+    g.add_argument("--size", type=_positive, default=None, help="resize so the short side has this many pixels (default: keep)")
+    g.add_argument("--start", type=_non_negative, default=0, help="first frame (default 0)")
+    g.add_argument("--num-frames", type=_positive, default=None, help="number of frames (default: all)")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=_positive, default=None, help="sampling steps (default from the config: 8)")
+    g.add_argument("--scheduler", default=None, help="euler_a (default), ddim or dpm_solver")
+    g.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same video")
+    g.add_argument("--segment-frames", type=_non_negative, default=None, help="latent frames sampled at once (0 = all)")
+    g.add_argument("--batch-size", type=_positive, default=None, help="windows x tiles per DiT call")
+    g.add_argument("--vae-chunk", type=_positive, default=None, help="frames per SVD decoder call")
+    g.add_argument("--crf", type=_non_negative, default=18, help="x264 quality of the written videos (0 = lossless)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("encode", help="video -> semantic latent (.safetensors)")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)")
+    _add_frame_options(p)
+    _add_model_options(p)
+
+    p = sub.add_parser("decode", help="semantic latent -> video (DiT refinement + SVD decoding)")
+    p.add_argument("latent")
+    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)")
+    _add_sampling_options(p)
+    _add_model_options(p)
+
+    p = sub.add_parser("recon", help="video -> latent -> video, with previews and a comparison")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    _add_frame_options(p)
+    _add_sampling_options(p)
+    _add_model_options(p)
+    return parser
+
+
+def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
+    from .loading import build_pipeline, resolve_device, resolve_dtype, resolve_weights
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if not args.random_init:
+        resolve_weights(cfg, parts, args.weights_dir, args.ckpt)  # fail before any heavy work
+    overrides = {k: getattr(args, k, None) for k in ("segment_frames", "batch_size", "vae_chunk")}
+
+    def load():
+        return build_pipeline(
+            cfg, parts, device=device, dtype=dtype, weights_dir=args.weights_dir, ckpt=args.ckpt,
+            random_init=args.random_init, seed=args.seed if hasattr(args, "steps") else 0, **overrides,
+        )
+
+    return load
+
+
+def _sampling(args: argparse.Namespace, cfg):
+    from .reconstruct import SamplingArgs
+    from .schedulers import make_scheduler
+
+    defaults = cfg.get("sampling", {})
+    scheduler = args.scheduler or defaults.get("scheduler", "euler_a")
+    make_scheduler(scheduler)  # an unknown name fails here, before any work
+    return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed, progress=not args.quiet)
+
+
+def run(args: argparse.Namespace) -> None:
+    from .loading import load_config
+    from . import reconstruct
+
+    cfg = load_config(args.config or _default_config(), args.cfg_options)
+    if args.command == "encode":
+        reconstruct.encode_video(_loader(args, cfg, ["compressor"]), args.video, args.output, size=args.size,
+                                 start=args.start, num_frames=args.num_frames, progress=not args.quiet)
+    elif args.command == "decode":
+        sampling = _sampling(args, cfg)
+        reconstruct.decode_latent(_loader(args, cfg, ["dit", "vae"]), args.latent, args.output, sampling, crf=args.crf)
+    elif args.command == "recon":
+        sampling = _sampling(args, cfg)
+        reconstruct.reconstruct_video(_loader(args, cfg, ["dit", "compressor", "previewer", "vae"]), args.video,
+                                      args.output, sampling, size=args.size, start=args.start, num_frames=args.num_frames)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except CascadeVError as exc:
+        print(f"cascadev: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cascadev: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("CASCADEV_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The one exception type that reaches users as a one-line message."""
+
+
+class CascadeVError(Exception):
+    """A problem with the user's input (file, option, checkpoint) rather than a bug.
+
+    The command line prints ``cascadev: error: <message>`` and exits with status 2; the message is
+    one sentence that names the offending file or option and, where possible, what to do about it.
+    """

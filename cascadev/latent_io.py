@@ -1,0 +1,408 @@
+"""The compressed-latent file: one safetensors tensor ``latent`` of shape (C, T, h, w).
+
+C is 16 for the semantic compressor, T the number of video frames (one latent per frame) and
+(h, w) = (H/32, W/32) of the padded frames. ``__metadata__`` records what is needed to decode the
+latent back to a video of the right size and speed (:class:`LatentMeta`).
+
+Files are written and read in frame ranges so a long video never needs its whole latent in memory:
+:class:`LatentWriter` writes the safetensors header itself, preallocates the data region and fills it
+chunk by chunk (in any order); :class:`LatentReader` reads frame ranges lazily through
+``safe_open(...).get_slice``. The result is an ordinary safetensors file that
+``safetensors.torch.load_file`` loads whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascadev.atomic import check_output_path, remove_quietly, temp_path
+from cascadev.errors import CascadeVError
+
+__all__ = [
+    "LATENT_CHANNELS",
+    "LATENT_KEY",
+    "LatentMeta",
+    "LatentReader",
+    "LatentWriter",
+    "load_latent",
+    "save_latent",
+]
+
+LATENT_KEY = "latent"
+LATENT_CHANNELS = 16
+
+# Metadata keys (safetensors stores every value as a string; these are parsed back to numbers).
+KEY_FPS = "fps"
+KEY_HEIGHT = "height"  # frame content size in pixels, before padding to a multiple of 32
+KEY_WIDTH = "width"
+KEY_SOURCE_HEIGHT = "source_height"  # size of the video file the frames came from
+KEY_SOURCE_WIDTH = "source_width"
+KEY_START = "start"  # index of the first encoded frame in the source video
+KEY_NUM_FRAMES = "num_frames"  # always the latent's T
+KEY_FORMAT = "cascadev_latent_version"
+FORMAT_VERSION = "1"
+
+FLOAT_KEYS = frozenset({KEY_FPS})
+INT_KEYS = frozenset(
+    {KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH, KEY_START, KEY_NUM_FRAMES}
+)
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+# Safetensors data is little-endian; writing raw tensor bytes is only right on such hosts.
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError(
+        "cascadev.latent_io writes raw little-endian bytes and needs a little-endian host"
+    )
+
+
+@dataclass(frozen=True)
+class LatentMeta:
+    """What a latent file says about the video it encodes.
+
+    ``height``/``width``: the content size in pixels the latent decodes to (crop the decoded, padded
+    frames to it). ``source_height``/``source_width``: the input video's size before any resizing.
+    ``start``: the first encoded frame's index in the input video. ``fps``: frames per second.
+    """
+
+    fps: float
+    height: int
+    width: int
+    source_height: int
+    source_width: int
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise CascadeVError(f"The latent's frame rate must be positive, got {self.fps}.")
+        for key in (KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH):
+            if getattr(self, key) < 1:
+                raise CascadeVError(
+                    f"The latent's {key} must be at least 1, got {getattr(self, key)}."
+                )
+        if self.start < 0:
+            raise CascadeVError(f"The latent's start frame must be 0 or more, got {self.start}.")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatentMeta:
+        """Build from metadata whose values may still be strings (as stored in the file)."""
+        missing = [
+            k
+            for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
+            if k not in data
+        ]
+        if missing:
+            raise CascadeVError(f"The latent metadata lacks {', '.join(missing)}.")
+        values = {
+            k: _parse_value(k, data[k])
+            for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
+        }
+        values[KEY_START] = _parse_value(KEY_START, data.get(KEY_START, 0))
+        return cls(**values)
+
+
+def _parse_value(key: str, value: Any) -> Any:
+    """Convert a stored metadata value back to the type of its key (float, int, or str)."""
+    try:
+        if key in FLOAT_KEYS:
+            return float(value)
+        if key in INT_KEYS:
+            number = float(value)
+            if number != int(number):
+                raise ValueError(value)
+            return int(number)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CascadeVError(f"The latent metadata value {key}={value!r} is not a number.") from exc
+    return str(value)
+
+
+def _metadata_strings(metadata: LatentMeta | dict[str, Any] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if isinstance(metadata, LatentMeta):
+        metadata = metadata.to_dict()
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"latent metadata keys must be strings, got {key!r}")
+        if not isinstance(value, (str, int, float)):
+            raise TypeError(
+                f"latent metadata value for {key!r} must be str, int or float, got {type(value).__name__}"
+            )
+        out[key] = str(value)  # str() of a float round-trips exactly
+    return out
+
+
+class LatentWriter:
+    """Writes a latent ``(C, T, h, w)`` to a safetensors file in frame chunks, in any order.
+
+    Use as a context manager::
+
+        with LatentWriter(path, (16, T, h, w), meta) as writer:
+            writer.write(t0, chunk)  # chunk: (16, n, h, w), frames t0 .. t0+n-1
+
+    The file is written under a temporary name beside ``path``; :meth:`close` checks that every frame
+    was written and renames it into place. An exception inside the ``with`` block removes the
+    temporary file and leaves ``path`` untouched. ``metadata`` values are stored as strings;
+    ``num_frames`` (= T) and a format version are added.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: tuple[int, int, int, int],
+        metadata: LatentMeta | dict[str, Any] | None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.path = Path(path)
+        check_output_path(self.path, "latent file")
+        if len(shape) != 4 or any(int(s) != s or s < 1 for s in shape):
+            raise ValueError(
+                f"latent shape must be four positive sizes (C, T, h, w), got {tuple(shape)}"
+            )
+        if dtype not in _DTYPES:
+            raise ValueError(f"latent dtype must be one of {list(_DTYPES)}, got {dtype}")
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        channels, frames, height, width = self.shape
+        meta = _metadata_strings(metadata)
+        if KEY_NUM_FRAMES in meta and meta[KEY_NUM_FRAMES] != str(frames):
+            raise ValueError(
+                f"metadata num_frames={meta[KEY_NUM_FRAMES]} disagrees with the latent's {frames} frames"
+            )
+        meta[KEY_NUM_FRAMES] = str(frames)
+        meta.setdefault(KEY_FORMAT, FORMAT_VERSION)
+
+        self._itemsize = torch.empty((), dtype=dtype).element_size()
+        self._plane = height * width  # values per (channel, frame)
+        nbytes = channels * frames * self._plane * self._itemsize
+        header = {
+            "__metadata__": meta,
+            LATENT_KEY: {
+                "dtype": _DTYPES[dtype],
+                "shape": list(self.shape),
+                "data_offsets": [0, nbytes],
+            },
+        }
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        # The spec allows trailing spaces after the JSON; they keep the data 8-byte aligned.
+        blob += b" " * (-len(blob) % 8)
+        self._data_start = 8 + len(blob)
+        self._written = np.zeros(frames, dtype=bool)
+        self._tmp: Path | None = None
+        self._closed = False
+        try:
+            self._tmp = temp_path(self.path)
+            self._file = open(self._tmp, "r+b")
+            self._file.write(struct.pack("<Q", len(blob)))
+            self._file.write(blob)
+            # Reserve the whole data region now (sparse where the file system allows) so chunks can be
+            # written at their offsets in any order.
+            self._file.truncate(self._data_start + nbytes)
+        except OSError as exc:
+            self.abort()
+            raise CascadeVError(f"Cannot write {self.path}: {exc.strerror or exc}.") from exc
+
+    def write(self, t0: int, chunk: torch.Tensor) -> None:
+        """Store frames ``t0 .. t0 + n - 1`` from ``chunk`` (C, n, h, w); any float dtype, any device."""
+        if self._closed:
+            raise CascadeVError(f"Cannot write more frames to {self.path}: it is already closed.")
+        channels, frames, height, width = self.shape
+        if (
+            not isinstance(chunk, torch.Tensor)
+            or chunk.ndim != 4
+            or chunk.shape[0] != channels
+            or tuple(chunk.shape[2:]) != (height, width)
+        ):
+            got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+            raise ValueError(f"latent chunk must be ({channels}, n, {height}, {width}), got {got}")
+        n = int(chunk.shape[1])
+        if t0 < 0 or t0 + n > frames:
+            raise ValueError(
+                f"latent chunk covers frames {t0}..{t0 + n - 1}, outside 0..{frames - 1}"
+            )
+        if n == 0:
+            return
+        data = chunk.detach().to(device="cpu", dtype=self.dtype).contiguous()
+        # One contiguous byte run per channel: frames t0..t0+n-1 of channel c are adjacent on disk.
+        raw = data.view(torch.uint8).numpy().reshape(channels, -1)
+        try:
+            for c in range(channels):
+                self._file.seek(
+                    self._data_start + ((c * frames + t0) * self._plane) * self._itemsize
+                )
+                self._file.write(raw[c].data)
+        except OSError as exc:
+            self.abort()
+            raise CascadeVError(f"Writing {self.path} failed: {exc.strerror or exc}.") from exc
+        self._written[t0 : t0 + n] = True
+
+    def close(self) -> None:
+        """Check that every frame was written and move the file into place."""
+        if self._closed:
+            return
+        missing = np.flatnonzero(~self._written)
+        if missing.size:
+            self.abort()
+            raise CascadeVError(
+                f"{self.path} was not saved: {missing.size} of {self.shape[1]} latent frames "
+                f"(first: frame {int(missing[0])}) were never written."
+            )
+        try:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise CascadeVError(f"Writing {self.path} failed: {exc.strerror or exc}.") from exc
+        self._tmp = None
+        self._closed = True
+
+    def abort(self) -> None:
+        """Stop without producing ``path``; the temporary file is removed."""
+        self._closed = True
+        file = getattr(self, "_file", None)
+        if file is not None and not file.closed:
+            file.close()
+        if self._tmp is not None:
+            remove_quietly(self._tmp)
+            self._tmp = None
+
+    def __del__(self) -> None:
+        # A writer dropped without close() (e.g. never used in a ``with``) must not leave its
+        # temporary file behind.
+        if not getattr(self, "_closed", True):
+            try:
+                self.abort()
+            except Exception:
+                pass
+
+    def __enter__(self) -> LatentWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+
+class LatentReader:
+    """Lazy frame-range access to a latent file written by :class:`LatentWriter` (or any safetensors file
+    with a 4-D ``latent`` tensor).
+
+    ``channels`` is the channel count to insist on (16 for the semantic latent; None accepts any).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], channels: int | None = LATENT_CHANNELS
+    ) -> None:
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CascadeVError(f"The latent file {self.path} does not exist.")
+        if not self.path.is_file():
+            raise CascadeVError(f"The latent file {self.path} is not a file.")
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            keys = list(self._file.keys())
+            raw_meta = self._file.metadata() or {}
+        except (
+            Exception
+        ) as exc:  # safetensors raises SafetensorError / OSError for anything malformed
+            raise CascadeVError(
+                f"{self.path} is not a readable latent file (not valid safetensors)."
+            ) from exc
+        if LATENT_KEY not in keys:
+            raise CascadeVError(
+                f"{self.path} holds no '{LATENT_KEY}' tensor; is it a CascadeV latent file?"
+            )
+        self._slice = self._file.get_slice(LATENT_KEY)
+        shape = tuple(int(s) for s in self._slice.get_shape())
+        if len(shape) != 4:
+            raise CascadeVError(
+                f"The latent in {self.path} has shape {shape}; expected (C, T, h, w)."
+            )
+        if channels is not None and shape[0] != channels:
+            raise CascadeVError(
+                f"The latent in {self.path} has {shape[0]} channels; expected {channels}."
+            )
+        if min(shape) < 1:
+            raise CascadeVError(f"The latent in {self.path} is empty (shape {shape}).")
+        self.shape: tuple[int, int, int, int] = shape  # type: ignore[assignment]
+        try:
+            meta = {key: _parse_value(key, value) for key, value in raw_meta.items()}
+        except CascadeVError as exc:
+            raise CascadeVError(f"{self.path}: {exc}") from exc
+        meta.setdefault(KEY_NUM_FRAMES, shape[1])
+        self.metadata: dict[str, Any] = meta
+
+    @property
+    def num_frames(self) -> int:
+        return self.shape[1]
+
+    @property
+    def meta(self) -> LatentMeta:
+        """The metadata as a :class:`LatentMeta`; raises if the file lacks the required keys."""
+        try:
+            return LatentMeta.from_dict(self.metadata)
+        except CascadeVError as exc:
+            raise CascadeVError(f"{self.path}: {exc}") from exc
+
+    def read(self, t0: int, t1: int) -> torch.Tensor:
+        """Frames ``t0 .. t1 - 1`` as float32 (C, t1 - t0, h, w); only those bytes are read."""
+        if not 0 <= t0 < t1 <= self.shape[1]:
+            raise CascadeVError(
+                f"{self.path} holds latent frames 0..{self.shape[1] - 1}; frames {t0}..{t1 - 1} were asked for."
+            )
+        try:
+            return self._slice[:, t0:t1].to(torch.float32)
+        except Exception as exc:
+            raise CascadeVError(
+                f"{self.path} is not a readable latent file (reading frames failed)."
+            ) from exc
+
+    def close(self) -> None:
+        self._slice = None
+        self._file = None
+
+    def __enter__(self) -> LatentReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def save_latent(
+    path: str | os.PathLike[str],
+    latent: torch.Tensor,
+    metadata: LatentMeta | dict[str, Any] | None,
+) -> None:
+    """Write a whole latent (C, T, h, w) at once; half-precision latents keep their dtype."""
+    if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
+        raise ValueError(
+            f"save_latent needs a (C, T, h, w) tensor, got {getattr(latent, 'shape', type(latent))}"
+        )
+    dtype = latent.dtype if latent.dtype in _DTYPES else torch.float32
+    with LatentWriter(path, tuple(latent.shape), metadata, dtype=dtype) as writer:  # type: ignore[arg-type]
+        writer.write(0, latent)
+
+
+def load_latent(
+    path: str | os.PathLike[str], channels: int | None = LATENT_CHANNELS
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a whole latent file: float32 (C, T, h, w) and its parsed metadata."""
+    with LatentReader(path, channels=channels) as reader:
+        return reader.read(0, reader.num_frames), dict(reader.metadata)

@@ -1,0 +1,180 @@
+"""From a config file and a weights folder to a ready CascadeVPipeline on a device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .checkpoint import load_weights
+from .errors import CascadeVError
+from .models import build_model
+from .pipeline import CascadeVPipeline
+
+# Where each released file comes from, for the message a user gets when one is missing.
+WEIGHT_SOURCES = {
+    "dit": "the CascadeV DiT, ByteDance/CascadeV on Hugging Face",
+    "compressor": "StableCascade's semantic compressor, stabilityai/StableWurst on Hugging Face",
+    "previewer": "StableCascade's previewer, stabilityai/StableWurst on Hugging Face",
+    "vae": "Stable Video Diffusion's VAE, stabilityai/stable-video-diffusion-img2vid-xt (subfolder vae)",
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
+    """An mmengine Config from a Python config file, with ``key=value`` overrides applied."""
+    from mmengine.config import Config, DictAction
+
+    path = Path(path)
+    if not path.is_file():
+        raise CascadeVError(f"config {path} does not exist")
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as exc:  # mmengine reports syntax and _base_ errors with many exception types
+        raise CascadeVError(f"config {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if options:
+        overrides = {}
+        for option in options:
+            if "=" not in option:
+                raise CascadeVError(f"--cfg-options takes key=value pairs, got {option!r}")
+            key, value = option.split("=", 1)
+            overrides[key] = DictAction._parse_iterable(value)
+        cfg.merge_from_dict(overrides)
+    return cfg
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CascadeVError(f"--device {name} was asked for but no CUDA device is available")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CascadeVError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+        return device
+    raise CascadeVError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise CascadeVError(f"unknown dtype {name!r}; choose auto, fp32, fp16 or bf16")
+    if name == "fp16" and device.type == "cpu":
+        raise CascadeVError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return DTYPES[name]
+
+
+def resolve_weights(
+    cfg, parts: Iterable[str], weights_dir: str | os.PathLike | None = None, ckpt: str | os.PathLike | None = None
+) -> dict[str, Path]:
+    """The file (or folder) of each part's weights; one error naming every missing one.
+
+    ``ckpt`` replaces the DiT's file; the others are looked up in ``weights_dir`` (default: the
+    config's ``weights_dir``). For the DiT the first existing file of the config's list is used.
+    """
+    root = Path(weights_dir if weights_dir is not None else cfg.get("weights_dir", "pretrained"))
+    found, missing = {}, []
+    for part in parts:
+        if part == "dit" and ckpt is not None:
+            candidates = [Path(ckpt)]
+        else:
+            names = cfg.weights[part]
+            candidates = [root / n for n in ([names] if isinstance(names, str) else names)]
+        path = next((c for c in candidates if c.exists()), None)
+        if path is None:
+            missing.append(f"{candidates[0]} ({WEIGHT_SOURCES[part]})")
+        else:
+            found[part] = path
+    if missing:
+        hint = "run pretrained/download.sh" if ckpt is None or len(missing) > 1 else "check --ckpt"
+        raise CascadeVError(
+            f"missing weights: {'; '.join(missing)}; {hint}, pass --weights-dir, or use --random-init for a smoke test"
+        )
+    return found
+
+
+def _build_random(spec: dict, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(spec)
+
+
+def _load(spec: dict, path: Path, name: str) -> nn.Module:
+    with torch.device("meta"):
+        model = build_model(spec)
+    return load_weights(model, path, name)
+
+
+def _load_vae(spec: dict, path: Path, dtype: torch.dtype) -> nn.Module:
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    if not (path / "config.json").is_file():
+        raise CascadeVError(f"SVD VAE folder {path} has no config.json; run pretrained/download.sh")
+    variant = "fp16" if (path / "diffusion_pytorch_model.fp16.safetensors").exists() else None
+    try:
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(str(path), variant=variant, torch_dtype=dtype)
+    except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError for broken folders
+        raise CascadeVError(f"SVD VAE folder {path} cannot be loaded: {str(exc).splitlines()[0][:200]}")
+    if vae.config.latent_channels != 4:
+        raise CascadeVError(f"SVD VAE folder {path} has {vae.config.latent_channels} latent channels, not 4")
+    return vae
+
+
+def build_pipeline(
+    cfg,
+    parts: Sequence[str] = ("dit", "compressor", "previewer", "vae"),
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    weights_dir: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    **sampling,
+) -> CascadeVPipeline:
+    """Build the pipeline's ``parts`` from ``cfg``, with weights or (``random_init``) at random.
+
+    Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
+    zero one, so that smoke tests exercise every path. ``sampling`` overrides ``cfg.sampling`` keys
+    (vae_chunk, segment_frames, tile_stride, batch_size).
+    """
+    device = torch.device(device)
+    paths = {} if random_init else resolve_weights(cfg, parts, weights_dir, ckpt)
+    dit_spec = dict(cfg.model)
+    if cfg.get("condition", "semantic") == "resize":
+        dit_spec["in_channels"] = 8
+    modules: dict[str, nn.Module] = {}
+    for part in parts:
+        spec = dit_spec if part == "dit" else dict(cfg[part])
+        if random_init:
+            modules[part] = _build_random(spec, seed)
+            if part == "dit":
+                nn.init.normal_(modules[part].final_layer.linear.weight, std=0.02)
+        elif part == "vae":
+            modules[part] = _load_vae(spec, paths[part], dtype)
+        else:
+            modules[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
+        module = modules[part]
+        if any(p.dtype != dtype for p in module.parameters()):
+            module.to(dtype=dtype)  # diffusers warns about any dtype in .to(), so only when needed
+        module.to(device).eval().requires_grad_(False)
+
+    options = {k: v for k, v in dict(cfg.get("sampling", {})).items() if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")}
+    options.update({k: v for k, v in sampling.items() if v is not None})
+    return CascadeVPipeline(
+        **modules,
+        scale_factor=cfg.scale_factor,
+        sr_scale=cfg.sr_scale,
+        schedule=dict(cfg.schedule),
+        device=device,
+        dtype=dtype,
+        **options,
+    )

@@ -1,0 +1,232 @@
+"""CascadeVPipeline: frames <-> 1x32x32 semantic latent, and the LDM-VAE decoding back to video.
+
+    frames (T, 3, H, W) in [-1, 1]
+      -> encode:   semantic compressor           -> latent (16, T, H/32, W/32)
+      -> condition: bilinear x4, times scale_factor -> (T, 16, H/8, W/8)
+      -> sample:   DiT + diffusers scheduler     -> SVD latent (T, 4, H/8, W/8)
+      -> vae_decode: SVD temporal decoder        -> frames (T, 3, H, W) in [-1, 1]
+
+Long videos are sampled in windows of ``lats_per_vid`` frames (stride half a window) and large frames
+in tiles of ``input_size`` latent pixels, their noise predictions cross-faded at every step (the
+release's scheme, with blended rather than overwritten tile overlaps). ``decode`` streams: it samples
+``segment_frames`` latent frames at a time, cross-fades the final latents of consecutive segments over
+half a window and decodes finished frames in chunks of ``vae_chunk``, so memory is bounded by the
+segment, window and tile sizes rather than by the video's length. Noise is drawn per frame from a
+generator seeded by (seed, frame index): the same seed gives the same video, and the frames two
+segments share start from the same noise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from .schedulers import TRAINING_SCHEDULE, make_scheduler
+from .tiling import Tiling, crossfade_weights, window_starts
+
+# PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
+SCALE_FACTOR = 0.13025
+
+
+def frame_generator(seed: int, frame: int) -> torch.Generator:
+    """A CPU generator for one frame, independent of how the video is split into segments."""
+    state = np.random.SeedSequence([seed, frame]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+class CascadeVPipeline:
+    """The cascade's components and the operations that chain them.
+
+    Any component may be ``None`` when a command does not need it (``encode`` needs only the
+    compressor). All tensors returned are float32 on the CPU; work runs on ``device`` in ``dtype``.
+    """
+
+    def __init__(
+        self,
+        dit: torch.nn.Module | None = None,
+        compressor: torch.nn.Module | None = None,
+        previewer: torch.nn.Module | None = None,
+        vae: torch.nn.Module | None = None,
+        *,
+        scale_factor: float = SCALE_FACTOR,
+        sr_scale: int = 4,
+        schedule: dict | None = None,
+        vae_chunk: int = 4,
+        encode_chunk: int = 8,
+        tile_stride: int | None = None,
+        segment_frames: int = 64,
+        batch_size: int = 4,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.dit, self.compressor, self.previewer, self.vae = dit, compressor, previewer, vae
+        self.scale_factor = scale_factor
+        self.sr_scale = sr_scale
+        self.schedule = dict(schedule or TRAINING_SCHEDULE)
+        self.vae_chunk = vae_chunk
+        self.encode_chunk = encode_chunk
+        self.tile_stride = tile_stride
+        self.segment_frames = segment_frames
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ semantic latent
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (T, 3, H, W) in [-1, 1], H and W multiples of 32 -> semantic latent (16, T, H/32, W/32)."""
+        out = [
+            self.compressor.encode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
+            for i in range(0, frames.shape[0], self.encode_chunk)
+        ]
+        return torch.cat(out).transpose(0, 1)
+
+    @torch.no_grad()
+    def preview(self, latent: torch.Tensor) -> torch.Tensor:
+        """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1]."""
+        frames = latent.transpose(0, 1)
+        out = [
+            self.previewer.decode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
+            for i in range(0, frames.shape[0], self.encode_chunk)
+        ]
+        return torch.cat(out)
+
+    def condition(self, latent: torch.Tensor) -> torch.Tensor:
+        """Semantic latent (16, T, h, w) -> DiT condition (T, 16, sr*h, sr*w), upsampled and scaled."""
+        frames = latent.transpose(0, 1).to(self.device, torch.float32)
+        h, w = frames.shape[-2:]
+        up = F.interpolate(frames, size=(h * self.sr_scale, w * self.sr_scale), mode="bilinear", align_corners=False)
+        return up * self.scale_factor
+
+    # ------------------------------------------------------------------ LDM sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        *,
+        scheduler: str = "euler_a",
+        steps: int = 8,
+        seed: int = 0,
+        frame_offset: int = 0,
+        progress: tqdm | None = None,
+    ) -> torch.Tensor:
+        """Generate the SVD latent for a condition.
+
+        Args:
+            cond: (T, C, H, W) scaled condition (see ``condition``); any T, H, W. A latent smaller than
+                one window or tile is padded (edge frames and pixels repeated) and cropped back.
+            frame_offset: index of cond's first frame in the video (selects the per-frame noise).
+        Returns:
+            (T, 4, H, W) SVD-VAE latent, divided by scale_factor (ready for ``vae_decode``).
+        """
+        frames, tile = self.dit.lats_per_vid, self.dit.input_size
+        num_frames, _, height, width = cond.shape
+        cond = _pad_to(cond.to(self.device, torch.float32), max(num_frames, frames), max(height, tile), max(width, tile))
+        canvas_t, _, canvas_h, canvas_w = cond.shape
+
+        generators = [frame_generator(seed, frame_offset + i) for i in range(canvas_t)]
+        sched = make_scheduler(scheduler, self.schedule)
+        sched.set_timesteps(steps, device=self.device)
+        latents = randn_tensor((canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32)
+        latents = latents * sched.init_noise_sigma
+        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, self.tile_stride)
+        for t in sched.timesteps:
+            noise = self._predict_noise(sched.scale_model_input(latents, t), cond, t, tiling)
+            latents = sched.step(noise, t, latents, generator=generators).prev_sample
+            if progress is not None:
+                progress.update(1)
+        return latents[:num_frames, :, :height, :width].cpu() / self.scale_factor
+
+    def _predict_noise(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+        """Blend the DiT's noise prediction over all windows and tiles: (T, 4, H, W)."""
+        frames, tile = tiling.frames, tiling.tile
+        noise = torch.zeros_like(x)
+        inputs_all = torch.cat([x, cond], dim=1)
+        jobs = list(tiling)
+        for i in range(0, len(jobs), self.batch_size):
+            batch = jobs[i:i + self.batch_size]
+            inputs = torch.stack(
+                [inputs_all[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] for t0, r0, c0, _ in batch]
+            ).transpose(1, 2)  # (B, C, frames, tile, tile)
+            timestep = torch.as_tensor(t, device=self.device, dtype=torch.float32).expand(len(batch))
+            pred = self.dit(inputs.to(self.dtype), timestep)[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
+            for (t0, r0, c0, weight), eps in zip(batch, pred):
+                noise[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] += eps * weight.to(eps.device)[:, None]
+        return noise
+
+    # ------------------------------------------------------------------ SVD decoding
+
+    @torch.no_grad()
+    def vae_decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """SVD latent (T, 4, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], in chunks of ``vae_chunk`` frames."""
+        out = []
+        for i in range(0, latent.shape[0], self.vae_chunk):
+            z = latent[i:i + self.vae_chunk].to(self.device, self.dtype)
+            out.append(self.vae.decode(z, num_frames=z.shape[0]).sample.float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def decode(
+        self,
+        read_latent: Callable[[int, int], torch.Tensor],
+        num_frames: int,
+        *,
+        scheduler: str = "euler_a",
+        steps: int = 8,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Stream a semantic latent back to frames.
+
+        Args:
+            read_latent: ``read_latent(t0, t1)`` returns semantic latent frames [t0, t1), (16, t1-t0, h, w).
+            num_frames: the latent's length T.
+        Yields:
+            consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
+        """
+        window = self.dit.lats_per_vid
+        segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
+        starts = window_starts(num_frames, segment, max(1, segment - window // 2))
+        weights = crossfade_weights(num_frames, segment, starts)
+        bar = tqdm(total=len(starts) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
+        pending = torch.empty(0)  # blended latent frames [done, ...) not final yet
+        done = 0  # frames handed to the VAE so far
+        ready: list[torch.Tensor] = []
+        for k, s0 in enumerate(starts):
+            s1 = min(s0 + segment, num_frames)
+            z = self.sample(
+                self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0, progress=bar
+            )
+            z = z * weights[k, : s1 - s0, None, None, None]
+            # Frames of this segment already in `pending` are added in place; the rest extend it.
+            shared = done + pending.shape[0] - s0
+            if shared > 0:
+                pending[s0 - done:] += z[:shared]
+                pending = torch.cat([pending, z[shared:]])
+            else:
+                pending = z
+            final = (starts[k + 1] if k + 1 < len(starts) else num_frames) - done
+            ready.append(pending[:final])
+            pending, done = pending[final:], done + final
+            latent = torch.cat(ready)
+            usable = latent.shape[0] if k + 1 == len(starts) else latent.shape[0] // self.vae_chunk * self.vae_chunk
+            if usable:
+                yield self.vae_decode(latent[:usable])
+            ready = [latent[usable:]]
+        bar.close()
+
+
+def _pad_to(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """Pad (T, C, H, W) at the end of each axis by repeating the last frame, row and column."""
+    t, _, h, w = x.shape
+    if h < height or w < width:
+        x = F.pad(x, (0, width - w, 0, height - h), mode="replicate")
+    if t < frames:
+        x = torch.cat([x, x[-1:].expand(frames - t, *x.shape[1:])])
+    return x

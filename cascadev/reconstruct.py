@@ -1,0 +1,173 @@
+"""The file-level tasks behind ``cascadev encode``, ``decode`` and ``recon``.
+
+Each task opens and checks its inputs and outputs first, then asks ``load_pipeline`` for the models
+(so a bad path fails in a second, not after loading 456M parameters), then streams: frames are read,
+encoded, sampled, decoded and written a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import CascadeVError
+from .latent_io import LatentMeta, LatentReader, LatentWriter
+from .pipeline import CascadeVPipeline
+from .video_io import (
+    VideoReader,
+    VideoWriter,
+    pad_to_multiple,
+    resize_short_side,
+    save_image,
+    select_frames,
+    side_by_side,
+    to_model_range,
+    to_uint8,
+)
+
+PipelineLoader = Callable[[], CascadeVPipeline]
+LATENT_STRIDE = 32  # pixels per semantic-latent position
+READ_CHUNK = 16  # frames read and encoded at a time
+
+
+@dataclass
+class SamplingArgs:
+    scheduler: str = "euler_a"
+    steps: int = 8
+    seed: int = 0
+    progress: bool = True
+
+
+def _prepare(frames: np.ndarray, size: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w).
+
+    (h, w) is the content size after resizing (short side ``size``), before padding.
+    """
+    x = resize_short_side(to_model_range(frames).transpose(0, 1), size)
+    return pad_to_multiple(x, LATENT_STRIDE)
+
+
+def _frames_to_uint8(frames: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(n, 3, H, W) in [-1, 1] -> uint8 (n, height, width, 3), cropping padding away."""
+    return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
+
+
+def _iter_model_frames(reader: VideoReader, start: int, count: int, size: int | None) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+    for chunk in reader.iter_chunks(start, count, READ_CHUNK):
+        yield _prepare(chunk, size)
+
+
+def encode_video(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    size: int | None = None,
+    start: int = 0,
+    num_frames: int | None = None,
+    progress: bool = True,
+) -> LatentMeta:
+    """Video file -> semantic latent file (16, T, H/32, W/32) with fps and sizes in its metadata."""
+    reader = VideoReader(video)
+    start, count = select_frames(reader, start, num_frames)
+    first, (height, width) = _prepare(reader.read([start]), size)
+    meta = LatentMeta(
+        fps=reader.fps or 30.0, height=height, width=width,
+        source_height=reader.height, source_width=reader.width, start=start,
+    )
+    shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
+    with LatentWriter(output, shape, meta) as writer:
+        pipe = load_pipeline()
+        done = 0
+        for frames, _ in tqdm(
+            _iter_model_frames(reader, start, count, size), total=-(-count // READ_CHUNK), desc="encoding",
+            unit="chunk", disable=not progress, leave=False,
+        ):
+            writer.write(done, pipe.encode(frames))
+            done += frames.shape[0]
+    return meta
+
+
+def decode_latent(
+    load_pipeline: PipelineLoader,
+    latent: str | os.PathLike,
+    output: str | os.PathLike,
+    sampling: SamplingArgs,
+    **writer_options,
+) -> None:
+    """Semantic latent file -> video: DiT refinement and SVD decoding, streamed to ``output``."""
+    reader = LatentReader(latent)
+    meta = reader.meta
+    with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
+        pipe = load_pipeline()
+        for frames in pipe.decode(reader.read, reader.num_frames, **vars(sampling)):
+            writer.write(_frames_to_uint8(frames, meta.height, meta.width))
+
+
+def reconstruct_video(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    sampling: SamplingArgs,
+    *,
+    size: int | None = None,
+    start: int = 0,
+    num_frames: int | None = None,
+    compare_frames: int = 4,
+) -> dict[str, Path]:
+    """Video -> OUTDIR/{latent.safetensors, preview.mp4, recon.mp4, compare.mp4, compare.png}.
+
+    ``preview.mp4`` is the previewer's decoding of the latent ("without LDM"), ``recon.mp4`` the
+    LDM-VAE's; the comparison shows original | preview | reconstruction side by side, and the PNG
+    ``compare_frames`` evenly spaced frames of it stacked vertically.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CascadeVError(f"cannot create output folder {out_dir}: {exc.strerror or exc}")
+    if not os.access(out_dir, os.W_OK):
+        raise CascadeVError(f"output folder {out_dir} is not writable")
+    paths = {name: out_dir / name for name in ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")}
+
+    pipe_holder: list[CascadeVPipeline] = []
+
+    def load_once() -> CascadeVPipeline:
+        if not pipe_holder:
+            pipe_holder.append(load_pipeline())
+        return pipe_holder[0]
+
+    meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
+                        num_frames=num_frames, progress=sampling.progress)
+    pipe = load_once()
+    source = VideoReader(video)
+    latent = LatentReader(paths["latent.safetensors"])
+    count = latent.num_frames
+    picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
+    picked: list[np.ndarray] = []
+    h, w = meta.height, meta.width
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1)) for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
+    with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
+        done = 0
+        for frames in pipe.decode(latent.read, count, **vars(sampling)):
+            n = frames.shape[0]
+            recon = _frames_to_uint8(frames, h, w)
+            preview = pipe.preview(latent.read(done, done + n))
+            preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
+            preview = _frames_to_uint8(preview, h, w)
+            original = _frames_to_uint8(_prepare(source.read(range(meta.start + done, meta.start + done + n)), size)[0], h, w)
+            row = side_by_side(original, preview, recon)
+            preview_out.write(preview)
+            recon_out.write(recon)
+            compare_out.write(row)
+            picked.extend(row[i - done] for i in picks if done <= i < done + n)
+            done += n
+        save_image(paths["compare.png"], np.concatenate(picked, axis=0))
+    return paths

@@ -1,0 +1,28 @@
+"""The samplers offered for the DiT, all diffusers schedulers on the training noise schedule."""
+
+from __future__ import annotations
+
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .errors import CascadeVError
+
+# The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives.
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "euler_a": EulerAncestralDiscreteScheduler,
+    "ddim": DDIMScheduler,
+    "dpm_solver": DPMSolverMultistepScheduler,
+}
+
+# Improved-DDPM "linear" schedule of the training recipe (1000 steps), which is diffusers' "linear".
+TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+
+
+def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:
+    """A fresh scheduler by name (``euler_a``, ``ddim``, ``dpm_solver``) on the given noise schedule.
+
+    Each scheduler otherwise keeps its diffusers defaults, as the release constructs them.
+    """
+    if name not in SCHEDULERS:
+        raise CascadeVError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name](**(schedule or TRAINING_SCHEDULE))

@@ -1,0 +1,68 @@
+# The released CascadeV LDM-VAE (ByteDance/CascadeV "s1024.effn-f32"): 1x32x32 compression at 1024x1024.
+# mmengine-style Python config; derive variants with `_base_ = ['./s1024_effn_f32.py']` and override keys.
+
+image_size = 1024  # trained frame size in pixels (square crops)
+num_frames_per_video = 8  # frames per training clip, the DiT's window (lats_per_vid)
+sr_scale = 4  # semantic latent (1/32) -> DiT / SVD latent (1/8)
+scale_factor = 0.13025  # PixArt-Σ's SDXL value, applied to the SVD latent and the condition
+condition = 'semantic'  # 'semantic' (20 input channels) or 'resize' (paper Fig. 4b, 8 input channels)
+
+model = dict(
+    type='CascadeDiT',
+    input_size=128,  # image_size // 8
+    patch_size=2,
+    in_channels=20,  # 4 noisy SVD-latent channels + 16 semantic-latent channels
+    hidden_size=1152,
+    depth=28,
+    num_heads=16,
+    mlp_ratio=4.0,
+    pred_sigma=True,
+    pe_interpolation=2.0,
+    attn_strides=[
+        [1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1],
+        None, None, None, None,
+        [1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1], [1, 4], [4, 1],
+        None, None, None, None, None, None, None, None,
+    ],
+    lats_per_vid=8,
+    fp32_attention=False,  # training under fp16 turns it on (the release trains with it)
+)
+
+# StableCascade's semantic compressor and previewer.
+compressor = dict(type='EfficientNetEncoder', c_latent=16)
+previewer = dict(type='Previewer', c_in=16, c_hidden=512, c_out=3)
+
+# Stable Video Diffusion's VAE. Pretrained weights come with their own config.json; these values are
+# used only to build a randomly initialised one (--random-init).
+vae = dict(
+    type='AutoencoderKLTemporalDecoder',
+    in_channels=3,
+    out_channels=3,
+    down_block_types=['DownEncoderBlock2D'] * 4,
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,  # the VAE's own value; CascadeV uses scale_factor above instead
+)
+
+# Weight files, relative to weights_dir (pretrained/download.sh puts them there). For the DiT the
+# first file that exists is used: tools/convert_checkpoint.py turns the release's .pth into safetensors.
+weights_dir = 'pretrained'
+weights = dict(
+    dit=['s1024.effn-f32.safetensors', 's1024.effn-f32.pth'],
+    compressor='effnet_encoder.safetensors',
+    previewer='previewer.safetensors',
+    vae='svd_vae',  # a diffusers folder: config.json + diffusion_pytorch_model(.fp16).safetensors
+)
+
+# Diffusion schedule of training (improved-DDPM linear betas, 1000 steps) and sampling defaults.
+schedule = dict(num_train_timesteps=1000, beta_schedule='linear', beta_start=0.0001, beta_end=0.02)
+sampling = dict(
+    scheduler='euler_a',  # euler_a | ddim | dpm_solver
+    steps=8,
+    vae_chunk=4,  # frames per SVD temporal-decoder call (the release decodes 8 frames as 2 x 4)
+    segment_frames=64,  # latent frames sampled at once; bounds memory on long videos (0 = all)
+    tile_stride=96,  # tiles of input_size latent pixels, 25% overlap (round(0.75 * 128))
+    batch_size=1,  # windows x tiles per DiT call
+)

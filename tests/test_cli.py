@@ -1,0 +1,203 @@
+"""`cascadev encode | decode | recon` end to end with configs/tiny.py, and every kind of bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascadev.cli import main
+from cascadev.latent_io import LatentReader
+from cascadev.video_io import VideoReader
+from videos import write_test_video
+
+TINY = str(Path(__file__).parents[1] / "configs" / "tiny.py")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("cascadev: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_test_video(path, 7, 70, 100, fps=25.0)
+    return path
+
+
+def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet")
+    assert code == 0, err
+    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "preview.mp4", "recon.mp4"]
+    for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("compare.mp4", 300)]:
+        video = VideoReader(out / name)
+        assert (video.num_frames, video.height, video.width) == (7, 70, width)
+        assert abs(video.fps - 25.0) < 1e-3
+    latent = LatentReader(out / "latent.safetensors")
+    assert latent.shape == (16, 7, 3, 4)  # 70x100 padded to 96x128
+    meta = latent.meta
+    assert (meta.height, meta.width, meta.source_height, meta.source_width, meta.start) == (70, 100, 70, 100, 0)
+    from PIL import Image
+
+    assert Image.open(out / "compare.png").size == (300, 4 * 70)
+    # The left third of the comparison is the original clip.
+    original = VideoReader(clip).read([0])[0].astype(int)
+    compare = VideoReader(out / "compare.mp4").read([0])[0].astype(int)
+    assert np.abs(compare[:, :100] - original).mean() < 6
+
+
+def test_encode_then_decode_with_weight_files(tmp_path, capsys, clip, tiny_weights):
+    latent = tmp_path / "clip.safetensors"
+    common = ["--config", TINY, "--weights-dir", tiny_weights, "--quiet"]
+    code, err = run_cli(capsys, "encode", clip, "-o", latent, "--size", 40, "--start", 2, "--num-frames", 5, *common)
+    assert code == 0, err
+    reader = LatentReader(latent)
+    assert reader.shape == (16, 5, 2, 2)  # 70x100 -> 40x57, padded to 64x64
+    assert (reader.meta.height, reader.meta.width, reader.meta.start) == (40, 57, 2)
+
+    video = tmp_path / "clip.mp4"
+    code, err = run_cli(capsys, "decode", latent, "-o", video, "--steps", 2, "--seed", 3, "--scheduler", "ddim", *common)
+    assert code == 0, err
+    decoded = VideoReader(video)
+    assert (decoded.num_frames, decoded.height, decoded.width) == (5, 40, 57)
+
+    again = tmp_path / "again.mp4"
+    assert run_cli(capsys, "decode", latent, "-o", again, "--steps", 2, "--seed", 3, "--scheduler", "ddim", *common)[0] == 0
+    assert again.read_bytes() == video.read_bytes()
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpm_solver"])
+def test_decode_with_each_scheduler(tmp_path, capsys, clip, scheduler):
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
+                        "--scheduler", scheduler, "--steps", 3, "--quiet")
+    assert code == 0, err
+
+
+def test_console_script_is_installed(tmp_path):
+    exe = Path(sys.executable).with_name("cascadev")
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "recon" in result.stdout
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_video(tmp_path, capsys):
+    code, err = run_cli(capsys, "recon", tmp_path / "nope.mp4", "-o", tmp_path / "out", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "nope.mp4")
+
+
+def test_non_video_and_corrupt_files(tmp_path, capsys, clip):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(clip.read_bytes()[:600])
+    for bad in (text, corrupt):
+        code, err = run_cli(capsys, "encode", bad, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init")
+        assert_one_line_error(code, err, bad.name)
+    assert leftovers(tmp_path) == ["corrupt.mp4", "notes.mp4"]
+
+
+def test_video_shorter_than_asked(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--num-frames", 50, "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "7 frames")
+    assert not (tmp_path / "out" / "latent.safetensors").exists()
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, capsys, clip, tiny_weights):
+    from cascadev.checkpoint import save_safetensors
+    from cascadev.models.dit import CascadeDiT
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_safetensors(CascadeDiT(input_size=8, in_channels=8, hidden_size=48, depth=3, num_heads=2, lats_per_vid=4).state_dict(), wrong)
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    out = tmp_path / "v.mp4"
+    code, err = run_cli(capsys, "decode", latent, "-o", out, "--config", TINY, "--weights-dir", tiny_weights, "--ckpt", wrong)
+    assert_one_line_error(code, err, "wrong.safetensors", "missing", "blocks.3", "x_embedder.proj.weight")
+    assert not out.exists()
+
+
+def test_pth_checkpoint_loads_through_weights_only(tmp_path, capsys, clip, tiny_weights):
+    from cascadev.loading import load_config
+    from cascadev.models import build_model
+
+    state = build_model(load_config(TINY).model).state_dict()
+    good = tmp_path / "tiny.pth"
+    torch.save({"state_dict": state, "step": 3}, good)
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--weights-dir",
+                        tiny_weights, "--ckpt", good, "--quiet", "--steps", 1)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--scheduler", "heun", "unknown scheduler"),
+    ("--dtype", "fp8", "unknown dtype"),
+    ("--device", "tpu", "unknown device"),
+])
+def test_unknown_options(tmp_path, capsys, clip, option, value, needle):
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--random-init", option, value)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out" / "recon.mp4").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init", "--device", "cuda")
+    assert_one_line_error(code, err, "no CUDA device")
+
+
+def test_unwritable_outputs(tmp_path, capsys, clip):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, "encode", clip, "-o", blocker / "l.safetensors", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "l.safetensors")
+    code, err = run_cli(capsys, "recon", clip, "-o", blocker / "out", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "out")
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "missing" / "v.mp4", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "v.mp4")
+    assert leftovers(tmp_path) == ["file", "l.safetensors"]
+
+
+def test_corrupt_latent(tmp_path, capsys):
+    bad = tmp_path / "l.safetensors"
+    bad.write_bytes(os.urandom(64))
+    code, err = run_cli(capsys, "decode", bad, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "l.safetensors")
+    assert leftovers(tmp_path) == ["l.safetensors"]
+
+
+def test_missing_weights_stop_at_once_naming_each_file(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", tmp_path / "w")
+    assert_one_line_error(code, err, "tiny.safetensors", "effnet_encoder.safetensors", "previewer.safetensors",
+                          "svd_vae", "pretrained/download.sh")
+
+
+def test_missing_config(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", tmp_path / "none.py")
+    assert_one_line_error(code, err, "none.py")
