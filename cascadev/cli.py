@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_model_options(p)
+
+    p = sub.add_parser("train", help="train the DiT on a list of videos (accelerate; resumes from the work dir)")
+    p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
+    p.add_argument("--work-dir", required=True, help="checkpoints, logs, metrics.jsonl and the effective config")
+    p.add_argument("--max-steps", type=_positive, default=None, help="stop after this many optimizer steps in all")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--weights-dir", default=None, help="folder of the frozen networks' weights (default: the config's)")
+    p.add_argument("--random-init", action="store_true", help="frozen VAE/compressor at random (smoke tests only)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto (GPU when available) or cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or console log lines")
+
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -121,6 +135,14 @@ def run(args: argparse.Namespace) -> None:
     from .loading import load_config
     from . import reconstruct
 
+    if args.command == "train":
+        from .training.trainer import Trainer, TrainOptions
+
+        cfg = load_config(args.config, args.cfg_options)
+        options = TrainOptions(Path(args.work_dir), args.max_steps, args.weights_dir, args.random_init, args.device,
+                               progress=not args.quiet)
+        Trainer(cfg, options).fit()
+        return
     cfg = load_config(args.config or _default_config(), args.cfg_options)
     if args.command == "encode":
         reconstruct.encode_video(_loader(args, cfg, ["compressor"]), args.video, args.output, size=args.size,
@@ -137,6 +159,10 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "eval":
+            from .evaluation.cli import run_eval
+
+            return run_eval(args)
         run(args)
     except CascadeVError as exc:
         print(f"cascadev: error: {exc}", file=sys.stderr)

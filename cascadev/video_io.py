@@ -541,9 +541,7 @@ class VideoWriter:
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
             stream.codec_context.time_base = 1 / self.fps
             if self.codec in _CRF_CODECS:
-                # x264's frame threads made the same frames encode differently from run to run here;
-                # one thread keeps "same seed, same file" true, and encoding is never the bottleneck.
-                stream.options = {"crf": str(self.crf), "threads": "1"}
+                stream.options = {"crf": str(self.crf)}
             self._stream = stream
             if self._audio is not None:
                 self._audio.add_output_stream(self._container)

@@ -66,3 +66,34 @@ sampling = dict(
     tile_stride=96,  # tiles of input_size latent pixels, 25% overlap (round(0.75 * 128))
     batch_size=1,  # windows x tiles per DiT call
 )
+
+# ------------------------------------------------------------------------------------------------
+# Training (cascadev train / train_vae.sh): the release's recipe.
+video_list = ['example/train.demo.txt']  # text files (one video or frame folder per line) or JSON files
+sample_size = 1024  # training crops
+time_stride = 4  # frames between the sampled frames of a clip
+data = dict(short_video='skip', resize=False, hflip_prob=0.5)  # as the release: native-resolution crops
+encode_chunk = 4  # frames per frozen-encoder call
+cache_latents = False  # encode each clip once to work_dir/latent_cache (fixed clips) and reuse it
+latent_cache_dir = None
+train_sampling_steps = 1000
+joint_training = 0.1  # probability that a batch trains in image mode
+seed = 0
+
+num_workers = 4
+train_batch_size = 4  # per process
+num_epochs = 1000
+gradient_accumulation_steps = 1
+grad_checkpointing = True
+gradient_clip = 0.01
+mixed_precision = 'fp16'  # no | fp16 | bf16 (fp16 falls back to fp32 on a CPU)
+fp32_attention = True  # attention products in fp32 under half precision
+optimizer = dict(type='CAME', lr=2e-5, weight_decay=0.0, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+lr_schedule_args = dict(num_warmup_steps=1000)  # then constant
+ema = dict(enabled=False, decay=0.9999)
+load_from = None  # e.g. 'pretrained/s1024.effn-f32.safetensors' to fine-tune the released DiT
+
+log_interval = 5
+save_model_steps = 1000
+keep_checkpoints = 3  # newest K checkpoints kept in the work dir (0 = all)
+validation = dict(video=None, interval=1000, steps=8, scheduler='euler_a')  # a held-out clip

@@ -17,3 +17,18 @@ previewer = dict(c_hidden=32)
 vae = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, sample_size=64)
 weights = dict(dit=['tiny.safetensors'])
 sampling = dict(steps=2, segment_frames=16, tile_stride=6, batch_size=4)
+
+# Training at toy size: a few dozen CPU steps overfit a short generated clip.
+sample_size = 64
+time_stride = 1
+data = dict(short_video='pad', resize=True, hflip_prob=0.0)
+train_batch_size = 2
+num_workers = 0
+grad_checkpointing = False
+mixed_precision = 'no'
+fp32_attention = False
+optimizer = dict(type='CAME', lr=3e-4, weight_decay=0.0, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+lr_schedule_args = dict(num_warmup_steps=0)
+log_interval = 1
+save_model_steps = 10
+validation = dict(interval=20, steps=2)

@@ -1,0 +1,392 @@
+"""Training data: lists of videos -> fixed-size clips ``(3, num_frames, S, S)`` in [-1, 1].
+
+``video_list`` files name the videos (:func:`read_video_list`); :class:`VideoClipDataset` turns each
+into one clip per epoch: ``num_frames`` frames ``time_stride`` apart from a random offset, decoded
+with decord (only the frames needed) or read from a folder of JPEG/PNG frames, then made square.
+
+Randomness is a pure function of ``(seed, epoch, index)`` (``numpy.random.default_rng``), so a clip
+does not depend on which DataLoader worker reads it, on the number of workers or on how often it is
+read; :meth:`VideoClipDataset.set_epoch` changes the offsets (and flips) from one epoch to the next.
+
+Bad videos never stop a run: an unreadable video (or, with ``short_video="skip"``, one too short for a
+clip) is reported once with a :class:`BadVideoWarning`, counted in ``dataset.skipped`` and replaced
+by the next good video of the list; only when every video is bad is a :class:`CascadeVError` raised.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cascadev.errors import CascadeVError
+from cascadev.video_io import VideoReader, resize_short_side, to_model_range
+
+__all__ = [
+    "BadVideoWarning",
+    "IMAGE_SUFFIXES",
+    "VideoClipDataset",
+    "build_dataloader",
+    "clip_indices",
+    "read_video_list",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SHORT_VIDEO_MODES = ("pad", "skip")
+
+
+class BadVideoWarning(UserWarning):
+    """A video of the training list could not be used and was replaced by another one."""
+
+
+# --------------------------------------------------------------------------------------------
+# Video lists
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(entry: str, base: Path) -> str:
+    p = Path(entry).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def _read_json_list(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CascadeVError(f"The video list {path} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, list):
+        raise CascadeVError(
+            f"The video list {path} must hold a JSON list of paths or of objects with a 'path' key."
+        )
+    entries = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict):
+            item = item.get("path", item.get("video"))
+        if not isinstance(item, str) or not item.strip():
+            raise CascadeVError(
+                f"Entry {i} of the video list {path} is neither a path nor an object with a "
+                "'path' (or 'video') string."
+            )
+        entries.append(item.strip())
+    return entries
+
+
+def _read_text_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CascadeVError(f"The video list {path} cannot be read as text ({exc}).") from exc
+    entries = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append(line)
+    return entries
+
+
+def read_video_list(paths: str | Sequence[str]) -> list[str]:
+    """The videos named by one or more list files, in order.
+
+    A ``.json`` file holds a list of path strings or of objects with a ``"path"`` (or ``"video"``) key;
+    any other file is text with one path per line (blank lines and lines starting with ``#`` are
+    skipped). Each path is a video file or a folder of JPEG/PNG frames; relative paths are taken
+    relative to the folder of the list file that names them, ``~`` is expanded. Entries are not
+    opened here (unusable ones are skipped by :class:`VideoClipDataset`).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise CascadeVError("The video_list option names no list file.")
+    videos: list[str] = []
+    for name in paths:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise CascadeVError(f"The video list {path} does not exist (option video_list).")
+        if path.suffix.lower() == ".json":
+            entries = _read_json_list(path)
+        else:
+            entries = _read_text_list(path)
+        base = path.resolve().parent
+        videos.extend(_resolve(e, base) for e in entries)
+    if not videos:
+        raise CascadeVError(f"The video lists {', '.join(map(str, paths))} name no videos.")
+    return videos
+
+
+# --------------------------------------------------------------------------------------------
+# Frame selection and reading
+# --------------------------------------------------------------------------------------------
+
+
+def clip_indices(
+    total: int, num_frames: int, time_stride: int, rng: np.random.Generator, pad: bool = True
+) -> np.ndarray | None:
+    """Frame indices ``(num_frames,)`` of one clip from a video of ``total`` frames.
+
+    A clip spans ``(num_frames - 1) * time_stride + 1`` frames: indices ``offset + k * time_stride``
+    with ``offset`` uniform in ``[0, total - span]``. A shorter video gives, with ``pad``, the frames
+    ``0, s, 2s, ...`` that exist, followed by copies of the last of them; without ``pad``, ``None``.
+    """
+    span = (num_frames - 1) * time_stride + 1
+    if total >= span:
+        offset = int(rng.integers(0, total - span + 1))
+        return offset + time_stride * np.arange(num_frames)
+    if not pad or total < 1:
+        return None
+    available = np.arange(0, total, time_stride)[:num_frames]
+    return np.concatenate([available, np.full(num_frames - len(available), available[-1])])
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort key that puts frame_2.jpg before frame_10.jpg."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _list_frames(folder: Path) -> list[Path]:
+    try:
+        files = [
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        ]
+    except OSError as exc:
+        raise CascadeVError(f"The frame folder {folder} cannot be listed ({exc}).") from exc
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise CascadeVError(f"The frame {path} is not a readable image.") from exc
+
+
+def _read_frames(
+    path: str, num_frames: int, time_stride: int, rng: np.random.Generator, pad: bool
+) -> np.ndarray:
+    """uint8 ``(num_frames, H, W, 3)`` RGB frames of one clip; CascadeVError when unusable."""
+    source = Path(path)
+    if source.is_dir():
+        files = _list_frames(source)
+        if not files:
+            raise CascadeVError(f"The frame folder {source} holds no JPEG or PNG frames.")
+        total, reader = len(files), None
+    else:
+        reader = VideoReader(source, num_threads=1)
+        total = reader.num_frames
+    idx = clip_indices(total, num_frames, time_stride, rng, pad=pad)
+    if idx is None:
+        span = (num_frames - 1) * time_stride + 1
+        raise CascadeVError(
+            f"{source} has {total} frames, fewer than the {span} a clip of {num_frames} frames at "
+            f"time_stride {time_stride} needs."
+        )
+    # Decode each distinct frame once; padded clips repeat the last one.
+    unique, inverse = np.unique(idx, return_inverse=True)
+    if reader is not None:
+        frames = reader.read(unique.tolist())
+    else:
+        images = [_read_image(files[i]) for i in unique]
+        if any(im.shape != images[0].shape for im in images):
+            raise CascadeVError(f"The frames in {source} do not all have the same size.")
+        frames = np.stack(images)
+    return frames[inverse.reshape(-1)]
+
+
+def _square(video: torch.Tensor, size: int, resize: bool) -> torch.Tensor:
+    """``(3, T, H, W)`` in [-1, 1] -> ``(3, T, size, size)``: centre crop, after resizing or padding."""
+    if resize:
+        video = resize_short_side(video, size).clamp_(-1.0, 1.0)
+    else:
+        # The release: native resolution; sides shorter than ``size`` are padded with black.
+        h, w = video.shape[-2:]
+        pad_h, pad_w = max(0, size - h), max(0, size - w)
+        if pad_h or pad_w:
+            video = torch.nn.functional.pad(
+                video,
+                (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
+                value=-1.0,
+            )
+    h, w = video.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return video[..., top : top + size, left : left + size].contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------
+
+
+class VideoClipDataset(Dataset):
+    """One clip per video per epoch, for training.
+
+    Item ``i`` is a dict:
+
+    * ``video``: float32 ``(3, num_frames, sample_size, sample_size)`` in [-1, 1];
+    * ``index``: ``i`` (int), the item asked for;
+    * ``source_index``: the list position of the video the clip came from (``i`` unless substituted);
+    * ``substituted``: True when video ``i`` was bad and another video supplied the clip.
+
+    Frames: ``num_frames`` frames ``time_stride`` apart from an offset drawn uniformly among those
+    that fit. A video with fewer than ``(num_frames - 1) * time_stride + 1`` frames is, with
+    ``short_video="pad"`` (default), read at its frames ``0, s, 2s, ...`` and padded by repeating the
+    last of them; with ``short_video="skip"`` it is treated like an unreadable video.
+
+    Space: with ``resize=True`` (default) the short side is resized to ``sample_size`` (bilinear,
+    antialiased) and the centre ``sample_size`` square is cut out; with ``resize=False`` (the release's
+    InternalDataSigma) the centre square is cut at native resolution, sides shorter than
+    ``sample_size`` padded with black. With probability ``hflip_prob`` the clip is mirrored left-right
+    (the release uses 0.5).
+
+    Randomness (offset, flip) comes from ``numpy.random.default_rng((seed, epoch, i))``, epoch 0 unless
+    :meth:`set_epoch` is called. A substitute video uses item ``i``'s generator.
+
+    Bad videos (unreadable, no frames, too short with ``short_video="skip"``) give one
+    :class:`BadVideoWarning` each and are counted in ``skipped`` (also listed in ``bad_videos``); the
+    item is taken from the next good video of the list instead. Both are per process: every
+    DataLoader worker keeps its own, so with workers sum the items' ``substituted`` flags instead.
+    """
+
+    def __init__(
+        self,
+        videos: list[str],
+        num_frames: int,
+        time_stride: int,
+        sample_size: int,
+        seed: int = 0,
+        *,
+        short_video: str = "pad",
+        resize: bool = True,
+        hflip_prob: float = 0.0,
+    ) -> None:
+        for name, value in (
+            ("num_frames_per_video", num_frames),
+            ("time_stride", time_stride),
+            ("sample_size", sample_size),
+        ):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise CascadeVError(f"The {name} option must be a whole number of at least 1, got {value}.")
+        if int(seed) != seed or seed < 0:
+            raise CascadeVError(f"The seed must be a whole number of 0 or more, got {seed}.")
+        if short_video not in _SHORT_VIDEO_MODES:
+            raise CascadeVError(
+                f"The short_video option must be one of {', '.join(_SHORT_VIDEO_MODES)}, got {short_video!r}."
+            )
+        if not 0.0 <= float(hflip_prob) <= 1.0:
+            raise CascadeVError(f"The hflip_prob option must lie in [0, 1], got {hflip_prob}.")
+        if not videos:
+            raise CascadeVError("The video_list names no videos.")
+        self.videos = [str(v) for v in videos]
+        self.num_frames = int(num_frames)
+        self.time_stride = int(time_stride)
+        self.sample_size = int(sample_size)
+        self.seed = int(seed)
+        self.short_video = short_video
+        self.resize = bool(resize)
+        self.hflip_prob = float(hflip_prob)
+        self.epoch = 0
+        self.skipped = 0
+        self.bad_videos: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the offsets and flips of ``epoch`` from now on (call before building the epoch's iterator).
+
+        DataLoader workers get a copy of the dataset when an epoch's iterator starts, so this takes
+        effect in them unless ``persistent_workers=True``.
+        """
+        self.epoch = int(epoch)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def load_clip(self, source: int, rng: np.random.Generator) -> torch.Tensor:
+        """The clip ``(3, num_frames, S, S)`` in [-1, 1] of video ``source``; CascadeVError if unusable."""
+        frames = _read_frames(
+            self.videos[source],
+            self.num_frames,
+            self.time_stride,
+            rng,
+            pad=self.short_video == "pad",
+        )
+        video = _square(to_model_range(frames), self.sample_size, self.resize)
+        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
+            video = video.flip(-1)
+        return video
+
+    def _mark_bad(self, source: int, error: CascadeVError) -> None:
+        self.bad_videos.add(source)
+        self.skipped += 1
+        warnings.warn(
+            f"Skipping a training video, another one takes its place: {error}",
+            BadVideoWarning,
+            stacklevel=3,
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        n = len(self.videos)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} is out of range for {n} videos")
+        for step in range(n):
+            source = (index + step) % n
+            if source in self.bad_videos:
+                continue
+            try:
+                # Every attempt starts from item ``index``'s own generator state.
+                video = self.load_clip(source, self._rng(index))
+            except CascadeVError as exc:
+                self._mark_bad(source, exc)
+                continue
+            return {
+                "video": video,
+                "index": index,
+                "source_index": source,
+                "substituted": source != index,
+            }
+        raise CascadeVError(f"None of the {n} videos in video_list could be read.")
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = True,
+) -> DataLoader:
+    """A DataLoader over ``dataset``: batches of ``video`` ``(B, 3, T, S, S)`` plus the other keys.
+
+    The shuffle order comes from a generator seeded with ``seed`` (it advances each epoch). Workers
+    are not persistent, so :meth:`VideoClipDataset.set_epoch` reaches them.
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise CascadeVError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
+    if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
+        raise CascadeVError(f"The num_workers option must be 0 or more, got {num_workers}.")
+    if drop_last and len(dataset) < batch_size:
+        raise CascadeVError(
+            f"The video_list has {len(dataset)} videos, fewer than the batch size {batch_size}; "
+            "no full batch can be made."
+        )
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=shuffle,
+        num_workers=int(num_workers),
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )

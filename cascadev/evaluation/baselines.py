@@ -1,0 +1,122 @@
+"""The bicubic baseline: what 1/32-resolution frames give without any learned decoder.
+
+Each frame is shrunk by the compression factor (32, the semantic latent's stride) with antialiased
+bicubic filtering to ``(round(H/32), round(W/32))`` (at least 1x1), then enlarged back to ``(H, W)`` with
+bicubic interpolation, clamped and rounded. Scoring these videos with ``cascadev eval`` next to the
+previewer's and the LDM's reconstructions shows what the decoders add.
+
+    python -m cascadev.evaluation.baselines REF -o OUT [--factor 32] [--crf 18]
+
+writes ``OUT/<name>.mp4`` for every video of REF (a folder, a list file or one video), frame rate and
+frame count kept, streamed a chunk of frames at a time; each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cascadev.errors import CascadeVError
+from cascadev.video_io import VideoReader, VideoWriter
+
+__all__ = ["bicubic_folder", "bicubic_frames", "bicubic_video", "low_res_size", "main"]
+
+DEFAULT_FACTOR = 32
+
+
+def low_res_size(height: int, width: int, factor: int = DEFAULT_FACTOR) -> tuple[int, int]:
+    """The 1/``factor`` frame size: ``(round(H/f), round(W/f))``, each at least 1."""
+    if factor < 1:
+        raise CascadeVError(f"The downscaling factor must be at least 1, got {factor}.")
+    return max(1, int(height / factor + 0.5)), max(1, int(width / factor + 0.5))
+
+
+def bicubic_frames(frames: np.ndarray, factor: int = DEFAULT_FACTOR) -> np.ndarray:
+    """uint8 (n, H, W, 3) -> uint8 (n, H, W, 3): bicubic down by ``factor`` (antialiased), bicubic up."""
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"bicubic_frames needs uint8 (n, H, W, 3) frames, got {arr.dtype} {arr.shape}")
+    height, width = arr.shape[1:3]
+    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float32)
+    small = F.interpolate(x, size=low_res_size(height, width, factor), mode="bicubic",
+                          align_corners=False, antialias=True)
+    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)
+    return big.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def bicubic_video(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    factor: int = DEFAULT_FACTOR,
+    *,
+    chunk: int = 16,
+    **writer_options,
+) -> int:
+    """Write the bicubic baseline of video ``src`` to ``dst`` (same size, fps and frames); return the
+    number of frames. ``writer_options`` go to :class:`~cascadev.video_io.VideoWriter` (crf, codec)."""
+    reader = VideoReader(src)
+    low_res_size(reader.height, reader.width, factor)  # a bad factor fails before anything is written
+    with VideoWriter(dst, reader.fps or 30.0, reader.height, reader.width, **writer_options) as writer:
+        for frames in reader.iter_chunks(0, reader.num_frames, chunk):
+            writer.write(bicubic_frames(frames, factor))
+    return reader.num_frames
+
+
+def bicubic_folder(
+    src: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    factor: int = DEFAULT_FACTOR,
+    *,
+    chunk: int = 16,
+    progress: bool = False,
+    **writer_options,
+) -> list[Path]:
+    """The bicubic baseline of every video of ``src`` (folder, list file or video) as OUT/<name>.mp4."""
+    from tqdm.auto import tqdm
+
+    from .runner import list_videos
+
+    videos = list_videos(src, "the source")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
+    written = []
+    for name, path in tqdm(videos.items(), desc="bicubic", unit="video", disable=not progress):
+        dst = out_dir / f"{name}.mp4"
+        if dst.exists() and dst.resolve() == path.resolve():
+            raise CascadeVError(f"The output {dst} would overwrite its source video; choose another folder.")
+        bicubic_video(path, dst, factor, chunk=chunk, **writer_options)
+        written.append(dst)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cascadev-bicubic", description="Write the bicubic x32 baseline of a folder of videos."
+    )
+    parser.add_argument("src", help="folder of videos, list file or one video")
+    parser.add_argument("-o", "--output", required=True, help="output folder (<name>.mp4 per video)")
+    parser.add_argument("--factor", type=int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")
+    parser.add_argument("--crf", type=int, default=18, help="x264 quality (0 = lossless; default 18)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        written = bicubic_folder(args.src, args.output, args.factor, crf=args.crf, progress=not args.quiet)
+    except CascadeVError as exc:
+        print(f"cascadev-bicubic: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} videos to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

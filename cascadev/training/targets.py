@@ -1,0 +1,105 @@
+"""What the DiT learns from a clip: the SVD latent (target) and its condition, from frozen encoders.
+
+For a clip (B, 3, T, S, S) in [-1, 1]:
+
+* target: a posterior sample of the SVD VAE latent, (B, 4, T, S/8, S/8), times scale_factor;
+* condition ``semantic``: the compressor's latent (B, 16, T, S/32, S/32) upsampled x4 (bilinear),
+  times scale_factor -> 20 DiT input channels;
+* condition ``resize`` (paper Fig. 4b): the SVD latent of the video downscaled x4, (B, 4, T, S/32, S/32),
+  upsampled x4, times scale_factor -> 8 DiT input channels.
+
+``encode`` runs the frozen networks once and returns the posterior's mean and std rather than a sample,
+so that cached encodings (``LatentCache``) still give a fresh posterior sample at every step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file
+
+from ..checkpoint import save_safetensors
+from ..errors import CascadeVError
+
+CONDITIONS = ("semantic", "resize")
+
+
+class FrozenEncoders:
+    """The SVD VAE encoder and (semantic condition) the compressor, frozen, in eval mode, no gradients."""
+
+    def __init__(self, vae, compressor=None, *, condition: str = "semantic", scale_factor: float = 0.13025,
+                 sr_scale: int = 4, chunk: int = 4, dtype: torch.dtype = torch.float32):
+        if condition not in CONDITIONS:
+            raise CascadeVError(f"unknown condition {condition!r} in the config; choose semantic or resize")
+        if condition == "semantic" and compressor is None:
+            raise ValueError("the semantic condition needs the compressor")
+        self.vae, self.compressor = vae, compressor
+        for module in (vae, compressor):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        self.condition, self.scale_factor, self.sr_scale = condition, scale_factor, sr_scale
+        self.chunk, self.dtype = chunk, dtype
+
+    def _vae_posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        means, stds = [], []
+        for i in range(0, frames.shape[0], self.chunk):
+            dist = self.vae.encode(frames[i:i + self.chunk].to(self.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        return torch.cat(means), torch.cat(stds)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Clip (B, 3, T, S, S) in [-1, 1] -> dict(mean, std: (B, 4, T, S/8, S/8), cond: (B, Cc, T, S/32, S/32))."""
+        b = video.shape[0]
+        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        mean, std = self._vae_posterior(frames)
+        if self.condition == "semantic":
+            cond = torch.cat([
+                self.compressor.encode_frames(frames[i:i + self.chunk].to(self.dtype)).float()
+                for i in range(0, frames.shape[0], self.chunk)
+            ])
+        else:
+            small = F.interpolate(frames, scale_factor=1 / self.sr_scale, mode="bilinear", align_corners=False)
+            cond = self._vae_posterior(small)[0]  # the release samples here too; the mean is its expectation
+        to_video = lambda x: rearrange(x, "(b t) c h w -> b c t h w", b=b)  # noqa: E731
+        return {"mean": to_video(mean), "std": to_video(std), "cond": to_video(cond)}
+
+    def training_pair(self, encoded: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled (target (B, 4, T, H, W), condition (B, Cc, T, H, W)) with a fresh posterior sample."""
+        mean, std, cond = encoded["mean"], encoded["std"], encoded["cond"]
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        target = (mean + std * eps) * self.scale_factor
+        b = cond.shape[0]
+        h, w = cond.shape[-2:]
+        up = F.interpolate(rearrange(cond, "b c t h w -> (b t) c h w"), size=(h * self.sr_scale, w * self.sr_scale),
+                           mode="bilinear", align_corners=False)
+        return target, rearrange(up, "(b t) c h w -> b c t h w", b=b) * self.scale_factor
+
+
+class LatentCache:
+    """Encodings of the training clips on disk, one safetensors file per dataset item.
+
+    With caching on, every item uses its epoch-0 clip, so each video is encoded once and later epochs
+    skip the frozen encoders entirely.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, index: int) -> Path:
+        return self.root / f"{int(index):08d}.safetensors"
+
+    def __contains__(self, index: int) -> bool:
+        return self.path(index).is_file()
+
+    def save(self, index: int, encoded: dict[str, torch.Tensor]) -> None:
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in encoded.items()}, self.path(index))
+
+    def load(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
+        items = [load_file(self.path(i)) for i in indices]
+        return {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}

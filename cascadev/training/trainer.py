@@ -1,0 +1,396 @@
+"""The training loop of the LDM-VAE's DiT: the release's recipe (DESIGN.md §4) on accelerate.
+
+One process per device (``accelerate launch`` / ``train_vae.sh``); accelerate handles DDP (or FSDP and
+DeepSpeed through its config), mixed precision and gradient accumulation. Every random draw of a step
+(posterior sample, timesteps, noise, image mode) comes from a generator seeded by (seed, micro-step,
+process), and the data order from a permutation seeded by (seed, epoch), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_weights, save_safetensors
+from ..data import BadVideoWarning, VideoClipDataset, read_video_list
+from ..diffusion import GaussianDiffusion
+from ..errors import CascadeVError
+from ..loading import build_pipeline
+from ..models import build_model
+from ..pipeline import CascadeVPipeline
+from ..video_io import save_image, side_by_side, to_uint8
+from . import checkpoints
+from .optim import build_lr_scheduler, build_optimizer
+from .targets import FrozenEncoders, LatentCache
+
+
+@dataclass
+class TrainOptions:
+    work_dir: Path
+    max_steps: int | None = None  # total optimizer steps (a resumed run counts from where it stopped)
+    weights_dir: str | None = None  # frozen VAE / compressor / previewer files (default: the config's)
+    random_init: bool = False  # frozen networks at random: smoke tests without weights
+    device: str = "auto"  # auto or cpu
+    progress: bool = True
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of the epoch's seeded permutation, after ``skip_batches`` of its batches.
+
+    Global batch k is ``perm[k*B*R:(k+1)*B*R]``, dealt round-robin to the R processes; the tail that
+    does not fill a global batch is dropped.
+    """
+
+    def __init__(self, size: int, batch_size: int, replicas: int, rank: int, seed: int, epoch: int, skip_batches: int = 0):
+        self.size, self.batch_size, self.replicas, self.rank = size, batch_size, replicas, rank
+        self.seed, self.epoch, self.skip = seed, epoch, skip_batches
+
+    def batches_per_epoch(self) -> int:
+        return self.size // (self.batch_size * self.replicas)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.skip) * self.batch_size
+
+    def __iter__(self):
+        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        mine = perm[: self.batches_per_epoch() * self.batch_size * self.replicas][self.rank::self.replicas]
+        return iter(mine[self.skip * self.batch_size:].tolist())
+
+
+class IndexDataset(Dataset):
+    """Items of a latent cache: only their indices travel through the DataLoader."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, "substituted": False}
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def _mixed_precision(requested: str, cpu: bool) -> str:
+    if requested not in ("no", "fp16", "bf16"):
+        raise CascadeVError(f"mixed_precision must be no, fp16 or bf16, got {requested!r}")
+    if cpu and requested == "fp16":
+        warnings.warn("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
+        return "no"
+    return requested
+
+
+class Trainer:
+    """Builds everything from the config, resumes from the work dir, and runs ``fit()``."""
+
+    def __init__(self, cfg, options: TrainOptions):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.opts = cfg, options
+        self.work_dir = Path(options.work_dir)
+        cpu = options.device == "cpu" or not torch.cuda.is_available()
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(cfg.get("mixed_precision", "no"), cpu),
+            gradient_accumulation_steps=int(cfg.get("gradient_accumulation_steps", 1)),
+            log_with="tensorboard",
+            project_dir=str(self.work_dir / "logs"),
+            cpu=cpu,
+        )
+        acc = self.accelerator
+        self.seed = int(cfg.get("seed", 0))
+        set_seed(self.seed, device_specific=True)
+        if acc.is_main_process:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            cfg.dump(str(self.work_dir / "config.py"))
+        acc.wait_for_everyone()
+
+        self.dataset = VideoClipDataset(
+            read_video_list(cfg.video_list), int(cfg.num_frames_per_video), int(cfg.time_stride),
+            int(cfg.sample_size), seed=self.seed, **dict(cfg.get("data", {})),
+        )
+        self.batch_size = int(cfg.train_batch_size)
+        per_epoch = len(self.dataset) // (self.batch_size * acc.num_processes)
+        if per_epoch < 1:
+            raise CascadeVError(
+                f"video_list has {len(self.dataset)} videos, fewer than one global batch "
+                f"({self.batch_size} per process x {acc.num_processes} processes)"
+            )
+        self.batches_per_epoch = per_epoch
+        self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
+
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        condition = cfg.get("condition", "semantic")
+        parts = ["vae"] + (["compressor"] if condition == "semantic" else [])
+        if cfg.get("validation", {}).get("video") and condition == "semantic":
+            parts.append("previewer")
+        frozen = build_pipeline(cfg, parts, device=acc.device, dtype=weight_dtype, weights_dir=options.weights_dir,
+                                random_init=options.random_init)
+        self.frozen = frozen
+        self.encoders = FrozenEncoders(frozen.vae, frozen.compressor, condition=condition, scale_factor=cfg.scale_factor,
+                                       sr_scale=cfg.sr_scale, chunk=int(cfg.get("encode_chunk", 4)), dtype=weight_dtype)
+
+        spec = dict(cfg.model, fp32_attention=bool(cfg.get("fp32_attention", False)))
+        if condition == "resize":
+            spec["in_channels"] = 8
+        torch.manual_seed(self.seed)
+        dit = build_model(spec)
+        dit.gradient_checkpointing = bool(cfg.get("grad_checkpointing", False))
+        self.resume_from = checkpoints.latest_checkpoint(self.work_dir)
+        if self.resume_from is None and cfg.get("load_from"):
+            load_weights(dit, cfg.load_from, "the DiT of the training config")
+        dit.to(acc.device).train()
+
+        self.ema = None
+        if cfg.get("ema", {}).get("enabled", False):
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(dit.parameters(), decay=float(cfg.ema.get("decay", 0.9999)))
+            self.ema.to(acc.device)
+
+        optimizer = build_optimizer(dit, cfg.optimizer)
+        scheduler = build_lr_scheduler(optimizer, cfg.get("lr_schedule_args", {}).get("num_warmup_steps", 0))
+        self.dit, self.optimizer, self.lr_scheduler = acc.prepare(dit, optimizer, scheduler)
+        self.state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from))
+            self.state.update(checkpoints.read_state(self.resume_from))
+            if self.ema is not None:
+                self._load_ema(self.resume_from)
+
+        self.cache = None
+        if cfg.get("cache_latents", False):
+            self.cache = LatentCache(cfg.get("latent_cache_dir") or self.work_dir / "latent_cache")
+
+    # ------------------------------------------------------------------ pieces of a step
+
+    def _unwrapped(self):
+        return self.accelerator.unwrap_model(self.dit)
+
+    def _load_ema(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        shadow = load_file(ckpt / "ema.safetensors")
+        names = [n for n, _ in self._unwrapped().named_parameters()]
+        for param, name in zip(self.ema.shadow_params, names):
+            param.data.copy_(shadow[name].to(param.device))
+        self.ema.optimization_step = int(self.state.get("ema_step", 0))
+
+    def _fill_cache(self) -> None:
+        """Encode every item's epoch-0 clip once (each process its share); later steps read the cache."""
+        acc = self.accelerator
+        self.dataset.set_epoch(0)
+        todo = [i for i in range(acc.process_index, len(self.dataset), acc.num_processes) if i not in self.cache]
+        for i in tqdm(todo, desc="caching latents", disable=not (self.opts.progress and acc.is_main_process)):
+            item = self.dataset[i]
+            encoded = self.encoders.encode(item["video"][None].to(acc.device))
+            self.cache.save(i, {k: v[0] for k, v in encoded.items()})
+        acc.wait_for_everyone()
+
+    def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        device = self.accelerator.device
+        if self.cache is not None:
+            encoded = self.cache.load(batch["index"].tolist(), device)
+        else:
+            encoded = self.encoders.encode(batch["video"].to(device))
+        x_start, cond = self.encoders.training_pair(encoded, generator)
+        b, _, frames = x_start.shape[:3]
+        # The release draws image mode per batch and keeps one timestep per video in both modes.
+        as_images = torch.rand((), generator=generator).item() < float(self.cfg.get("joint_training", 0.0))
+        t = self.diffusion.sample_timesteps(b, generator=generator).to(device)
+        noise = torch.randn(x_start.shape, generator=generator).to(device)
+
+        def model_fn(x_t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
+            inputs = torch.cat([x_t, cond], dim=1)
+            if as_images:
+                return self.dit(inputs, ts[:, None].expand(b, frames), as_images=True)
+            return self.dit(inputs, ts)
+
+        return self.diffusion.training_losses(model_fn, x_start, t, noise=noise)["loss"].mean()
+
+    def _loader(self) -> DataLoader:
+        acc = self.accelerator
+        epoch = self.state["epoch"]
+        sampler = EpochSampler(len(self.dataset), self.batch_size, acc.num_processes, acc.process_index,
+                               self.seed, epoch, self.state["batch_in_epoch"])
+        if self.cache is not None:
+            return DataLoader(IndexDataset(len(self.dataset)), batch_size=self.batch_size, sampler=sampler)
+        self.dataset.set_epoch(epoch)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=int(self.cfg.get("num_workers", 0)), drop_last=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    def total_steps(self) -> int:
+        if self.opts.max_steps is not None:
+            return int(self.opts.max_steps)
+        accum = self.accelerator.gradient_accumulation_steps
+        return int(self.cfg.get("num_epochs", 1)) * self.batches_per_epoch // accum
+
+    def fit(self) -> Path | None:
+        """Train until ``total_steps()``; returns the last checkpoint folder."""
+        acc, cfg, state = self.accelerator, self.cfg, self.state
+        total = self.total_steps()
+        if acc.is_main_process:
+            acc.init_trackers("cascadev")
+        if self.cache is not None:
+            self._fill_cache()
+        log_every = int(cfg.get("log_interval", 10))
+        save_every = int(cfg.get("save_model_steps", 1000))
+        val_every = int(cfg.get("validation", {}).get("interval", 0) or 0)
+        bar = tqdm(total=total, initial=state["step"], desc="training", unit="step",
+                   disable=not (self.opts.progress and acc.is_main_process))
+        window = {"loss": [], "grad_norm": [], "samples": 0, "skipped": 0, "tic": time.time(), "indices": None}
+        last_saved = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("once", BadVideoWarning)
+            while state["step"] < total:
+                for batch in self._loader():
+                    loss, grad_norm = self._micro_step(batch)
+                    state["batch_in_epoch"] += 1
+                    window["loss"].append(loss)
+                    window["samples"] += self.batch_size * acc.num_processes
+                    window["skipped"] += int(batch["substituted"].sum())
+                    if grad_norm is not None:
+                        window["grad_norm"].append(grad_norm)
+                        window["indices"] = acc.gather(batch["index"].to(acc.device)).tolist()
+                    if not acc.sync_gradients:
+                        continue
+                    state["step"] += 1
+                    bar.update(1)
+                    step = state["step"]
+                    if step % log_every == 0 or step == total:
+                        self._log(window, bar)
+                    if val_every and step % val_every == 0:
+                        self._validate(step)
+                    if step % save_every == 0 or step == total:
+                        last_saved = self._save(step)
+                    if step >= total:
+                        break
+                else:
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
+        bar.close()
+        self._check_replicas()
+        acc.end_training()
+        return last_saved
+
+    def _check_replicas(self) -> None:
+        """Data-parallel replicas must hold the same weights; record each one's checksum."""
+        acc = self.accelerator
+        checksum = torch.stack([p.detach().double().sum() for p in self._unwrapped().parameters()]).sum()
+        sums = acc.gather(checksum[None].to(acc.device)).tolist()
+        if acc.is_main_process:
+            (self.work_dir / "replica_checksums.json").write_text(json.dumps({"step": self.state["step"], "checksums": sums}))
+        if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
+            raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {sums}")
+
+    def _micro_step(self, batch: dict) -> tuple[torch.Tensor, float | None]:
+        acc, state = self.accelerator, self.state
+        generator = step_generator(self.seed, state["micro_step"], acc.process_index)
+        state["micro_step"] += 1
+        grad_norm = None
+        with acc.accumulate(self.dit):
+            loss = self._loss(batch, generator)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                grad_norm = acc.clip_grad_norm_(self.dit.parameters(), float(self.cfg.get("gradient_clip", 1.0)))
+                grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad()
+        if acc.sync_gradients and self.ema is not None:
+            self.ema.step(self._unwrapped().parameters())
+        return loss.detach(), grad_norm
+
+    def _log(self, window: dict, bar) -> None:
+        acc, state = self.accelerator, self.state
+        loss = acc.gather(torch.stack(window["loss"]).mean()[None]).mean().item()
+        skipped = int(acc.gather(torch.tensor([window["skipped"]], device=acc.device)).sum())
+        state["skipped"] += skipped
+        elapsed = max(time.time() - window["tic"], 1e-9)
+        record = {
+            "step": state["step"],
+            "epoch": state["epoch"],
+            "loss": loss,
+            "grad_norm": float(np.mean(window["grad_norm"])) if window["grad_norm"] else None,
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "samples_per_sec": window["samples"] / elapsed,
+            "global_batch": self.batch_size * acc.num_processes * acc.gradient_accumulation_steps,
+            "skipped_videos": state["skipped"],
+            "indices": window["indices"],
+        }
+        window.update(loss=[], grad_norm=[], samples=0, skipped=0, tic=time.time())
+        acc.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=state["step"])
+        if acc.is_main_process:
+            with open(self.work_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.opts.progress:
+                bar.write(
+                    f"step {record['step']}: loss {loss:.4f}, grad_norm {record['grad_norm'] or math.nan:.4f}, "
+                    f"lr {record['lr']:.2e}, {record['samples_per_sec']:.2f} samples/s"
+                )
+
+    def _save(self, step: int) -> Path | None:
+        acc = self.accelerator
+        tmp = checkpoints.partial_dir(self.work_dir, step)
+        if acc.is_main_process:
+            tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        final = None
+        if acc.is_main_process:
+            if self.ema is not None:
+                names = [n for n, _ in self._unwrapped().named_parameters()]
+                save_safetensors(dict(zip(names, self.ema.shadow_params)), tmp / "ema.safetensors")
+            state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
+            final = checkpoints.finish(self.work_dir, step, state, int(self.cfg.get("keep_checkpoints", 0)))
+        acc.wait_for_everyone()
+        return final or checkpoints.checkpoint_dir(self.work_dir, step)
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> None:
+        """Reconstruct the held-out clip with the current weights and save original | preview | recon."""
+        acc, cfg = self.accelerator, self.cfg
+        spec = cfg.validation
+        if acc.is_main_process and spec.get("video"):
+            dit = self._unwrapped()
+            dit.eval()
+            clip = VideoClipDataset([spec.video], int(cfg.num_frames_per_video), int(cfg.time_stride),
+                                    int(cfg.sample_size), seed=self.seed).load_clip(0, np.random.default_rng(0))
+            cond = self.encoders.encode(clip[None].to(acc.device))["cond"][0]
+            pipe = CascadeVPipeline(dit=dit, vae=self.frozen.vae, previewer=self.frozen.previewer,
+                                    scale_factor=cfg.scale_factor, sr_scale=cfg.sr_scale, schedule=dict(cfg.schedule),
+                                    device=acc.device, dtype=self.encoders.dtype, segment_frames=0)
+            with acc.autocast():
+                recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
+                                                   steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
+            columns = [to_uint8(clip)]
+            if pipe.previewer is not None:
+                preview = torch.nn.functional.interpolate(pipe.preview(cond.cpu()), size=recon.shape[-2:], mode="bilinear")
+                columns.append(to_uint8(preview.transpose(0, 1)))
+            columns.append(to_uint8(recon.transpose(0, 1)))
+            rows = side_by_side(*columns)[:4]
+            out = self.work_dir / "validation" / f"step_{step:08d}.png"
+            out.parent.mkdir(exist_ok=True)
+            save_image(out, np.concatenate(list(rows), axis=0))
+            for tracker in acc.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_images("validation", np.stack(list(rows)), step, dataformats="NHWC")
+            dit.train()
+        acc.wait_for_everyone()

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Reconstruct every video of a folder with `cascadev recon`, then score the reconstructions with
+# `cascadev eval` against the originals.
+#
+#   tools/eval_recon.sh REF_DIR OUT_DIR [--baselines] [--metrics LIST] [--device DEV] [--resize]
+#                       [--max-frames N] [--label TEXT] [RECON OPTIONS...]
+#
+# RECON OPTIONS (--config, --ckpt, --weights-dir, --steps, --seed, ...) go to `cascadev recon`
+# unchanged; --device goes to both recon and eval, and recon's --num-frames N also makes eval compare
+# the first N frames (--max-frames N). With recon's --size, pass --resize too. OUT_DIR receives:
+#   work/<name>/          recon's outputs for each video (latent, preview.mp4, recon.mp4, compare.*)
+#   recon/<name>.mp4      links to the LDM-VAE reconstructions  -> cascadev.{json,md,png}
+# and with --baselines also
+#   preview/<name>.mp4    links to the previewer-only decodings (no LDM) -> previewer.{json,md,png}
+#   bicubic/<name>.mp4    bicubic upsampling of the 1/32 frames          -> bicubic.{json,md,png}
+#   table.md              the three rows in one table (bicubic, previewer, CascadeV)
+# A video whose work/<name>/compare.png exists (recon's last output) is not reconstructed again, so
+# an interrupted run can be resumed. Environment: PYTHON (default python3), RECON_CMD (default
+# "$PYTHON -m cascadev.cli recon").
+set -euo pipefail
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+die() { echo "eval_recon: error: $*" >&2; exit 2; }
+
+if [[ $# -ge 1 && ( $1 == -h || $1 == --help ) ]]; then usage; exit 0; fi
+[[ $# -ge 2 ]] || die "expected REF_DIR OUT_DIR [options] (see --help)."
+REF=$1 OUT=$2
+shift 2
+[[ -d $REF ]] || die "the reference folder $REF does not exist."
+
+PYTHON=${PYTHON:-python3}
+BASELINES=0
+EVAL_ARGS=()
+RECON_ARGS=()
+LABEL="CascadeV/1x32x32"
+NUM_FRAMES=""
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --baselines) BASELINES=1 ;;
+        --resize) EVAL_ARGS+=(--resize) ;;
+        --metrics|--max-frames)
+            [[ $# -ge 2 ]] || die "$1 needs a value."
+            EVAL_ARGS+=("$1" "$2"); shift ;;
+        --label)
+            [[ $# -ge 2 ]] || die "$1 needs a value."
+            LABEL=$2; shift ;;
+        --device)
+            [[ $# -ge 2 ]] || die "$1 needs a value."
+            EVAL_ARGS+=("$1" "$2"); RECON_ARGS+=("$1" "$2"); shift ;;
+        --num-frames)
+            [[ $# -ge 2 ]] || die "$1 needs a value."
+            RECON_ARGS+=("$1" "$2"); NUM_FRAMES=$2; shift ;;
+        *) RECON_ARGS+=("$1") ;;
+    esac
+    shift
+done
+if [[ -n $NUM_FRAMES ]] && [[ " ${EVAL_ARGS[*]} " != *" --max-frames "* ]]; then
+    EVAL_ARGS+=(--max-frames "$NUM_FRAMES")
+fi
+if [[ -n ${RECON_CMD:-} ]]; then
+    read -r -a RECON <<< "$RECON_CMD"
+else
+    RECON=("$PYTHON" -m cascadev.cli recon)
+fi
+
+VIDEOS=()
+while IFS= read -r -d '' video; do
+    VIDEOS+=("$video")
+done < <(find "$REF" -maxdepth 1 -type f \( -iname '*.mp4' -o -iname '*.m4v' -o -iname '*.mov' \
+            -o -iname '*.mkv' -o -iname '*.avi' -o -iname '*.webm' \) ! -name '.*' -print0 | sort -z)
+[[ ${#VIDEOS[@]} -gt 0 ]] || die "the reference folder $REF holds no videos."
+
+mkdir -p "$OUT/work" "$OUT/recon" || die "cannot create $OUT."
+OUT_ABS=$(cd "$OUT" && pwd)
+if [[ $BASELINES == 1 ]]; then mkdir -p "$OUT/preview"; fi
+
+for video in "${VIDEOS[@]}"; do
+    file=$(basename "$video")
+    name=${file%.*}
+    work="$OUT_ABS/work/$name"
+    if [[ -f $work/compare.png ]]; then
+        echo "eval_recon: $name already reconstructed, kept" >&2
+    else
+        echo "eval_recon: reconstructing $name" >&2
+        "${RECON[@]}" "$video" -o "$work" "${RECON_ARGS[@]}" || die "cascadev recon failed on $video."
+    fi
+    ln -sfn "$work/recon.mp4" "$OUT_ABS/recon/$name.mp4"
+    if [[ $BASELINES == 1 ]]; then ln -sfn "$work/preview.mp4" "$OUT_ABS/preview/$name.mp4"; fi
+done
+
+evaluate() {  # evaluate REC_DIR NAME LABEL
+    "$PYTHON" -m cascadev.cli eval --ref "$REF" --rec "$1" -o "$OUT/$2.json" --label "$3" --quiet \
+        "${EVAL_ARGS[@]}" || die "cascadev eval failed on $1."
+}
+
+evaluate "$OUT/recon" cascadev "$LABEL"
+if [[ $BASELINES == 1 ]]; then
+    evaluate "$OUT/preview" previewer "Previewer only (w/o LDM)/1x32x32"
+    "$PYTHON" -m cascadev.evaluation.baselines "$REF" -o "$OUT/bicubic" --quiet \
+        || die "the bicubic baseline failed."
+    evaluate "$OUT/bicubic" bicubic "Bicubic x32/1x32x32"
+    "$PYTHON" -m cascadev.evaluation.report "$OUT/bicubic.json" "$OUT/previewer.json" \
+        "$OUT/cascadev.json" -o "$OUT/table.md" > /dev/null || die "combining the tables failed."
+    echo "eval_recon: wrote $OUT/table.md" >&2
+    cat "$OUT/table.md"
+fi

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Build the release's evaluation set from a local copy of Inter4K.
+
+    python tools/prepare_inter4k.py INTER4K_DIR -o OUT [-n 200] [--size 1024] [--no-crop]
+                                    [--fps 30] [--num-frames 64] [--crf 18] [--skip-short]
+
+Takes the first N videos of INTER4K_DIR (a folder of videos, or a list file) in natural name order
+(``2.mp4`` before ``10.mp4``), and for each writes ``OUT/<name>.mp4``:
+
+* frame rate ``--fps`` by frame selection: output frame i shows source frame
+  ``floor(i * source_fps / fps)`` (frames are dropped or repeated, never blended);
+* the short side resized to ``--size`` (bilinear, antialiased), then a centred ``size x size`` crop
+  (``--no-crop`` keeps the aspect ratio);
+* exactly ``--num-frames`` frames (the release does not state a length; 64 frames, about 2 s, is the
+  default). A video too short for that is an error naming it, or skipped with ``--skip-short`` (then
+  the next videos are taken so that N videos are still written).
+
+Frames are read and written a few at a time (4K frames are large), each output is written atomically,
+and ``OUT/manifest.json`` records the source and the source frames of every output. Errors print one
+line ``prepare_inter4k: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+try:
+    import cascadev  # noqa: F401
+except ImportError:  # run from a checkout where the package is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from cascadev.atomic import atomic_output
+from cascadev.errors import CascadeVError
+from cascadev.evaluation.runner import list_videos
+from cascadev.video_io import VideoReader, VideoWriter, resize_short_side, to_model_range, to_uint8
+
+PROG = "prepare_inter4k"
+READ_CHUNK = 4  # a 4K frame is about 100 MB as float32, so a few at a time
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in the project's format."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{PROG}: error: {message} (see --help).\n")
+        sys.exit(2)
+
+
+class TooShort(CascadeVError):
+    """The source video does not have enough frames for the requested length."""
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", type=Path, help="the Inter4K videos: a folder or a list file")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("-n", "--num-videos", type=_positive, default=200, help="number of videos (default 200)")
+    parser.add_argument("--size", type=_positive, default=1024, help="short side, and crop size (default 1024)")
+    parser.add_argument("--no-crop", action="store_true", help="resize only, keep the aspect ratio")
+    parser.add_argument("--fps", type=_positive_float, default=30.0, help="output frame rate (default 30)")
+    parser.add_argument("--num-frames", type=_positive, default=64, help="frames per video (default 64)")
+    parser.add_argument("--crf", type=int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)")
+    parser.add_argument("--skip-short", action="store_true", help="skip videos too short instead of stopping")
+    return parser
+
+
+def source_indices(source_fps: float, fps: float, num_frames: int) -> list[int]:
+    """Source frame shown at each output frame time ``i / fps``: ``floor(i * source_fps / fps)``."""
+    ratio = source_fps / fps
+    # The small epsilon keeps exact ratios (60 -> 30) from flooring 2.9999999 to 2.
+    return [int(math.floor(i * ratio + 1e-9)) for i in range(num_frames)]
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (n, H, W, 3) -> the centred (n, size, size, 3) (H, W >= size)."""
+    h, w = frames.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+def prepare_video(
+    src: Path, dst: Path, *, size: int, crop: bool, fps: float, num_frames: int, crf: int = 18
+) -> list[int]:
+    """Write the evaluation version of ``src`` to ``dst``; return the source frame indices used.
+
+    Raises CascadeVError when ``src`` is unreadable or has no frame rate, TooShort when it is too short.
+    """
+    reader = VideoReader(src)
+    if reader.fps <= 0:
+        raise CascadeVError(f"{src} does not state its frame rate, so it cannot be resampled to {fps:g} fps.")
+    indices = source_indices(reader.fps, fps, num_frames)
+    if indices[-1] >= reader.num_frames:
+        seconds = num_frames / fps
+        raise TooShort(
+            f"{src} has {reader.num_frames} frames at {reader.fps:.3g} fps, fewer than the "
+            f"{seconds:.3g} s that {num_frames} frames at {fps:g} fps need."
+        )
+    first = reader.read([0])
+    out_h, out_w = resize_short_side(to_model_range(first).transpose(0, 1), size).shape[-2:]
+    if crop:
+        out_h, out_w = size, size
+    with VideoWriter(dst, fps, out_h, out_w, crf=crf) as writer:
+        for start in range(0, num_frames, READ_CHUNK):
+            frames = reader.read(indices[start : start + READ_CHUNK])
+            x = resize_short_side(to_model_range(frames).transpose(0, 1), size)  # (n, 3, h, w)
+            out = to_uint8(x.transpose(0, 1))
+            writer.write(np.ascontiguousarray(center_crop(out, size)) if crop else out)
+    return indices
+
+
+def prepare(
+    src: Path,
+    out_dir: Path,
+    *,
+    num_videos: int = 200,
+    size: int = 1024,
+    crop: bool = True,
+    fps: float = 30.0,
+    num_frames: int = 64,
+    crf: int = 18,
+    skip_short: bool = False,
+    log=None,
+) -> list[Path]:
+    """Write the first ``num_videos`` videos of ``src`` (see the module docstring); return the outputs."""
+    videos = list_videos(src, "the Inter4K source")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
+    written: list[Path] = []
+    manifest = {
+        "source": str(src),
+        "size": size,
+        "crop": crop,
+        "fps": fps,
+        "num_frames": num_frames,
+        "frame_selection": "output frame i = source frame floor(i * source_fps / fps)",
+        "videos": {},
+    }
+    for name, path in videos.items():
+        if len(written) == num_videos:
+            break
+        dst = out_dir / f"{name}.mp4"
+        if dst.exists() and dst.resolve() == path.resolve():
+            raise CascadeVError(f"The output {dst} would overwrite its source; choose another folder.")
+        try:
+            indices = prepare_video(path, dst, size=size, crop=crop, fps=fps, num_frames=num_frames, crf=crf)
+        except TooShort as exc:
+            if not skip_short:
+                raise
+            if log:
+                log(f"{PROG}: skipped {path}: {exc}")
+            continue
+        manifest["videos"][name] = {"source": str(path), "source_frames": indices}
+        written.append(dst)
+        if log:
+            log(f"{PROG}: wrote {dst} ({len(written)}/{num_videos})")
+    if len(written) < num_videos:
+        raise CascadeVError(
+            f"{src} gave only {len(written)} usable videos of the {num_videos} asked for "
+            f"(the {len(written)} written are in {out_dir})."
+        )
+    with atomic_output(out_dir / "manifest.json", "manifest") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prepare(
+            args.src, args.output, num_videos=args.num_videos, size=args.size, crop=not args.no_crop,
+            fps=args.fps, num_frames=args.num_frames, crf=args.crf, skip_short=args.skip_short,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except CascadeVError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
