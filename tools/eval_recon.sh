@@ -15,7 +15,7 @@
 #   bicubic/<name>.mp4    bicubic upsampling of the 1/32 frames          -> bicubic.{json,md,png}
 #   table.md              the three rows in one table (bicubic, previewer, CascadeV)
 # A video whose work/<name>/compare.png exists (recon's last output) is not reconstructed again, so
-# an interrupted run can be resumed. Environment: PYTHON (default python3), RECON_CMD (default
+# an interrupted run can be resumed. Environment: PYTHON (default the repo's .venv, else python3), RECON_CMD (default
 # "$PYTHON -m cascadev.cli recon").
 set -euo pipefail
 
@@ -28,7 +28,11 @@ REF=$1 OUT=$2
 shift 2
 [[ -d $REF ]] || die "the reference folder $REF does not exist."
 
-PYTHON=${PYTHON:-python3}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    [ -x "$REPO/.venv/bin/python" ] && PYTHON="$REPO/.venv/bin/python"
+fi
 BASELINES=0
 EVAL_ARGS=()
 RECON_ARGS=()
