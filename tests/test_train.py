@@ -133,3 +133,19 @@ def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
         assert len(record["indices"]) == 4 and len(set(record["indices"])) == 4
     sums = json.loads((work / "replica_checksums.json").read_text())["checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_resize_condition_adamw_accumulation_bf16_and_warmup(tmp_path, clips):
+    """Paper Fig. 4b's condition (8 input channels) with the other optimisation options."""
+    work = tmp_path / "w"
+    options = ["condition=resize", "optimizer.type=AdamW", "optimizer.lr=1e-3", "optimizer.betas=(0.9,0.999)",
+               "optimizer.eps=1e-8", "gradient_accumulation_steps=2",
+               "mixed_precision=bf16", "fp32_attention=True", "lr_schedule_args.num_warmup_steps=4"]
+    assert train(work, clips / "four.txt", "--max-steps", 2, options=options) == 0
+    records = metrics(work)
+    assert [r["lr"] for r in records] == pytest.approx([2.5e-4, 5e-4])  # linear warm-up over 4 steps
+    assert records[-1]["global_batch"] == 4  # 2 per process x 2 accumulated micro-batches
+    state = json.loads((work / "checkpoint-00000002" / "trainer_state.json").read_text())
+    assert state["micro_step"] == 4
+    weights = load_file(work / "checkpoint-00000002" / "model.safetensors")
+    assert weights["x_embedder.proj.weight"].shape[1] == 8

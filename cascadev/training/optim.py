@@ -24,6 +24,8 @@ def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
 
         return CAME(params, **spec)
     if kind == "AdamW":
+        if len(tuple(spec.get("betas", (0.9, 0.999)))) != 2 or isinstance(spec.get("eps", 1e-8), (tuple, list)):
+            raise CascadeVError("AdamW takes two betas and one eps: set optimizer.betas=(0.9,0.999) optimizer.eps=1e-8")
         return torch.optim.AdamW(params, **spec)
     raise CascadeVError(f"unknown optimizer {kind!r} in the config; choose CAME or AdamW")
 
