@@ -61,3 +61,36 @@ def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[Pat
     except BaseException:
         remove_quietly(tmp)
         raise
+
+
+class AtomicWriter:
+    """Base of the streaming writers: the output appears only when ``close()`` succeeds.
+
+    Used as a context manager it closes on success and aborts (removing its temporary file) when the
+    block raises; a writer dropped without being closed aborts too. Subclasses implement ``close`` and
+    ``abort`` and set ``_closed``.
+    """
+
+    _closed = True
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.abort()
+            except Exception:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()

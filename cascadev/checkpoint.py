@@ -8,7 +8,6 @@ file (missing, corrupt, unsafe, not a state dict, not fitting the model) becomes
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import warnings

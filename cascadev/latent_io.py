@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cascadev.atomic import check_output_path, remove_quietly, temp_path
+from cascadev.atomic import AtomicWriter, check_output_path, remove_quietly, temp_path
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -145,7 +145,7 @@ def _metadata_strings(metadata: LatentMeta | dict[str, Any] | None) -> dict[str,
     return out
 
 
-class LatentWriter:
+class LatentWriter(AtomicWriter):
     """Writes a latent ``(C, T, h, w)`` to a safetensors file in frame chunks, in any order.
 
     Use as a context manager::
@@ -279,23 +279,6 @@ class LatentWriter:
             remove_quietly(self._tmp)
             self._tmp = None
 
-    def __del__(self) -> None:
-        # A writer dropped without close() (e.g. never used in a ``with``) must not leave its
-        # temporary file behind.
-        if not getattr(self, "_closed", True):
-            try:
-                self.abort()
-            except Exception:
-                pass
-
-    def __enter__(self) -> LatentWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
 
 class LatentReader:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascadev.atomic import atomic_output, check_output_path, remove_quietly, temp_path
+from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, remove_quietly, temp_path
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -460,7 +460,7 @@ class _AudioSource:
             self.container = None
 
 
-class VideoWriter:
+class VideoWriter(AtomicWriter):
     """Streams uint8 RGB frames ``(n, H, W, 3)`` into a video file (H.264 in mp4 by default).
 
     Use as a context manager. Frames are encoded as they are written, so memory does not grow with the
@@ -611,23 +611,6 @@ class VideoWriter:
         remove_quietly(self._tmp)
         self._tmp = None
 
-    def __del__(self) -> None:
-        # A writer dropped without close() (e.g. never used in a ``with``) must not leave its
-        # temporary file behind.
-        if not getattr(self, "_closed", True):
-            try:
-                self.abort()
-            except Exception:
-                pass
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-        else:
-            self.close()
 
 
 def write_video(

@@ -184,7 +184,7 @@ def test_perfect_model_has_zero_mse_and_small_kl():
 def test_video_shaped_latents_match_the_same_data_as_images(golden):
     """(N, C, T, H, W) inputs give the per-sample numbers of the same values laid out as (N, C, H, T*W)."""
     diffusion = GaussianDiffusion()
-    n, c, t_frames, h, w = 6, 4, 2, 8, 4
+    n, t_frames, h, w = 6, 2, 8, 4
     # Re-use the golden data: split each 8x8 latent into 2 "frames" of 8x4.
     def to_video(x):
         return x.reshape(n, x.shape[1], h, t_frames, w).permute(0, 1, 3, 2, 4).contiguous()
