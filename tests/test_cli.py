@@ -204,3 +204,25 @@ def test_missing_weights_stop_at_once_naming_each_file(tmp_path, capsys, clip):
 def test_missing_config(tmp_path, capsys, clip):
     code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", tmp_path / "none.py")
     assert_one_line_error(code, err, "none.py")
+
+
+def test_recon_sh_runs_cascadev_recon(tmp_path):
+    video = tmp_path / "nine.mp4"
+    write_test_video(video, 9, 48, 64)
+    out = tmp_path / "out"
+    env = dict(os.environ, CASCADEV=str(Path(sys.executable).with_name("cascadev")))
+    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), str(video), str(out), "--config", TINY,
+                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert VideoReader(out / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
+
+
+def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet", "--dtype", "bf16")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
+                        "--dtype", "bf16", "--steps", 2, "--quiet")
+    assert code == 0, err
+    assert VideoReader(tmp_path / "v.mp4").num_frames == 7
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "w.mp4", "--config", TINY, "--random-init", "--dtype", "fp16")
+    assert_one_line_error(code, err, "fp16 needs a CUDA device")
