@@ -7,6 +7,7 @@ encoded, sampled, decoded and written a chunk at a time.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,8 @@ def reconstruct_video(
     ``compare_frames`` evenly spaced frames of it stacked vertically.
     """
     out_dir = Path(out_dir)
+    source = VideoReader(video)
+    select_frames(source, start, num_frames)  # a bad input fails before the folder is made
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -137,17 +140,11 @@ def reconstruct_video(
         raise CascadeVError(f"output folder {out_dir} is not writable")
     paths = {name: out_dir / name for name in ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")}
 
-    pipe_holder: list[CascadeVPipeline] = []
-
-    def load_once() -> CascadeVPipeline:
-        if not pipe_holder:
-            pipe_holder.append(load_pipeline())
-        return pipe_holder[0]
+    load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
     meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
                         num_frames=num_frames, progress=sampling.progress)
     pipe = load_once()
-    source = VideoReader(video)
     latent = LatentReader(paths["latent.safetensors"])
     count = latent.num_frames
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))

@@ -109,6 +109,7 @@ def test_console_script_is_installed(tmp_path):
 def test_missing_video(tmp_path, capsys):
     code, err = run_cli(capsys, "recon", tmp_path / "nope.mp4", "-o", tmp_path / "out", "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "nope.mp4")
+    assert leftovers(tmp_path) == []
 
 
 def test_non_video_and_corrupt_files(tmp_path, capsys, clip):
@@ -125,7 +126,7 @@ def test_non_video_and_corrupt_files(tmp_path, capsys, clip):
 def test_video_shorter_than_asked(tmp_path, capsys, clip):
     code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--num-frames", 50, "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "7 frames")
-    assert not (tmp_path / "out" / "latent.safetensors").exists()
+    assert leftovers(tmp_path) == []
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, capsys, clip, tiny_weights):
