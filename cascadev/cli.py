@@ -1,4 +1,5 @@
-"""The ``cascadev`` command: ``encode``, ``decode`` and ``recon`` (video -> latent -> video)."""
+"""The ``cascadev`` command: ``encode``, ``decode`` and ``recon`` (video -> latent -> video), ``upscale`` and
+``interpolate`` (another model's video, 4x larger or 4x smoother), ``train`` and ``eval``."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_frame_options(p: argparse.ArgumentParser) -> None:
+def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)") -> None:
     g = p.add_argument_group("frames")
-    g.add_argument("--size", type=_positive, default=None, help="resize so the short side has this many pixels (default: keep)")
+    g.add_argument("--size", type=_positive, default=None, help=size_help)
     g.add_argument("--start", type=_non_negative, default=0, help="first frame (default 0)")
     g.add_argument("--num-frames", type=_positive, default=None, help="number of frames (default: all)")
 
@@ -62,6 +63,35 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive, default=None, help="windows x tiles per DiT call")
     g.add_argument("--vae-chunk", type=_positive, default=None, help="frames per SVD decoder call")
     g.add_argument("--crf", type=_non_negative, default=18, help="x264 quality of the written videos (0 = lossless)")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output video")
+    g.add_argument("--codec", default="libx264", help="video encoder (default libx264; e.g. libx265, libx264rgb)")
+    g.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p, yuv444p for odd sizes)")
+
+
+def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str) -> None:
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov); the input's audio is copied")
+    p.add_argument(count, default=None, metavar="N", help=count_help)
+    p.add_argument("--mode", default="auto", help="auto (default: the DiT's 2x mode for latents >= twice the trained size), tiles or 2x")
+    _add_sampling_options(p)
+    _add_output_options(p)
+    _add_model_options(p)
+
+
+def _whole(value: str | None, option: str, default: int) -> int:
+    """A count option parsed here, not by argparse, so a bad value is a one-line error (exit 2)."""
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < 1:
+        raise CascadeVError(f"The {option} option must be a whole number of at least 1, got {value!r}.")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("latent")
     p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)")
     _add_sampling_options(p)
+    _add_output_options(p)
     _add_model_options(p)
 
     p = sub.add_parser("recon", help="video -> latent -> video, with previews and a comparison")
@@ -86,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_model_options(p)
+
+    p = sub.add_parser("upscale", help="another model's video -> 4x resolution (2x mode up to 2K), streamed")
+    _add_frame_options(p, size_help="short side of the output in pixels, instead of --scale")
+    _add_enhance_options(p, "--scale", "output size = N x the input's (default 4)")
+
+    p = sub.add_parser("interpolate", help="another model's video -> 4x frame rate, streamed")
+    _add_frame_options(p, size_help="resize the output so its short side has this many pixels (default: keep)")
+    _add_enhance_options(p, "--factor", "N - 1 new frames between each pair of input frames, N x the frame rate (default 4)")
 
     p = sub.add_parser("train", help="train the DiT on a list of videos (accelerate; resumes from the work dir)")
     p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
@@ -121,6 +160,13 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
     return load
 
 
+def _enhance_parts(cfg) -> list[str]:
+    kind = cfg.get("condition", "semantic")
+    if kind not in ("semantic", "resize"):
+        raise CascadeVError(f"unknown condition {kind!r} in the config; choose semantic or resize")
+    return ["dit", "compressor", "vae"] if kind == "semantic" else ["dit", "vae"]
+
+
 def _sampling(args: argparse.Namespace, cfg):
     from .reconstruct import SamplingArgs
     from .schedulers import make_scheduler
@@ -149,11 +195,24 @@ def run(args: argparse.Namespace) -> None:
                                  start=args.start, num_frames=args.num_frames, progress=not args.quiet)
     elif args.command == "decode":
         sampling = _sampling(args, cfg)
-        reconstruct.decode_latent(_loader(args, cfg, ["dit", "vae"]), args.latent, args.output, sampling, crf=args.crf)
+        reconstruct.decode_latent(_loader(args, cfg, ["dit", "vae"]), args.latent, args.output, sampling, crf=args.crf,
+                                  codec=args.codec, pix_fmt=args.pix_fmt)
     elif args.command == "recon":
         sampling = _sampling(args, cfg)
         reconstruct.reconstruct_video(_loader(args, cfg, ["dit", "compressor", "previewer", "vae"]), args.video,
                                       args.output, sampling, size=args.size, start=args.start, num_frames=args.num_frames)
+    elif args.command in ("upscale", "interpolate"):
+        from . import enhance
+
+        if args.command == "upscale":
+            if args.scale is not None and args.size is not None:
+                raise CascadeVError("Give either --scale or --size for upscale, not both.")
+            task, count = enhance.upscale_video, {"scale": _whole(args.scale, "--scale", 4)}
+        else:
+            task, count = enhance.interpolate_video, {"factor": _whole(args.factor, "--factor", 4)}
+        sampling = _sampling(args, cfg)
+        task(_loader(args, cfg, _enhance_parts(cfg)), args.video, args.output, sampling, size=args.size, mode=args.mode,
+             start=args.start, num_frames=args.num_frames, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, **count)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,15 @@
       -> sample:   DiT + diffusers scheduler     -> SVD latent (T, 4, H/8, W/8)
       -> vae_decode: SVD temporal decoder        -> frames (T, 3, H, W) in [-1, 1]
 
+A model trained with the resize condition (paper Fig. 4b; DiT with 8 input channels) is conditioned
+on the SVD-VAE latent of the video at a quarter of the size instead: ``encode_resized`` takes frames
+(T, 3, H/4, W/4) to (4, T, H/32, W/32), which ``condition`` upsamples x4 like a semantic latent.
+
 Long videos are sampled in windows of ``lats_per_vid`` frames (stride half a window) and large frames
 in tiles of ``input_size`` latent pixels, their noise predictions cross-faded at every step (the
-release's scheme, with blended rather than overwritten tile overlaps). ``decode`` streams: it samples
+release's scheme, with blended rather than overwritten tile overlaps). The DiT's 2x mode (the paper's
+2K path) instead takes tiles of ``2 * input_size`` latent pixels and windows of ``lats_per_vid // 4``
+frames (the same token count; see :meth:`CascadeVPipeline.plan`). ``decode`` streams: it samples
 ``segment_frames`` latent frames at a time, cross-fades the final latents of consecutive segments over
 half a window and decodes finished frames in chunks of ``vae_chunk``, so memory is bounded by the
 segment, window and tile sizes rather than by the video's length. Noise is drawn per frame from a
@@ -18,6 +24,7 @@ segments share start from the same noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -26,11 +33,31 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .errors import CascadeVError
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
 from .tiling import Tiling, crossfade_weights, window_starts
 
 # PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
 SCALE_FACTOR = 0.13025
+# How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
+# latent is at least twice the trained size on both sides).
+MODES = ("auto", "tiles", "2x")
+# Condition channels of the DiT -> the kind of condition it was trained with.
+CONDITION_KINDS = {16: "semantic", 4: "resize"}
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How ``sample`` covers a latent with DiT calls.
+
+    ``mode`` is "tiles" or "2x"; each DiT call sees ``frames`` frames of ``tile`` x ``tile`` latent
+    pixels; neighbouring tiles start ``tile_stride`` apart and windows ``max(1, frames // 2)`` apart.
+    """
+
+    mode: str
+    frames: int
+    tile: int
+    tile_stride: int
 
 
 def frame_generator(seed: int, frame: int) -> torch.Generator:
@@ -76,6 +103,16 @@ class CascadeVPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
 
+    @property
+    def condition_kind(self) -> str:
+        """The condition the DiT takes: "semantic" (16 channels, the release) or "resize" (4, paper Fig. 4b)."""
+        if self.dit is None:
+            return "semantic"
+        channels = self.dit.in_channels - 4
+        if channels not in CONDITION_KINDS:
+            raise CascadeVError(f"the DiT takes {self.dit.in_channels} input channels; expected 20 (semantic) or 8 (resize)")
+        return CONDITION_KINDS[channels]
+
     # ------------------------------------------------------------------ semantic latent
 
     @torch.no_grad()
@@ -83,6 +120,19 @@ class CascadeVPipeline:
         """Frames (T, 3, H, W) in [-1, 1], H and W multiples of 32 -> semantic latent (16, T, H/32, W/32)."""
         out = [
             self.compressor.encode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
+            for i in range(0, frames.shape[0], self.encode_chunk)
+        ]
+        return torch.cat(out).transpose(0, 1)
+
+    @torch.no_grad()
+    def encode_resized(self, frames: torch.Tensor) -> torch.Tensor:
+        """The resize variant's condition: low-resolution frames (T, 3, h, w) in [-1, 1], h and w multiples
+        of 8 -> SVD-VAE latent (4, T, h/8, w/8), the posterior's mode, unscaled (``condition`` scales it).
+
+        For an output of H x W pixels the frames are the video at H/4 x W/4.
+        """
+        out = [
+            self.vae.encode(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).latent_dist.mode().float().cpu()
             for i in range(0, frames.shape[0], self.encode_chunk)
         ]
         return torch.cat(out).transpose(0, 1)
@@ -98,13 +148,37 @@ class CascadeVPipeline:
         return torch.cat(out)
 
     def condition(self, latent: torch.Tensor) -> torch.Tensor:
-        """Semantic latent (16, T, h, w) -> DiT condition (T, 16, sr*h, sr*w), upsampled and scaled."""
+        """Condition latent (C, T, h, w) -> DiT condition (T, C, sr*h, sr*w), upsampled and scaled.
+
+        C is 16 for a semantic latent (``encode``) and 4 for the resize variant's (``encode_resized``).
+        """
         frames = latent.transpose(0, 1).to(self.device, torch.float32)
         h, w = frames.shape[-2:]
         up = F.interpolate(frames, size=(h * self.sr_scale, w * self.sr_scale), mode="bilinear", align_corners=False)
         return up * self.scale_factor
 
     # ------------------------------------------------------------------ LDM sampling
+
+    def plan(self, height: int, width: int, mode: str = "tiles") -> SamplingPlan:
+        """Windows and tiles for a (height, width) DiT latent.
+
+        "tiles": the trained ``input_size`` tiles and ``lats_per_vid`` frames (the default of
+        ``decode``). "2x": tiles of ``2 * input_size`` with ``lats_per_vid // 4`` frames, pe_interpolation
+        doubled inside the DiT; tiles overlap by the same fraction as in "tiles" (stride
+        ``2 * tile_stride``). "auto": "2x" when both sides are at least ``2 * input_size``, else "tiles".
+        """
+        if mode not in MODES:
+            raise CascadeVError(f"unknown sampling mode {mode!r}; choose {', '.join(MODES)}")
+        size = self.dit.input_size
+        if mode == "auto":
+            mode = "2x" if min(height, width) >= 2 * size else "tiles"
+        if mode == "tiles":
+            return SamplingPlan("tiles", self.dit.lats_per_vid, size, self.tile_stride or max(1, round(size * 0.75)))
+        frames = self.dit.window_frames(2 * size, 2 * size)
+        if frames < 1:
+            raise CascadeVError(f"this DiT has {self.dit.lats_per_vid} frames per window; the 2x mode needs at least 4")
+        stride = 2 * self.tile_stride if self.tile_stride else max(1, round(2 * size * 0.75))
+        return SamplingPlan("2x", frames, 2 * size, stride)
 
     @torch.no_grad()
     def sample(
@@ -116,6 +190,7 @@ class CascadeVPipeline:
         seed: int = 0,
         frame_offset: int = 0,
         progress: tqdm | None = None,
+        mode: str = "tiles",
     ) -> torch.Tensor:
         """Generate the SVD latent for a condition.
 
@@ -123,11 +198,13 @@ class CascadeVPipeline:
             cond: (T, C, H, W) scaled condition (see ``condition``); any T, H, W. A latent smaller than
                 one window or tile is padded (edge frames and pixels repeated) and cropped back.
             frame_offset: index of cond's first frame in the video (selects the per-frame noise).
+            mode: "tiles", "2x" or "auto" (see ``plan``).
         Returns:
             (T, 4, H, W) SVD-VAE latent, divided by scale_factor (ready for ``vae_decode``).
         """
-        frames, tile = self.dit.lats_per_vid, self.dit.input_size
         num_frames, _, height, width = cond.shape
+        plan = self.plan(height, width, mode)
+        frames, tile = plan.frames, plan.tile
         cond = _pad_to(cond.to(self.device, torch.float32), max(num_frames, frames), max(height, tile), max(width, tile))
         canvas_t, _, canvas_h, canvas_w = cond.shape
 
@@ -136,7 +213,7 @@ class CascadeVPipeline:
         sched.set_timesteps(steps, device=self.device)
         latents = randn_tensor((canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32)
         latents = latents * sched.init_noise_sigma
-        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, self.tile_stride)
+        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride)
         for t in sched.timesteps:
             noise = self._predict_noise(sched.scale_model_input(latents, t), cond, t, tiling)
             latents = sched.step(noise, t, latents, generator=generators).prev_sample
@@ -181,12 +258,15 @@ class CascadeVPipeline:
         steps: int = 8,
         seed: int = 0,
         progress: bool = True,
+        mode: str = "tiles",
     ) -> Iterator[torch.Tensor]:
         """Stream a semantic latent back to frames.
 
         Args:
-            read_latent: ``read_latent(t0, t1)`` returns semantic latent frames [t0, t1), (16, t1-t0, h, w).
+            read_latent: ``read_latent(t0, t1)`` returns condition latent frames [t0, t1), (C, t1-t0, h, w)
+                (a semantic latent, or the resize variant's); t0 never decreases from call to call.
             num_frames: the latent's length T.
+            mode: "tiles" (default), "2x" or "auto": how each segment is covered (see ``plan``).
         Yields:
             consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
         """
@@ -201,7 +281,8 @@ class CascadeVPipeline:
         for k, s0 in enumerate(starts):
             s1 = min(s0 + segment, num_frames)
             z = self.sample(
-                self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0, progress=bar
+                self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0,
+                progress=bar, mode=mode,
             )
             z = z * weights[k, : s1 - s0, None, None, None]
             # Frames of this segment already in `pending` are added in place; the rest extend it.

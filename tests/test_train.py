@@ -19,6 +19,15 @@ ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each `cascadev train` here is its own run; accelerate keeps its state per process otherwise."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(True)
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")

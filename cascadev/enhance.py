@@ -1,0 +1,265 @@
+"""The file-level tasks behind ``cascadev upscale`` and ``cascadev interpolate``: another model's video
+made 4x larger or 4x smoother by CascadeV's LDM-VAE, with no fine-tuning (paper, Figure 1).
+
+Upscale: every input frame is resized to the target size (bicubic, antialiased when it shrinks,
+clamped to [-1, 1]) and its condition latent is taken at that size: the semantic compressor's
+(16, T, H/32, W/32), or, for a model trained with the resize condition (paper Fig. 4b), the SVD-VAE
+latent (4, T, H/32, W/32) of the frames at H/4 x W/4, which for ``scale=4`` is the input itself. The
+DiT then adds the detail and the SVD decoder makes pixels, exactly as in ``cascadev decode``; DiT
+latents of at least twice the trained size per side go through the DiT's 2x mode (``mode="auto"``).
+
+Interpolate: N input frames give (N - 1) * factor + 1 output frames at factor times the frame rate.
+The condition latents of the input frames are computed and those of the frames in between are linear
+interpolations of their two neighbours (output frame j lies at input time j / factor); the DiT, whose
+3D attention sees a whole window, makes the in-between frames consistent with their neighbours.
+
+Both stream: input frames are read and encoded ``READ_CHUNK`` at a time as sampling reaches them and
+are dropped once no segment needs them, segments are sampled and decoded as in ``decode``, and frames
+are written as they come, so memory is bounded by the segment, window, tile and chunk sizes, not by
+the video's length. The input's audio track is copied to the output (from ``start`` on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CascadeVError
+from .pipeline import MODES, CascadeVPipeline
+from .reconstruct import (
+    LATENT_STRIDE,
+    READ_CHUNK,
+    PipelineLoader,
+    SamplingArgs,
+    _frames_to_uint8,
+)
+from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
+
+# Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
+LatentRange = Callable[[int, int], torch.Tensor]
+UPSCALE_FILTER = "bicubic"
+
+
+def _check_count(value: int, option: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise CascadeVError(f"The {option} option must be a whole number of at least 1, got {value}.")
+    return int(value)
+
+
+def target_size(height: int, width: int, *, scale: int | None = None, size: int | None = None) -> tuple[int, int]:
+    """Output (H, W) for an input of (height, width): ``scale`` times it, or short side ``size``.
+
+    With ``size`` the aspect ratio is kept and the long side rounded to the nearest pixel (as
+    :func:`cascadev.video_io.resize_short_side`); with neither, the input's own size.
+    """
+    if size is not None:
+        size = _check_count(size, "--size")
+        if height <= width:
+            return size, max(1, math.floor(width * size / height + 0.5))
+        return max(1, math.floor(height * size / width + 0.5)), size
+    scale = _check_count(scale if scale is not None else 1, "--scale")
+    return height * scale, width * scale
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Frames (T, 3, h, w) in [-1, 1] -> (T, 3, H, W) in [-1, 1]: bicubic, antialiased, clamped.
+
+    Bicubic keeps upscaled edges sharper than bilinear for the compressor; antialiasing only acts when
+    a side shrinks; the clamp removes bicubic's overshoot. Same size: returned unchanged.
+    """
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    out = F.interpolate(frames, size=size, mode=UPSCALE_FILTER, align_corners=False, antialias=True)
+    return out.clamp_(-1.0, 1.0)
+
+
+def _padded(size: tuple[int, int]) -> tuple[int, int]:
+    return tuple(-(-s // LATENT_STRIDE) * LATENT_STRIDE for s in size)
+
+
+def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable[[np.ndarray], torch.Tensor]:
+    """uint8 frames (n, h, w, 3) -> condition latent (C, n, Hp/32, Wp/32) for an output of ``size`` (H, W).
+
+    (Hp, Wp) is ``size`` padded to multiples of 32 (edge pixels repeated). Semantic models: the frames
+    resized to (H, W), padded, through the compressor (C = 16). Resize-condition models: the frames
+    resized to (H/4, W/4), rounded, padded to (Hp/4, Wp/4), through the SVD-VAE encoder (C = 4).
+    """
+    padded = _padded(size)
+    if pipe.condition_kind == "semantic":
+        def encode(chunk: np.ndarray) -> torch.Tensor:
+            x = resize_frames(to_model_range(chunk).transpose(0, 1), size)
+            return pipe.encode(_pad(x, padded))
+    else:
+        low = tuple(max(1, math.floor(s / 4 + 0.5)) for s in size)
+        low_padded = tuple(p // 4 for p in padded)
+
+        def encode(chunk: np.ndarray) -> torch.Tensor:
+            x = resize_frames(to_model_range(chunk).transpose(0, 1), low)
+            return pipe.encode_resized(_pad(x, low_padded))
+    return encode
+
+
+def _pad(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad (T, 3, h, w) at the bottom and right to ``size``, repeating the edge pixels."""
+    h, w = frames.shape[-2:]
+    if (h, w) == tuple(size):
+        return frames
+    return F.pad(frames, (0, size[1] - w, 0, size[0] - h), mode="replicate")
+
+
+class ConditionStream:
+    """The condition latents (C, count, h, w) of frames [start, start + count) of a video, on demand.
+
+    ``read(t0, t1)`` encodes frames as far as ``t1`` (``chunk`` at a time) and forgets those before
+    ``t0``, so successive reads with non-decreasing ``t0`` (what ``CascadeVPipeline.decode`` does) keep
+    only about one segment of latents in memory. A read further back starts again from ``t0``.
+    """
+
+    def __init__(self, reader: VideoReader, start: int, count: int, encode: Callable[[np.ndarray], torch.Tensor],
+                 chunk: int = READ_CHUNK):
+        self.reader, self.start, self.count, self.encode, self.chunk = reader, start, count, encode, chunk
+        self._lo = 0
+        self._latent: torch.Tensor | None = None  # latents of frames [_lo, _lo + _latent.shape[1])
+        self.frames_encoded = 0  # counts re-encodes too; equals ``count`` for one forward pass
+
+    def read(self, t0: int, t1: int) -> torch.Tensor:
+        if not 0 <= t0 < t1 <= self.count:
+            raise ValueError(f"frames [{t0}, {t1}) are outside [0, {self.count})")
+        if self._latent is None or t0 < self._lo or t0 > self._lo + self._latent.shape[1]:
+            self._lo, self._latent = t0, None
+        elif t0 > self._lo:
+            self._latent = self._latent[:, t0 - self._lo:].clone()  # a view would keep the old frames alive
+            self._lo = t0
+        parts = [] if self._latent is None else [self._latent]
+        hi = self._lo + (0 if self._latent is None else self._latent.shape[1])
+        while hi < t1:
+            n = min(self.chunk, self.count - hi)
+            parts.append(self.encode(self.reader.read(range(self.start + hi, self.start + hi + n))))
+            self.frames_encoded += n
+            hi += n
+        self._latent = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self._latent[:, t0 - self._lo:t1 - self._lo]
+
+
+def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) -> tuple[LatentRange, int]:
+    """Condition latents at ``factor`` times the frame rate, linearly interpolated in time.
+
+    Output frame j lies at input time j / factor: with i = j // factor and w = (j % factor) / factor it
+    is (1 - w) * input[i] + w * input[i + 1] (exactly input[i] when w = 0). Returns ``(read, count)``
+    with ``count = (num_inputs - 1) * factor + 1``; ``read(t0, t1)`` reads only the inputs it needs.
+    """
+    factor = _check_count(factor, "--factor")
+    count = (num_inputs - 1) * factor + 1
+
+    def read(t0: int, t1: int) -> torch.Tensor:
+        if not 0 <= t0 < t1 <= count:
+            raise ValueError(f"frames [{t0}, {t1}) are outside [0, {count})")
+        first, last = t0 // factor, -(-(t1 - 1) // factor)
+        inputs = read_inputs(first, last + 1)  # (C, last - first + 1, h, w)
+        j = torch.arange(t0, t1)
+        i = j // factor
+        w = ((j % factor).to(torch.float32) / factor)[None, :, None, None]
+        before = inputs[:, i - first]
+        after = inputs[:, (i + 1).clamp(max=last) - first]
+        return before + (after - before) * w
+
+    return read, count
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise CascadeVError(f"The --mode option must be one of {', '.join(MODES)}, got {mode!r}.")
+    return mode
+
+
+def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
+                 codec: str, crf: int, pix_fmt: str | None, audio: bool) -> VideoWriter:
+    if pix_fmt is not None:
+        try:
+            av.VideoFormat(pix_fmt)
+        except (ValueError, TypeError):
+            raise CascadeVError(f"The --pix-fmt option names no pixel format PyAV knows: {pix_fmt!r}.") from None
+    if os.path.realpath(output) == os.path.realpath(video.path):
+        raise CascadeVError(f"The output {output} is the input video; choose another file name.")
+    audio_start = start / video.fps if video.fps else 0.0
+    return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
+                       audio_from=video.path if audio else None, audio_start=audio_start)
+
+
+def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoReader, start: int, count: int,
+            size: tuple[int, int], sampling: SamplingArgs, mode: str, factor: int | None) -> CascadeVPipeline:
+    with writer:
+        pipe = load_pipeline()
+        latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
+        read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
+        for frames in pipe.decode(read, total, mode=mode, **vars(sampling)):
+            writer.write(_frames_to_uint8(frames, *size))
+    return pipe
+
+
+def upscale_video(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
+    output: str | os.PathLike,
+    sampling: SamplingArgs,
+    *,
+    scale: int = 4,
+    size: int | None = None,
+    mode: str = "auto",
+    start: int = 0,
+    num_frames: int | None = None,
+    codec: str = "libx264",
+    crf: int = 18,
+    pix_fmt: str | None = None,
+    audio: bool = True,
+) -> tuple[int, int]:
+    """Video file -> the same video ``scale`` times larger (or with short side ``size``) at the same fps.
+
+    ``mode``: "auto" (2x mode for DiT latents of at least twice the trained size per side, else tiles),
+    "tiles" or "2x". Frames [start, start + num_frames) are used (default all); the audio track is
+    copied from the matching time on. Returns the output's (height, width).
+    """
+    _check_count(scale, "--scale")
+    _check_mode(mode)
+    reader = VideoReader(video)
+    start, count = select_frames(reader, start, num_frames)
+    out_size = target_size(reader.height, reader.width, scale=None if size is not None else scale, size=size)
+    writer = _open_writer(output, reader, reader.fps or 30.0, out_size, start, codec, crf, pix_fmt, audio)
+    _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, None)
+    return out_size
+
+
+def interpolate_video(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
+    output: str | os.PathLike,
+    sampling: SamplingArgs,
+    *,
+    factor: int = 4,
+    size: int | None = None,
+    mode: str = "auto",
+    start: int = 0,
+    num_frames: int | None = None,
+    codec: str = "libx264",
+    crf: int = 18,
+    pix_fmt: str | None = None,
+    audio: bool = True,
+) -> int:
+    """Video file of N frames -> (N - 1) * factor + 1 frames at ``factor`` times its frame rate.
+
+    The frames keep their size (or get short side ``size``). Returns the number of frames written.
+    """
+    factor = _check_count(factor, "--factor")
+    _check_mode(mode)
+    reader = VideoReader(video)
+    start, count = select_frames(reader, start, num_frames)
+    out_size = target_size(reader.height, reader.width, size=size)
+    writer = _open_writer(output, reader, (reader.fps or 30.0) * factor, out_size, start, codec, crf, pix_fmt, audio)
+    _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, factor)
+    return writer.frames_written

@@ -1,0 +1,86 @@
+"""Before/after pictures of two videos, side by side: e.g. another model's output and CascadeV's upgrade.
+
+    python tools/compare_frames.py small.mp4 big.mp4 -o compare.png --frames 3
+
+``--frames`` frames are picked evenly in time from the right-hand video; the left-hand video's frame
+at the same moment is taken (so a clip and its frame-interpolated version line up too) and resized
+to the right one's size: ``nearest`` (default; every input pixel becomes a visible block) or
+``bicubic``. Each row is left | right; rows are stacked top to bottom into one PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
+
+from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.video_io import (  # noqa: E402
+    VideoReader,
+    save_image,
+    side_by_side,
+    to_model_range,
+    to_uint8,
+)
+
+FILTERS = {"nearest": dict(mode="nearest-exact"), "bicubic": dict(mode="bicubic", align_corners=False, antialias=True)}
+
+
+def matching_indices(left_frames: int, right_frames: int, count: int) -> tuple[list[int], list[int]]:
+    """``count`` evenly spaced right-hand frames and the left-hand frames at the same relative time."""
+    right = sorted(set(np.linspace(0, right_frames - 1, min(count, right_frames)).round().astype(int).tolist()))
+    scale = (left_frames - 1) / (right_frames - 1) if right_frames > 1 else 0.0
+    return [int(round(i * scale)) for i in right], right
+
+
+def resize_uint8(frames: np.ndarray, height: int, width: int, resample: str = "nearest") -> np.ndarray:
+    """uint8 (n, h, w, 3) -> uint8 (n, height, width, 3) with the named filter."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = to_model_range(frames).transpose(0, 1)  # (n, 3, h, w) in [-1, 1]
+    x = F.interpolate(x, size=(height, width), **FILTERS[resample])
+    return to_uint8(x.transpose(0, 1))
+
+
+def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: str | os.PathLike, *, frames: int = 4,
+                   resample: str = "nearest") -> np.ndarray:
+    """Write (and return) the picture: uint8 (k * H, 2 * W, 3), (H, W) the right-hand video's size."""
+    if frames < 1:
+        raise CascadeVError(f"The --frames option must be at least 1, got {frames}.")
+    if resample not in FILTERS:
+        raise CascadeVError(f"The --filter option must be one of {', '.join(FILTERS)}, got {resample!r}.")
+    a, b = VideoReader(left), VideoReader(right)
+    left_idx, right_idx = matching_indices(a.num_frames, b.num_frames, frames)
+    with torch.no_grad():
+        before = resize_uint8(a.read(left_idx), b.height, b.width, resample)
+    rows = side_by_side(before, b.read(right_idx))
+    picture = np.concatenate(list(rows), axis=0)
+    save_image(output, picture)
+    return picture
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Side-by-side frames of two videos (left resized to the right's size).")
+    parser.add_argument("left", help="the 'before' video, e.g. another model's output")
+    parser.add_argument("right", help="the 'after' video, e.g. cascadev upscale's output")
+    parser.add_argument("-o", "--output", required=True, help="PNG to write")
+    parser.add_argument("--frames", type=int, default=4, help="rows: frames picked evenly in time (default 4)")
+    parser.add_argument("--filter", default="nearest", help="how the left video is resized: nearest (default) or bicubic")
+    args = parser.parse_args(argv)
+    try:
+        compare_frames(args.left, args.right, args.output, frames=args.frames, resample=args.filter)
+    except CascadeVError as exc:
+        print(f"compare_frames: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
