@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .argtypes import non_negative_int, positive_int
 from .errors import CascadeVError
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
@@ -19,20 +20,6 @@ def _default_config() -> str:
     if here.is_file():
         return str(here)
     return str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG)  # a source checkout's configs/
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
-
-
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return number
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -49,20 +36,20 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)") -> None:
     g = p.add_argument_group("frames")
-    g.add_argument("--size", type=_positive, default=None, help=size_help)
-    g.add_argument("--start", type=_non_negative, default=0, help="first frame (default 0)")
-    g.add_argument("--num-frames", type=_positive, default=None, help="number of frames (default: all)")
+    g.add_argument("--size", type=positive_int, default=None, help=size_help)
+    g.add_argument("--start", type=non_negative_int, default=0, help="first frame (default 0)")
+    g.add_argument("--num-frames", type=positive_int, default=None, help="number of frames (default: all)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=_positive, default=None, help="sampling steps (default from the config: 8)")
+    g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default from the config: 8)")
     g.add_argument("--scheduler", default=None, help="euler_a (default), ddim or dpm_solver")
     g.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same video")
-    g.add_argument("--segment-frames", type=_non_negative, default=None, help="latent frames sampled at once (0 = all)")
-    g.add_argument("--batch-size", type=_positive, default=None, help="windows x tiles per DiT call")
-    g.add_argument("--vae-chunk", type=_positive, default=None, help="frames per SVD decoder call")
-    g.add_argument("--crf", type=_non_negative, default=18, help="x264 quality of the written videos (0 = lossless)")
+    g.add_argument("--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)")
+    g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
+    g.add_argument("--vae-chunk", type=positive_int, default=None, help="frames per SVD decoder call")
+    g.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the written videos (0 = lossless)")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
@@ -129,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the DiT on a list of videos (accelerate; resumes from the work dir)")
     p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
     p.add_argument("--work-dir", required=True, help="checkpoints, logs, metrics.jsonl and the effective config")
-    p.add_argument("--max-steps", type=_positive, default=None, help="stop after this many optimizer steps in all")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in all")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--weights-dir", default=None, help="folder of the frozen networks' weights (default: the config's)")
     p.add_argument("--random-init", action="store_true", help="frozen VAE/compressor at random (smoke tests only)")

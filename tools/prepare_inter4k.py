@@ -36,6 +36,7 @@ except ImportError:  # run from a checkout where the package is not installed
 
 import numpy as np
 
+from cascadev.argtypes import positive_float, positive_int
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
 from cascadev.evaluation.runner import list_videos
@@ -57,35 +58,15 @@ class TooShort(CascadeVError):
     """The source video does not have enough frames for the requested length."""
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}") from None
-    if not (math.isfinite(number) and number > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="the Inter4K videos: a folder or a list file")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    parser.add_argument("-n", "--num-videos", type=_positive, default=200, help="number of videos (default 200)")
-    parser.add_argument("--size", type=_positive, default=1024, help="short side, and crop size (default 1024)")
+    parser.add_argument("-n", "--num-videos", type=positive_int, default=200, help="number of videos (default 200)")
+    parser.add_argument("--size", type=positive_int, default=1024, help="short side, and crop size (default 1024)")
     parser.add_argument("--no-crop", action="store_true", help="resize only, keep the aspect ratio")
-    parser.add_argument("--fps", type=_positive_float, default=30.0, help="output frame rate (default 30)")
-    parser.add_argument("--num-frames", type=_positive, default=64, help="frames per video (default 64)")
+    parser.add_argument("--fps", type=positive_float, default=30.0, help="output frame rate (default 30)")
+    parser.add_argument("--num-frames", type=positive_int, default=64, help="frames per video (default 64)")
     parser.add_argument("--crf", type=int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)")
     parser.add_argument("--skip-short", action="store_true", help="skip videos too short instead of stopping")
     return parser

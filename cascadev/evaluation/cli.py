@@ -5,21 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cascadev.argtypes import positive_int
 from cascadev.errors import CascadeVError
 
 from . import ALL_METRICS, LPIPS_NETS
 
 __all__ = ["add_eval_parser", "run_eval"]
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return number
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,9 +38,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="device of LPIPS and VBench: auto (default), cpu, cuda or cuda:N")
     p.add_argument("--lpips-net", default="alex", choices=LPIPS_NETS, help="LPIPS trunk (default alex)")
-    p.add_argument("--max-frames", type=_positive, default=None, help="compare only the first N frames of each video")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video")
     p.add_argument("--label", default=None, help="row label in the tables (default: the REC folder's name)")
-    p.add_argument("--chunk-frames", type=_positive, default=16, help="frames read and compared at a time (default 16)")
+    p.add_argument("--chunk-frames", type=positive_int, default=16, help="frames read and compared at a time (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
