@@ -49,12 +49,12 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)")
     g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
     g.add_argument("--vae-chunk", type=positive_int, default=None, help="frames per SVD decoder call")
-    g.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the written videos (0 = lossless)")
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output video")
     g.add_argument("--codec", default="libx264", help="video encoder (default libx264; e.g. libx265, libx264rgb)")
+    g.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the written videos (0 = lossless)")
     g.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p, yuv444p for odd sizes)")
 
 
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     _add_frame_options(p)
     _add_sampling_options(p)
+    _add_output_options(p)
     _add_model_options(p)
 
     p = sub.add_parser("upscale", help="another model's video -> 4x resolution (2x mode up to 2K), streamed")
@@ -187,7 +188,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "recon":
         sampling = _sampling(args, cfg)
         reconstruct.reconstruct_video(_loader(args, cfg, ["dit", "compressor", "previewer", "vae"]), args.video,
-                                      args.output, sampling, size=args.size, start=args.start, num_frames=args.num_frames)
+                                      args.output, sampling, size=args.size, start=args.start, num_frames=args.num_frames,
+                                      codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
     elif args.command in ("upscale", "interpolate"):
         from . import enhance
 

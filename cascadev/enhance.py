@@ -37,7 +37,7 @@ from .reconstruct import (
     READ_CHUNK,
     PipelineLoader,
     SamplingArgs,
-    _frames_to_uint8,
+    frames_to_uint8,
 )
 from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
 
@@ -199,7 +199,7 @@ def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoRea
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
         read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
         for frames in pipe.decode(read, total, mode=mode, **vars(sampling)):
-            writer.write(_frames_to_uint8(frames, *size))
+            writer.write(frames_to_uint8(frames, *size))
     return pipe
 
 

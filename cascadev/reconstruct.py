@@ -55,7 +55,7 @@ def _prepare(frames: np.ndarray, size: int | None) -> tuple[torch.Tensor, tuple[
     return pad_to_multiple(x, LATENT_STRIDE)
 
 
-def _frames_to_uint8(frames: torch.Tensor, height: int, width: int) -> np.ndarray:
+def frames_to_uint8(frames: torch.Tensor, height: int, width: int) -> np.ndarray:
     """(n, 3, H, W) in [-1, 1] -> uint8 (n, height, width, 3), cropping padding away."""
     return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
 
@@ -109,7 +109,7 @@ def decode_latent(
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
         pipe = load_pipeline()
         for frames in pipe.decode(reader.read, reader.num_frames, **vars(sampling)):
-            writer.write(_frames_to_uint8(frames, meta.height, meta.width))
+            writer.write(frames_to_uint8(frames, meta.height, meta.width))
 
 
 def reconstruct_video(
@@ -122,12 +122,14 @@ def reconstruct_video(
     start: int = 0,
     num_frames: int | None = None,
     compare_frames: int = 4,
+    **writer_options,
 ) -> dict[str, Path]:
     """Video -> OUTDIR/{latent.safetensors, preview.mp4, recon.mp4, compare.mp4, compare.png}.
 
     ``preview.mp4`` is the previewer's decoding of the latent ("without LDM"), ``recon.mp4`` the
     LDM-VAE's; the comparison shows original | preview | reconstruction side by side, and the PNG
-    ``compare_frames`` evenly spaced frames of it stacked vertically.
+    ``compare_frames`` evenly spaced frames of it stacked vertically. ``writer_options`` (codec, crf,
+    pix_fmt) go to the three videos' writers.
     """
     out_dir = Path(out_dir)
     source = VideoReader(video)
@@ -150,16 +152,17 @@ def reconstruct_video(
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1)) for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options)
+               for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
         done = 0
         for frames in pipe.decode(latent.read, count, **vars(sampling)):
             n = frames.shape[0]
-            recon = _frames_to_uint8(frames, h, w)
+            recon = frames_to_uint8(frames, h, w)
             preview = pipe.preview(latent.read(done, done + n))
             preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
-            preview = _frames_to_uint8(preview, h, w)
-            original = _frames_to_uint8(_prepare(source.read(range(meta.start + done, meta.start + done + n)), size)[0], h, w)
+            preview = frames_to_uint8(preview, h, w)
+            original = frames_to_uint8(_prepare(source.read(range(meta.start + done, meta.start + done + n)), size)[0], h, w)
             row = side_by_side(original, preview, recon)
             preview_out.write(preview)
             recon_out.write(recon)

@@ -45,7 +45,7 @@ def clip(tmp_path_factory):
 
 def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet")
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet", "--crf", 0)
     assert code == 0, err
     assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "preview.mp4", "recon.mp4"]
     for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("compare.mp4", 300)]:
@@ -63,6 +63,8 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     original = VideoReader(clip).read([0])[0].astype(int)
     compare = VideoReader(out / "compare.mp4").read([0])[0].astype(int)
     assert np.abs(compare[:, :100] - original).mean() < 6
+    for name in ("recon.mp4", "preview.mp4", "compare.mp4"):  # x264 records its settings in the stream
+        assert b" qp=0" in (out / name).read_bytes()  # crf 0: x264 goes lossless
 
 
 def test_encode_then_decode_with_weight_files(tmp_path, capsys, clip, tiny_weights):
