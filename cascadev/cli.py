@@ -142,7 +142,7 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
     def load():
         return build_pipeline(
             cfg, parts, device=device, dtype=dtype, weights_dir=args.weights_dir, ckpt=args.ckpt,
-            random_init=args.random_init, seed=args.seed if hasattr(args, "steps") else 0, **overrides,
+            random_init=args.random_init, **overrides,
         )
 
     return load

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_one_line_error
+from videos import write_test_video
 
 from cascadev.cli import main
 from cascadev.latent_io import LatentReader
 from cascadev.video_io import VideoReader
-from videos import write_test_video
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny.py")
 
@@ -21,15 +22,6 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) == 1 and lines[0].startswith("cascadev: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def leftovers(folder: Path):

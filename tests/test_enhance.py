@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_one_line_error
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -32,14 +33,6 @@ FAST = ["--config", TINY, "--random-init", "--quiet", "--steps", "1"]
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cascadev: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def audio_seconds(path) -> tuple[float, float]:

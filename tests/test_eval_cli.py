@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_one_line_error
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from videos import make_frames
@@ -29,14 +30,6 @@ def run_cli(capsys, *argv):
     code = main(["eval", *[str(a) for a in argv], "--quiet"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cascadev: error: "), err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def lossless(path, frames, fps=30.0):
