@@ -5,6 +5,7 @@ A failed or interrupted run never leaves a half-written file under the name the 
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from contextlib import contextmanager
@@ -16,6 +17,39 @@ from .errors import CascadeVError
 # Files made by mkstemp are private (0600); finished outputs get the usual 0666 & ~umask.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+# A full disk or quota shows up as an OSError, or only as text: safetensors' Rust "StorageFull", torch's
+# "PytorchStreamWriter failed writing file ... file write failed" / "unexpected pos".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "file write failed",
+                   "unexpected pos")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) says the disk or the quota is full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def disk_full_error(path: str | os.PathLike) -> CascadeVError:
+    return CascadeVError(f"The disk is full: writing {path} failed (no space left on the device, or the disk "
+                         "quota is used up); free some space and run again.")
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> CascadeVError:
+    """The one-line error for a failed write of ``path``: a full disk says so."""
+    if is_disk_full(exc):
+        return disk_full_error(path)
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return CascadeVError(f"Writing {path} failed: {detail}.")
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
@@ -58,8 +92,10 @@ def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[Pat
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         remove_quietly(tmp)
+        if not isinstance(exc, CascadeVError) and is_disk_full(exc):
+            raise disk_full_error(path) from exc
         raise
 
 

@@ -193,6 +193,16 @@ def check_fit(
     raise CascadeVError(f"{what} does not fit {name}: " + ", ".join(parts) + ".")
 
 
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights with NaN or Inf (a damaged file or a diverged run), naming the first such tensor."""
+    for k, value in state_dict.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CascadeVError(
+                f"checkpoint {source} has non-finite values (NaN or Inf) in tensor {k}; it is damaged or "
+                "comes from a diverged run."
+            )
+
+
 def load_weights(
     model: nn.Module,
     path: str | Path,
@@ -227,6 +237,7 @@ def load_weights(
         raise CascadeVError("load_weights only supports strict=True; partial loading is not allowed.")
     state_dict = read_state_dict(path, key=key)
     check_fit(model, state_dict, name, source=path)
+    check_finite(state_dict, path)
     current = model.state_dict(keep_vars=True)
     prepared: dict[str, torch.Tensor] = {}
     for k, value in state_dict.items():

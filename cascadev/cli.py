@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .argtypes import non_negative_int, positive_int
+from .argtypes import frame_size, non_negative_int, positive_int, seed
+from .atomic import is_disk_full, disk_full_error
 from .errors import CascadeVError
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
@@ -36,7 +38,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)") -> None:
     g = p.add_argument_group("frames")
-    g.add_argument("--size", type=positive_int, default=None, help=size_help)
+    g.add_argument("--size", type=frame_size, default=None, help=size_help)
     g.add_argument("--start", type=non_negative_int, default=0, help="first frame (default 0)")
     g.add_argument("--num-frames", type=positive_int, default=None, help="number of frames (default: all)")
 
@@ -45,7 +47,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default from the config: 8)")
     g.add_argument("--scheduler", default=None, help="euler_a (default), ddim or dpm_solver")
-    g.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same video")
+    g.add_argument("--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video")
     g.add_argument("--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)")
     g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
     g.add_argument("--vae-chunk", type=positive_int, default=None, help="frames per SVD decoder call")
@@ -81,8 +83,17 @@ def _whole(value: str | None, option: str, default: int) -> int:
     return number
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one ``cascadev: error:`` line (exit 2) like every other bad input."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("cascadev").strip()
+        print(f"cascadev: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
+    parser = _Parser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encode", help="video -> semantic latent (.safetensors)")
@@ -165,6 +176,33 @@ def _sampling(args: argparse.Namespace, cfg):
     return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed, progress=not args.quiet)
 
 
+def _check_work_dir(work_dir: Path) -> None:
+    """The training work dir must be (or become) a writable folder; checked before anything is built."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise CascadeVError(f"--work-dir {work_dir} is a file, not a folder.")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=work_dir):  # access() says nothing of read-only mounts for root
+            pass
+    except OSError as exc:
+        raise CascadeVError(f"--work-dir {work_dir} is not a writable folder: {exc.strerror or exc}.") from None
+
+
+def _check_model_files_are_not_outputs(args: argparse.Namespace) -> None:
+    """--config and --ckpt are inputs too (each command checks its main input itself)."""
+    from .overwrite import check_not_inputs
+    from .reconstruct import recon_outputs
+
+    outputs = {"output": [args.output]}
+    if args.command == "recon":
+        outputs = {"output folder": [args.output], "output": recon_outputs(args.output).values()}
+    check_not_inputs({"config": args.config or _default_config(), "--ckpt": args.ckpt}, outputs)
+
+
+def _output_location(args: argparse.Namespace) -> str:
+    return str(getattr(args, "work_dir", None) or getattr(args, "output", None) or ".")
+
+
 def run(args: argparse.Namespace) -> None:
     from .loading import load_config
     from . import reconstruct
@@ -173,10 +211,12 @@ def run(args: argparse.Namespace) -> None:
         from .training.trainer import Trainer, TrainOptions
 
         cfg = load_config(args.config, args.cfg_options)
+        _check_work_dir(Path(args.work_dir))
         options = TrainOptions(Path(args.work_dir), args.max_steps, args.weights_dir, args.random_init, args.device,
                                progress=not args.quiet)
         Trainer(cfg, options).fit()
         return
+    _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)
     if args.command == "encode":
         reconstruct.encode_video(_loader(args, cfg, ["compressor"]), args.video, args.output, size=args.size,
@@ -221,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("CASCADEV_DEBUG"):
             raise
+        if is_disk_full(exc):  # a write that no writer turned into a CascadeVError (e.g. a checkpoint's)
+            where = exc.filename if isinstance(exc, OSError) and exc.filename else _output_location(args)
+            print(f"cascadev: error: {disk_full_error(where)}", file=sys.stderr)
+            return 2
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1

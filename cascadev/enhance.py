@@ -25,12 +25,13 @@ import math
 import os
 from collections.abc import Callable
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .argtypes import size_limit_problem
 from .errors import CascadeVError
+from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
 from .reconstruct import (
     LATENT_STRIDE,
@@ -61,10 +62,16 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
     if size is not None:
         size = _check_count(size, "--size")
         if height <= width:
-            return size, max(1, math.floor(width * size / height + 0.5))
-        return max(1, math.floor(height * size / width + 0.5)), size
-    scale = _check_count(scale if scale is not None else 1, "--scale")
-    return height * scale, width * scale
+            out = size, max(1, math.floor(width * size / height + 0.5))
+        else:
+            out = max(1, math.floor(height * size / width + 0.5)), size
+    else:
+        scale = _check_count(scale if scale is not None else 1, "--scale")
+        out = height * scale, width * scale
+    problem = size_limit_problem(min(out))
+    if problem:
+        raise CascadeVError(f"The output would be {out[0]}x{out[1]} pixels: {problem}.")
+    return out
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -180,13 +187,6 @@ def _check_mode(mode: str) -> str:
 
 def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
                  codec: str, crf: int, pix_fmt: str | None, audio: bool) -> VideoWriter:
-    if pix_fmt is not None:
-        try:
-            av.VideoFormat(pix_fmt)
-        except (ValueError, TypeError):
-            raise CascadeVError(f"The --pix-fmt option names no pixel format PyAV knows: {pix_fmt!r}.") from None
-    if os.path.realpath(output) == os.path.realpath(video.path):
-        raise CascadeVError(f"The output {output} is the input video; choose another file name.")
     audio_start = start / video.fps if video.fps else 0.0
     return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
                        audio_from=video.path if audio else None, audio_start=audio_start)
@@ -227,6 +227,7 @@ def upscale_video(
     """
     _check_count(scale, "--scale")
     _check_mode(mode)
+    check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, scale=None if size is not None else scale, size=size)
@@ -257,6 +258,7 @@ def interpolate_video(
     """
     factor = _check_count(factor, "--factor")
     _check_mode(mode)
+    check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, size=size)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cascadev.atomic import AtomicWriter, check_output_path, remove_quietly, temp_path
+from cascadev.atomic import AtomicWriter, check_output_path, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -58,6 +58,10 @@ INT_KEYS = frozenset(
 )
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+# What a latent file may hold: floating-point values of sane size. The semantic compressor's output is
+# batch-normalised (|x| of a few units); anything beyond MAX_ABS is not a latent but damage.
+_READABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+MAX_ABS = 1e4
 # Safetensors data is little-endian; writing raw tensor bytes is only right on such hosts.
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError(
@@ -213,7 +217,7 @@ class LatentWriter(AtomicWriter):
             self._file.truncate(self._data_start + nbytes)
         except OSError as exc:
             self.abort()
-            raise CascadeVError(f"Cannot write {self.path}: {exc.strerror or exc}.") from exc
+            raise write_error(self.path, exc) from exc
 
     def write(self, t0: int, chunk: torch.Tensor) -> None:
         """Store frames ``t0 .. t0 + n - 1`` from ``chunk`` (C, n, h, w); any float dtype, any device."""
@@ -246,7 +250,7 @@ class LatentWriter(AtomicWriter):
                 self._file.write(raw[c].data)
         except OSError as exc:
             self.abort()
-            raise CascadeVError(f"Writing {self.path} failed: {exc.strerror or exc}.") from exc
+            raise write_error(self.path, exc) from exc
         self._written[t0 : t0 + n] = True
 
     def close(self) -> None:
@@ -265,7 +269,7 @@ class LatentWriter(AtomicWriter):
             os.replace(self._tmp, self.path)
         except OSError as exc:
             self.abort()
-            raise CascadeVError(f"Writing {self.path} failed: {exc.strerror or exc}.") from exc
+            raise write_error(self.path, exc) from exc
         self._tmp = None
         self._closed = True
 
@@ -313,6 +317,11 @@ class LatentReader:
                 f"{self.path} holds no '{LATENT_KEY}' tensor; is it a CascadeV latent file?"
             )
         self._slice = self._file.get_slice(LATENT_KEY)
+        dtype = str(self._slice.get_dtype())
+        if dtype not in _READABLE_DTYPES:
+            raise CascadeVError(
+                f"The latent in {self.path} holds {dtype} values; a latent is floating point (F32, F16 or BF16)."
+            )
         shape = tuple(int(s) for s in self._slice.get_shape())
         if len(shape) != 4:
             raise CascadeVError(
@@ -345,17 +354,23 @@ class LatentReader:
             raise CascadeVError(f"{self.path}: {exc}") from exc
 
     def read(self, t0: int, t1: int) -> torch.Tensor:
-        """Frames ``t0 .. t1 - 1`` as float32 (C, t1 - t0, h, w); only those bytes are read."""
+        """Frames ``t0 .. t1 - 1`` as float32 (C, t1 - t0, h, w); only those bytes are read.
+
+        Each range is checked as it is read (NaN, Inf, or magnitudes above ``MAX_ABS`` are refused), so a
+        damaged file stops a decode before its video is finished.
+        """
         if not 0 <= t0 < t1 <= self.shape[1]:
             raise CascadeVError(
                 f"{self.path} holds latent frames 0..{self.shape[1] - 1}; frames {t0}..{t1 - 1} were asked for."
             )
         try:
-            return self._slice[:, t0:t1].to(torch.float32)
+            chunk = self._slice[:, t0:t1]
         except Exception as exc:
             raise CascadeVError(
                 f"{self.path} is not a readable latent file (reading frames failed)."
             ) from exc
+        _check_values(chunk, self.path, t0)
+        return chunk.to(torch.float32)
 
     def close(self) -> None:
         self._slice = None
@@ -366,6 +381,19 @@ class LatentReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_values(chunk: torch.Tensor, path: Path, t0: int) -> None:
+    """Refuse non-finite or absurdly large values in latent frames ``t0 ..`` (C, n, h, w)."""
+    bad = ~torch.isfinite(chunk)
+    what = "a non-finite value (NaN or Inf)"
+    if not bad.any():
+        bad = chunk.abs() > MAX_ABS
+        what = f"a value beyond +-{MAX_ABS:g}"
+        if not bad.any():
+            return
+    frame = t0 + int(bad.any(dim=(0, 2, 3)).nonzero()[0])
+    raise CascadeVError(f"The latent in {path} has {what} in frame {frame}; it is not a CascadeV latent (damaged?).")
 
 
 def save_latent(

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_weights
+from .config_schema import validate_config
 from .errors import CascadeVError
 from .models import build_model
 from .pipeline import CascadeVPipeline
@@ -25,7 +26,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
-    """An mmengine Config from a Python config file, with ``key=value`` overrides applied."""
+    """An mmengine Config from a Python config file, with ``key=value`` overrides applied, then checked
+    against :data:`cascadev.config_schema.SCHEMA` (one error line naming the first bad key)."""
     from mmengine.config import Config, DictAction
 
     path = Path(path)
@@ -35,14 +37,19 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # mmengine reports syntax and _base_ errors with many exception types
         raise CascadeVError(f"config {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    if options:
-        overrides = {}
-        for option in options:
-            if "=" not in option:
-                raise CascadeVError(f"--cfg-options takes key=value pairs, got {option!r}")
-            key, value = option.split("=", 1)
-            overrides[key] = DictAction._parse_iterable(value)
-        cfg.merge_from_dict(overrides)
+    for option in options or ():
+        if "=" not in option:
+            raise CascadeVError(f"--cfg-options takes key=value pairs, got {option!r}")
+        key, value = option.split("=", 1)
+        if any(not part.strip() for part in key.split(".")):
+            raise CascadeVError(f"--cfg-options {option!r} has an empty key; write key=value, e.g. sampling.steps=8")
+        try:
+            cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
+        except (TypeError, KeyError, AttributeError):  # e.g. scale_factor.x=1: a number has no keys
+            raise CascadeVError(
+                f"--cfg-options {key}: {key.rsplit('.', 1)[0]} is not a section of config {path.name}, so it has no keys"
+            ) from None
+    validate_config(cfg.to_dict(), f"config {path.name}" + (" with --cfg-options" if options else ""))
     return cfg
 
 

@@ -18,12 +18,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .argtypes import SEED_LIMIT
+from .atomic import remove_quietly
 from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
+from .overwrite import check_not_inputs
 from .pipeline import CascadeVPipeline
 from .video_io import (
     VideoReader,
     VideoWriter,
+    check_encoder_options,
     pad_to_multiple,
     resize_short_side,
     save_image,
@@ -36,6 +40,12 @@ from .video_io import (
 PipelineLoader = Callable[[], CascadeVPipeline]
 LATENT_STRIDE = 32  # pixels per semantic-latent position
 READ_CHUNK = 16  # frames read and encoded at a time
+RECON_FILES = ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
+
+
+def recon_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The files ``reconstruct_video`` writes into ``out_dir``, by name."""
+    return {name: Path(out_dir) / name for name in RECON_FILES}
 
 
 @dataclass
@@ -44,6 +54,12 @@ class SamplingArgs:
     steps: int = 8
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise CascadeVError(f"The seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise CascadeVError(f"The number of sampling steps must be at least 1, got {self.steps!r}.")
 
 
 def _prepare(frames: np.ndarray, size: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -76,6 +92,7 @@ def encode_video(
     progress: bool = True,
 ) -> LatentMeta:
     """Video file -> semantic latent file (16, T, H/32, W/32) with fps and sizes in its metadata."""
+    check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     first, (height, width) = _prepare(reader.read([start]), size)
@@ -104,6 +121,7 @@ def decode_latent(
     **writer_options,
 ) -> None:
     """Semantic latent file -> video: DiT refinement and SVD decoding, streamed to ``output``."""
+    check_not_inputs({"input latent": latent}, {"output": output})
     reader = LatentReader(latent)
     meta = reader.meta
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
@@ -132,16 +150,40 @@ def reconstruct_video(
     pix_fmt) go to the three videos' writers.
     """
     out_dir = Path(out_dir)
+    paths = recon_outputs(out_dir)
+    check_not_inputs({"input video": video}, {"output folder": out_dir, "output": paths.values()})
     source = VideoReader(video)
     select_frames(source, start, num_frames)  # a bad input fails before the folder is made
+    check_encoder_options(writer_options.get("codec", "libx264"), writer_options.get("crf", 18),
+                          writer_options.get("pix_fmt"))  # so do bad output options
+    made_dir = not out_dir.exists()
+    existed = {name for name, path in paths.items() if path.exists()}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CascadeVError(f"cannot create output folder {out_dir}: {exc.strerror or exc}")
     if not os.access(out_dir, os.W_OK):
         raise CascadeVError(f"output folder {out_dir} is not writable")
-    paths = {name: out_dir / name for name in ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")}
+    try:
+        _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
+                     writer_options)
+    except BaseException:
+        # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
+        for name, path in paths.items():
+            if name not in existed:
+                remove_quietly(path)
+        if made_dir:
+            try:
+                out_dir.rmdir()
+            except OSError:
+                pass
+        raise
+    return paths
 
+
+def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str | os.PathLike, paths: dict[str, Path],
+                 sampling: SamplingArgs, size: int | None, start: int, num_frames: int | None, compare_frames: int,
+                 writer_options: dict) -> None:
     load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
     meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
@@ -170,4 +212,3 @@ def reconstruct_video(
             picked.extend(row[i - done] for i in picks if done <= i < done + n)
             done += n
         save_image(paths["compare.png"], np.concatenate(picked, axis=0))
-    return paths

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,13 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, remove_quietly, temp_path
+from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
 
 __all__ = [
     "VideoInfo",
     "VideoReader",
     "VideoWriter",
+    "check_encoder_options",
     "fps_fraction",
     "pad_to_multiple",
     "probe_video",
@@ -86,6 +89,29 @@ def _check_input_file(path: Path) -> None:
         raise _unreadable(path, "the file is empty")
 
 
+@contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code (decord's C++ logger, ffmpeg's av_log) prints on file descriptor 2.
+
+    Probing a damaged file makes both print their own lines ("video_reader.cc:83: ERROR opening ...",
+    "moov atom not found") before cascadev's one-line error; they neither use Python's sys.stderr nor
+    offer a switch, so fd 2 points at /dev/null for the duration and is restored afterwards.
+    """
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _to_numpy(batch: Any) -> np.ndarray:
     """decord returns its own NDArray, or a torch tensor when someone switched its bridge."""
     if hasattr(batch, "asnumpy"):
@@ -112,15 +138,16 @@ class VideoReader:
                 "Reading videos needs the 'decord' package (pip install decord)."
             ) from exc
         try:
-            self._vr = decord.VideoReader(
-                str(self.path), ctx=decord.cpu(0), num_threads=num_threads
-            )
-            self._num_frames = len(self._vr)
-            if self._num_frames <= 0:
-                raise CascadeVError(f"{self.path} is not a readable video (it has no frames).")
-            fps = float(self._vr.get_avg_fps())
-            first = _to_numpy(self._vr[0])  # decodes one frame: proves the stream decodes at all
-            self._vr.seek(0)
+            with quiet_native_stderr():  # a damaged file's reasons are summed up in one line below
+                self._vr = decord.VideoReader(
+                    str(self.path), ctx=decord.cpu(0), num_threads=num_threads
+                )
+                self._num_frames = len(self._vr)
+                if self._num_frames <= 0:
+                    raise CascadeVError(f"{self.path} is not a readable video (it has no frames).")
+                fps = float(self._vr.get_avg_fps())
+                first = _to_numpy(self._vr[0])  # decodes one frame: proves the stream decodes at all
+                self._vr.seek(0)
         except CascadeVError:
             raise
         except (
@@ -460,6 +487,32 @@ class _AudioSource:
             self.container = None
 
 
+def check_encoder_options(codec: str, crf: int, pix_fmt: str | None) -> None:
+    """Refuse an unknown or non-video encoder, a crf out of range, or a pixel format the encoder lacks.
+
+    Cheap (no file is touched), so commands call it before they make any output.
+    """
+    try:
+        encoder = av.codec.Codec(codec, "w")
+    except Exception as exc:
+        raise CascadeVError(f"The video codec {codec!r} is not available in this PyAV build.") from exc
+    if encoder.type != "video":
+        raise CascadeVError(f"The codec {codec!r} is an {encoder.type} encoder, not a video encoder.")
+    if codec in _CRF_CODECS and not 0 <= crf <= 51:
+        raise CascadeVError(f"The crf option must be between 0 and 51, got {crf}.")
+    if pix_fmt is None:
+        return
+    try:
+        av.VideoFormat(pix_fmt)
+    except (ValueError, TypeError):
+        raise CascadeVError(f"The --pix-fmt option names no pixel format PyAV knows: {pix_fmt!r}.") from None
+    supported = [f.name for f in encoder.video_formats or ()]
+    if supported and pix_fmt not in supported:
+        raise CascadeVError(
+            f"The encoder {codec} cannot write pixel format {pix_fmt}; it takes {', '.join(supported)}."
+        )
+
+
 class VideoWriter(AtomicWriter):
     """Streams uint8 RGB frames ``(n, H, W, 3)`` into a video file (H.264 in mp4 by default).
 
@@ -501,19 +554,13 @@ class VideoWriter(AtomicWriter):
             raise CascadeVError(
                 f"Cannot write {self.path}: frame size {height}x{width} is not valid."
             )
-        if codec in _CRF_CODECS and not 0 <= crf <= 51:
-            raise CascadeVError(f"The crf option must be between 0 and 51, got {crf}.")
-        try:
-            av.codec.Codec(codec, "w")
-        except Exception as exc:
-            raise CascadeVError(
-                f"The video codec {codec!r} is not available in this PyAV build."
-            ) from exc
+        check_encoder_options(codec, crf, pix_fmt)
         if pix_fmt is None:
             if codec == "libx264rgb":
                 pix_fmt = "rgb24"
             else:
                 pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+            check_encoder_options(codec, crf, pix_fmt)
         self.fps = fps_fraction(fps)
         self.height, self.width = int(height), int(width)
         self.codec, self.crf, self.pix_fmt = codec, int(crf), pix_fmt
@@ -547,7 +594,7 @@ class VideoWriter(AtomicWriter):
                 self._audio.add_output_stream(self._container)
         except Exception as exc:
             self.abort()
-            raise CascadeVError(f"Cannot write {self.path}: {exc}.") from exc
+            raise write_error(self.path, exc) from exc
 
     def write(self, frames: np.ndarray) -> None:
         """Append frames: uint8 ``(n, H, W, 3)`` (or one ``(H, W, 3)`` frame), RGB in [0, 255]."""
@@ -574,7 +621,7 @@ class VideoWriter(AtomicWriter):
                     self._audio.feed(self._container, float(self.frames_written / self.fps))
         except Exception as exc:
             self.abort()
-            raise CascadeVError(f"Writing {self.path} failed: {exc}.") from exc
+            raise write_error(self.path, exc) from exc
 
     def close(self) -> None:
         """Finish encoding and move the file into place. Raises if no frame was written."""
@@ -595,7 +642,7 @@ class VideoWriter(AtomicWriter):
             self._tmp = None
         except Exception as exc:
             self.abort()
-            raise CascadeVError(f"Writing {self.path} failed: {exc}.") from exc
+            raise write_error(self.path, exc) from exc
         self._closed = True
 
     def abort(self) -> None:

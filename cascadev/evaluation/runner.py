@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
 from cascadev.errors import CascadeVError
+from cascadev.overwrite import check_not_inputs
 from cascadev.video_io import VideoReader
 
 from . import ALL_METRICS, PAIRED_METRICS
@@ -484,6 +485,11 @@ def run_evaluation(
     from . import report
 
     paths = report.report_paths(options.output)
+    pairs = match_videos(options.ref, options.rec)
+    check_not_inputs(
+        {"--ref": [options.ref, *(p.ref for p in pairs)], "--rec": [options.rec, *(p.rec for p in pairs)]},
+        {"results file": paths.values()},
+    )
     for path in paths.values():
         check_output_path(path, "results file")
     results = evaluate(options, lpips_loader=lpips_loader)

@@ -1,0 +1,207 @@
+"""The config keys the code reads, with their types and ranges, checked once after the config is merged.
+
+A hand-edited config or a ``--cfg-options`` typo (``model.depth=abc``, ``sampling.steps=0``) becomes one
+line naming the key, instead of a failure deep inside a model or a training step. Keys not listed here
+are left alone (configs may carry their own), and a listed key that is absent is fine: the code falls
+back to its default, except for the sections every command builds from (``REQUIRED``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CascadeVError
+
+__all__ = ["SCHEMA", "REQUIRED", "validate_config"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key may hold: ``check(value)`` is True for a good value; ``what`` describes a good one."""
+
+    check: Callable[[Any], bool]
+    what: str
+    nullable: bool = False
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def integer(lo: int = 0, hi: int | None = None, nullable: bool = False) -> Rule:
+    what = f"a whole number from {lo} to {hi}" if hi is not None else f"a whole number of at least {lo}"
+    return Rule(lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi), what, nullable)
+
+
+def number(lo: float = 0.0, hi: float | None = None, above: bool = False) -> Rule:
+    """A finite number >= ``lo`` (> ``lo`` when ``above``) and <= ``hi``."""
+    low = f"above {lo:g}" if above else f"at least {lo:g}"
+    what = f"a number {low}" + (f" and at most {hi:g}" if hi is not None else "")
+    return Rule(lambda v: _is_number(v) and (v > lo if above else v >= lo) and (hi is None or v <= hi), what)
+
+
+def boolean() -> Rule:
+    return Rule(lambda v: isinstance(v, bool), "True or False")
+
+
+def string(choices: tuple[str, ...] | None = None, nullable: bool = False) -> Rule:
+    what = f"one of {', '.join(choices)}" if choices else "a string"
+    return Rule(lambda v: isinstance(v, str) and (choices is None or v in choices), what, nullable)
+
+
+def section() -> Rule:
+    return Rule(lambda v: isinstance(v, Mapping), "a dict of settings (key=value)")
+
+
+def sequence(item: Callable[[Any], bool] | None = None, what: str = "a list", nullable: bool = False) -> Rule:
+    return Rule(lambda v: isinstance(v, (list, tuple)) and (item is None or all(item(x) for x in v)), what, nullable)
+
+
+def one_or_more_strings() -> Rule:
+    return Rule(lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+                "a file name or a list of file names")
+
+
+def positive_or_pair_of_positive() -> Rule:
+    return Rule(lambda v: (_is_number(v) and v > 0) or (isinstance(v, (list, tuple)) and all(_is_number(x) and x > 0 for x in v)),
+                "a positive number or a list of positive numbers")
+
+
+COUNT = integer(1)
+SEED_MAX = 2**63 - 1
+
+SCHEMA: dict[str, Rule] = {
+    # the model and the frozen networks
+    "image_size": COUNT,
+    "num_frames_per_video": COUNT,
+    "sr_scale": COUNT,
+    "scale_factor": number(0, above=True),
+    "condition": string(("semantic", "resize")),
+    "model": section(),
+    "model.type": string(),
+    "model.input_size": COUNT,
+    "model.patch_size": COUNT,
+    "model.in_channels": COUNT,
+    "model.hidden_size": COUNT,
+    "model.depth": COUNT,
+    "model.num_heads": COUNT,
+    "model.mlp_ratio": number(0, above=True),
+    "model.pred_sigma": boolean(),
+    "model.pe_interpolation": number(0, above=True),
+    "model.attn_strides": sequence(nullable=True),
+    "model.lats_per_vid": COUNT,
+    "model.fp32_attention": boolean(),
+    "compressor": section(),
+    "compressor.c_latent": COUNT,
+    "previewer": section(),
+    "previewer.c_in": COUNT,
+    "previewer.c_hidden": COUNT,
+    "previewer.c_out": COUNT,
+    "vae": section(),
+    "vae.block_out_channels": sequence(lambda x: _is_int(x) and x >= 1, "a list of positive whole numbers"),
+    "vae.layers_per_block": COUNT,
+    "vae.latent_channels": COUNT,
+    "vae.sample_size": COUNT,
+    "vae.scaling_factor": number(0, above=True),
+    "weights_dir": string(),
+    "weights": section(),
+    "weights.dit": one_or_more_strings(),
+    "weights.compressor": string(),
+    "weights.previewer": string(),
+    "weights.vae": string(),
+    "schedule": section(),
+    "schedule.num_train_timesteps": COUNT,
+    "schedule.beta_schedule": string(),
+    "schedule.beta_start": number(0, 1, above=True),
+    "schedule.beta_end": number(0, 1, above=True),
+    # sampling
+    "sampling": section(),
+    "sampling.scheduler": string(),
+    "sampling.steps": COUNT,
+    "sampling.vae_chunk": COUNT,
+    "sampling.segment_frames": integer(0),
+    "sampling.tile_stride": integer(1, nullable=True),
+    "sampling.batch_size": COUNT,
+    # training
+    "video_list": one_or_more_strings(),
+    "sample_size": COUNT,
+    "time_stride": COUNT,
+    "data": section(),
+    "data.short_video": string(("pad", "skip")),
+    "data.resize": boolean(),
+    "data.hflip_prob": number(0, 1),
+    "encode_chunk": COUNT,
+    "cache_latents": boolean(),
+    "latent_cache_dir": string(nullable=True),
+    "train_sampling_steps": COUNT,
+    "joint_training": number(0, 1),
+    "seed": integer(0, SEED_MAX),
+    "num_workers": integer(0),
+    "train_batch_size": COUNT,
+    "num_epochs": COUNT,
+    "gradient_accumulation_steps": COUNT,
+    "grad_checkpointing": boolean(),
+    "gradient_clip": number(0, above=True),
+    "mixed_precision": string(("no", "fp16", "bf16")),
+    "fp32_attention": boolean(),
+    "optimizer": section(),
+    "optimizer.type": string(),
+    "optimizer.lr": number(0, above=True),
+    "optimizer.weight_decay": number(0),
+    "optimizer.betas": sequence(lambda x: _is_number(x) and 0 <= x < 1, "a list of numbers from 0 to below 1"),
+    "optimizer.eps": positive_or_pair_of_positive(),
+    "lr_schedule_args": section(),
+    "lr_schedule_args.num_warmup_steps": integer(0),
+    "ema": section(),
+    "ema.enabled": boolean(),
+    "ema.decay": number(0, 1),
+    "load_from": string(nullable=True),
+    "log_interval": COUNT,
+    "save_model_steps": COUNT,
+    "keep_checkpoints": integer(0),
+    "validation": section(),
+    "validation.video": string(nullable=True),
+    "validation.interval": integer(0),
+    "validation.steps": COUNT,
+    "validation.scheduler": string(),
+}
+
+# Sections every command builds its models from.
+REQUIRED = ("model", "compressor", "previewer", "vae", "schedule", "scale_factor", "sr_scale")
+
+_MISSING = object()
+
+
+def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
+    """Check every key of ``SCHEMA`` present in ``cfg`` (and that ``REQUIRED`` ones are); one line per failure.
+
+    Sections are checked before their keys, so ``model=abc`` is reported as ``model``, not as a missing
+    ``model.depth``.
+    """
+    for key in REQUIRED:
+        if _lookup(cfg, key) is _MISSING:
+            raise CascadeVError(f"{source} lacks the key {key}, which every command needs.")
+    for key, rule in SCHEMA.items():
+        value = _lookup(cfg, key)
+        if value is _MISSING or (value is None and rule.nullable):
+            continue
+        if not rule.check(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")

@@ -1,0 +1,154 @@
+"""Values that used to slip through: config keys against the schema, seeds, sizes, the work dir."""
+
+import errno
+import tempfile
+from pathlib import Path
+
+import pytest
+from cli_checks import assert_one_line_error
+from videos import write_test_video
+
+from cascadev.cli import build_parser, main
+from cascadev.config_schema import SCHEMA, validate_config
+from cascadev.errors import CascadeVError
+from cascadev.loading import load_config
+from cascadev.reconstruct import SamplingArgs
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+TINY = str(CONFIGS / "tiny.py")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def parse_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert_one_line_error(exit_.value.code, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_test_video(path, 2, 32, 32)
+    return path
+
+
+@pytest.mark.parametrize("config", ["tiny.py", "s1024_effn_f32.py"])
+def test_shipped_configs_pass_the_schema(config):
+    load_config(CONFIGS / config)
+
+
+def test_every_schema_key_exists_in_the_released_config():
+    cfg = load_config(CONFIGS / "s1024_effn_f32.py").to_dict()
+    for key in SCHEMA:
+        node = cfg
+        for part in key.split("."):
+            assert part in node, key
+            node = node[part]
+
+
+@pytest.mark.parametrize("option,key", [
+    ("model.depth=abc", "model.depth"),
+    ("sampling.steps=abc", "sampling.steps"),
+    ("scale_factor=abc", "scale_factor"),
+    ("model=abc", "model"),
+    ("optimizer.lr='abc'", "optimizer.lr"),
+    ("sampling.vae_chunk=0", "sampling.vae_chunk"),
+    ("save_model_steps=0", "save_model_steps"),
+    ("log_interval=0", "log_interval"),
+    ("train_batch_size=0", "train_batch_size"),
+    ("model.depth=-1", "model.depth"),
+    ("sampling.steps=0", "sampling.steps"),
+    ("sampling.tile_stride=0", "sampling.tile_stride"),
+    ("seed=-1", "seed"),
+    ("mixed_precision=fp8", "mixed_precision"),
+    ("model.pred_sigma=1", "model.pred_sigma"),
+    ("scale_factor=inf", "scale_factor"),
+])
+def test_bad_config_values_name_the_key(tmp_path, capsys, clip, option, key):
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
+                        "--cfg-options", option)
+    assert_one_line_error(code, err, f"config key {key} must be")
+    assert not (tmp_path / "l.safetensors").exists()
+
+
+@pytest.mark.parametrize("option", ["=3", "model..depth=3", ".x=1"])
+def test_empty_cfg_options_key(tmp_path, capsys, clip, option):
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
+                        "--cfg-options", option)
+    assert_one_line_error(code, err, "empty key", option)
+
+
+def test_key_below_a_plain_value(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
+                        "--cfg-options", "scale_factor.x=1")
+    assert_one_line_error(code, err, "scale_factor.x", "not a section")
+
+
+def test_train_checks_the_config_before_touching_the_work_dir(tmp_path, capsys):
+    work = tmp_path / "work"
+    code, err = run_cli(capsys, "train", TINY, "--work-dir", work, "--random-init", "--device", "cpu",
+                        "--cfg-options", "train_batch_size=0")
+    assert_one_line_error(code, err, "config key train_batch_size")
+    assert not work.exists()
+
+
+def test_unknown_extra_keys_stay_allowed():
+    cfg = load_config(TINY, ["my_note='hello'", "sampling.my_option=3"])
+    assert cfg.my_note == "hello" and cfg.sampling.my_option == 3
+
+
+def test_a_config_without_the_model_sections():
+    with pytest.raises(CascadeVError, match="lacks the key model"):
+        validate_config({"scale_factor": 0.1})
+
+
+def test_work_dir_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "work"
+    blocker.write_text("notes")
+    code, err = run_cli(capsys, "train", TINY, "--work-dir", blocker, "--random-init", "--device", "cpu")
+    assert_one_line_error(code, err, "--work-dir", "is a file")
+    assert blocker.read_text() == "notes"
+
+
+def test_work_dir_on_a_read_only_file_system(tmp_path, capsys, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    code, err = run_cli(capsys, "train", TINY, "--work-dir", tmp_path / "work", "--random-init", "--device", "cpu")
+    assert_one_line_error(code, err, "--work-dir", "Read-only file system")
+
+
+@pytest.mark.parametrize("value", ["-1", str(2**63), "1.5", "abc"])
+def test_seed_is_a_non_negative_integer_below_2_63(tmp_path, capsys, clip, value):
+    out = tmp_path / "out"
+    err = parse_error(capsys, "recon", clip, "-o", out, "--seed", value, "--config", TINY, "--random-init")
+    assert "--seed" in err and "2**63" in err
+    assert not out.exists()
+
+
+def test_largest_seed_is_accepted():
+    args = build_parser().parse_args(["decode", "l.safetensors", "-o", "v.mp4", "--seed", str(2**63 - 1)])
+    assert SamplingArgs(seed=args.seed).seed == 2**63 - 1
+    with pytest.raises(CascadeVError, match="seed"):
+        SamplingArgs(seed=-1)
+
+
+def test_size_is_bounded(tmp_path, capsys, clip, monkeypatch):
+    err = parse_error(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--size", "100000")
+    assert "--size" in err and "8192" in err and "GiB" in err and "CASCADEV_MAX_SIZE" in err
+    monkeypatch.setenv("CASCADEV_MAX_SIZE", "200000")
+    assert build_parser().parse_args(["encode", str(clip), "-o", "l", "--size", "100000"]).size == 100000
+
+
+def test_upscale_output_size_is_bounded(tmp_path, capsys, clip):
+    out = tmp_path / "big.mp4"
+    code, err = run_cli(capsys, "upscale", clip, "-o", out, "--scale", "1000", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "32000x32000", "8192")
+    assert not out.exists()
