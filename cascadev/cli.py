@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .argtypes import frame_size, non_negative_int, positive_int, seed
-from .atomic import is_disk_full, disk_full_error
+from .atomic import disk_full_error, is_disk_full
 from .errors import CascadeVError
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .argtypes import SEED_LIMIT
 from .errors import CascadeVError
 
 __all__ = ["SCHEMA", "REQUIRED", "validate_config"]
@@ -32,7 +33,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def integer(lo: int = 0, hi: int | None = None, nullable: bool = False) -> Rule:
@@ -75,7 +76,6 @@ def positive_or_pair_of_positive() -> Rule:
 
 
 COUNT = integer(1)
-SEED_MAX = 2**63 - 1
 
 SCHEMA: dict[str, Rule] = {
     # the model and the frozen networks
@@ -142,7 +142,7 @@ SCHEMA: dict[str, Rule] = {
     "latent_cache_dir": string(nullable=True),
     "train_sampling_steps": COUNT,
     "joint_training": number(0, 1),
-    "seed": integer(0, SEED_MAX),
+    "seed": integer(0, SEED_LIMIT - 1),
     "num_workers": integer(0),
     "train_batch_size": COUNT,
     "num_epochs": COUNT,

@@ -320,7 +320,7 @@ class LatentReader:
         dtype = str(self._slice.get_dtype())
         if dtype not in _READABLE_DTYPES:
             raise CascadeVError(
-                f"The latent in {self.path} holds {dtype} values; a latent is floating point (F32, F16 or BF16)."
+                f"The latent in {self.path} holds {dtype} values; a latent is floating point (F32, F16, BF16 or F64)."
             )
         shape = tuple(int(s) for s in self._slice.get_shape())
         if len(shape) != 4:

@@ -101,7 +101,11 @@ def quiet_native_stderr() -> Iterator[None]:
         sys.stderr.flush()
     except (AttributeError, OSError, ValueError):
         pass
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 at all: nothing to silence
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
