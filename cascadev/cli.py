@@ -32,8 +32,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)")
     g.add_argument("--random-init", action="store_true", help="random weights instead of released ones (smoke tests only)")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+    g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (the release's: half "
+                   "weights under fp16 autocast) or bf16")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_preset_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="default",
+                   help="default (this project's improved behaviour) or release (the release's recon step by step; "
+                        "README: Default vs release)")
 
 
 def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)") -> None:
@@ -64,7 +71,9 @@ def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str
     p.add_argument("video")
     p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov); the input's audio is copied")
     p.add_argument(count, default=None, metavar="N", help=count_help)
-    p.add_argument("--mode", default="auto", help="auto (default: the DiT's 2x mode for latents >= twice the trained size), tiles or 2x")
+    p.add_argument("--mode", default="tiles",
+                   help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
+                        "the trained size): the DiT's 2x mode, experimental (the release never trained it)")
     _add_sampling_options(p)
     _add_output_options(p)
     _add_model_options(p)
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video")
     p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)")
     _add_frame_options(p)
+    _add_preset_option(p)
     _add_model_options(p)
 
     p = sub.add_parser("decode", help="semantic latent -> video (DiT refinement + SVD decoding)")
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)")
     _add_sampling_options(p)
     _add_output_options(p)
+    _add_preset_option(p)
     _add_model_options(p)
 
     p = sub.add_parser("recon", help="video -> latent -> video, with previews and a comparison")
@@ -115,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_output_options(p)
+    _add_preset_option(p)
     _add_model_options(p)
 
     p = sub.add_parser("upscale", help="another model's video -> 4x resolution (2x mode up to 2K), streamed")
@@ -141,19 +153,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _preset(args: argparse.Namespace):
+    from .presets import PRESETS
+
+    name = getattr(args, "preset", "default")
+    if name not in PRESETS:
+        raise CascadeVError(f"unknown --preset {name!r}; choose {' or '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
-    from .loading import build_pipeline, resolve_device, resolve_dtype, resolve_weights
+    from .loading import build_pipeline, resolve_device, resolve_precision, resolve_weights
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    preset = _preset(args)
+    dtype_name = args.dtype
+    if preset.fp32_attention and dtype_name == "auto":
+        dtype_name = "fp16" if device.type == "cuda" else "fp32"  # the release's precision where it can run
+    precision = resolve_precision(dtype_name, device)
     if not args.random_init:
         resolve_weights(cfg, parts, args.weights_dir, args.ckpt)  # fail before any heavy work
     overrides = {k: getattr(args, k, None) for k in ("segment_frames", "batch_size", "vae_chunk")}
+    if preset.whole_clip:
+        overrides["segment_frames"] = 0
+    if preset.name != "default":
+        from .presets import NOISE_NOTE
+
+        print(f"cascadev: {NOISE_NOTE}", file=sys.stderr)
 
     def load():
         return build_pipeline(
-            cfg, parts, device=device, dtype=dtype, weights_dir=args.weights_dir, ckpt=args.ckpt,
-            random_init=args.random_init, **overrides,
+            cfg, parts, device=device, dtype=precision.dtype, autocast_dtype=precision.autocast,
+            weights_dir=args.weights_dir, ckpt=args.ckpt, random_init=args.random_init,
+            tile_blend=preset.tile_blend, round_timesteps=preset.round_timesteps,
+            fp32_attention=preset.fp32_attention and precision.autocast is not None, **overrides,
         )
 
     return load
@@ -173,7 +206,8 @@ def _sampling(args: argparse.Namespace, cfg):
     defaults = cfg.get("sampling", {})
     scheduler = args.scheduler or defaults.get("scheduler", "euler_a")
     make_scheduler(scheduler)  # an unknown name fails here, before any work
-    return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed, progress=not args.quiet)
+    return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed,
+                        progress=not args.quiet, preset=_preset(args))
 
 
 def _check_work_dir(work_dir: Path) -> None:
@@ -220,7 +254,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config or _default_config(), args.cfg_options)
     if args.command == "encode":
         reconstruct.encode_video(_loader(args, cfg, ["compressor"]), args.video, args.output, size=args.size,
-                                 start=args.start, num_frames=args.num_frames, progress=not args.quiet)
+                                 start=args.start, num_frames=args.num_frames, progress=not args.quiet,
+                                 preset=_preset(args))
     elif args.command == "decode":
         sampling = _sampling(args, cfg)
         reconstruct.decode_latent(_loader(args, cfg, ["dit", "vae"]), args.latent, args.output, sampling, crf=args.crf,

@@ -5,8 +5,11 @@ Upscale: every input frame is resized to the target size (bicubic, antialiased w
 clamped to [-1, 1]) and its condition latent is taken at that size: the semantic compressor's
 (16, T, H/32, W/32), or, for a model trained with the resize condition (paper Fig. 4b), the SVD-VAE
 latent (4, T, H/32, W/32) of the frames at H/4 x W/4, which for ``scale=4`` is the input itself. The
-DiT then adds the detail and the SVD decoder makes pixels, exactly as in ``cascadev decode``; DiT
-latents of at least twice the trained size per side go through the DiT's 2x mode (``mode="auto"``).
+DiT then adds the detail and the SVD decoder makes pixels, exactly as in ``cascadev decode``, on the
+trained path (``mode="tiles"``, the default). The DiT's 2x mode (``"2x"``, or ``"auto"``: 2x for DiT
+latents of at least twice the trained size per side) is experimental: the released strides hold
+[4, 1] cells that a 2x window of lats_per_vid / 4 frames cannot form, so the release never ran or
+trained it with these weights.
 
 Interpolate: N input frames give (N - 1) * factor + 1 output frames at factor times the frame rate.
 The condition latents of the input frames are computed and those of the frames in between are linear
@@ -198,7 +201,7 @@ def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoRea
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
         read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
-        for frames in pipe.decode(read, total, mode=mode, **vars(sampling)):
+        for frames in pipe.decode(read, total, mode=mode, **sampling.decode_options()):
             writer.write(frames_to_uint8(frames, *size))
     return pipe
 
@@ -211,7 +214,7 @@ def upscale_video(
     *,
     scale: int = 4,
     size: int | None = None,
-    mode: str = "auto",
+    mode: str = "tiles",
     start: int = 0,
     num_frames: int | None = None,
     codec: str = "libx264",
@@ -221,8 +224,8 @@ def upscale_video(
 ) -> tuple[int, int]:
     """Video file -> the same video ``scale`` times larger (or with short side ``size``) at the same fps.
 
-    ``mode``: "auto" (2x mode for DiT latents of at least twice the trained size per side, else tiles),
-    "tiles" or "2x". Frames [start, start + num_frames) are used (default all); the audio track is
+    ``mode``: "tiles" (default, the trained path), or the experimental "2x" / "auto" (2x mode for DiT
+    latents of at least twice the trained size per side, else tiles). Frames [start, start + num_frames) are used (default all); the audio track is
     copied from the matching time on. Returns the output's (height, width).
     """
     _check_count(scale, "--scale")
@@ -244,7 +247,7 @@ def interpolate_video(
     *,
     factor: int = 4,
     size: int | None = None,
-    mode: str = "auto",
+    mode: str = "tiles",
     start: int = 0,
     num_frames: int | None = None,
     codec: str = "libx264",

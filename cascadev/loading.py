@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +24,24 @@ WEIGHT_SOURCES = {
     "vae": "Stable Video Diffusion's VAE, stabilityai/stable-video-diffusion-img2vid-xt (subfolder vae)",
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """An inference precision: every part's weights in ``dtype``; the DiT call under ``autocast`` if set."""
+
+    dtype: torch.dtype
+    autocast: torch.dtype | None = None
+
+
+# "fp16" is the release's: model.half() under fp16 autocast (LayerNorm and its modulation in fp32).
+PRECISIONS = {
+    "fp32": Precision(torch.float32),
+    "bf16": Precision(torch.bfloat16),
+    "fp16": Precision(torch.float16, torch.float16),
+}
+# The CUDA default, chosen from the measured table in docs/benchmarks.md ("Inference precision").
+CUDA_PRECISION = "fp16"
 
 
 def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
@@ -69,15 +88,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise CascadeVError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``."""
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto`` (CUDA_PRECISION on CUDA, fp32 on CPU), ``fp32``, ``fp16`` (the release's) or ``bf16``."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
+        name = CUDA_PRECISION if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
         raise CascadeVError(f"unknown dtype {name!r}; choose auto, fp32, fp16 or bf16")
     if name == "fp16" and device.type == "cpu":
         raise CascadeVError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    return DTYPES[name]
+    return PRECISIONS[name]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype of :func:`resolve_precision`."""
+    return resolve_precision(name, device).dtype
 
 
 def resolve_weights(
@@ -145,13 +169,19 @@ def build_pipeline(
     ckpt: str | os.PathLike | None = None,
     random_init: bool = False,
     seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    fp32_attention: bool = False,
+    tile_blend: str = "blend",
+    round_timesteps: bool = False,
     **sampling,
 ) -> CascadeVPipeline:
     """Build the pipeline's ``parts`` from ``cfg``, with weights or (``random_init``) at random.
 
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
     zero one, so that smoke tests exercise every path. ``sampling`` overrides ``cfg.sampling`` keys
-    (vae_chunk, segment_frames, tile_stride, batch_size).
+    (vae_chunk, segment_frames, tile_stride, batch_size). ``dtype`` and ``autocast_dtype`` are a
+    :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
+    (:mod:`cascadev.presets`).
     """
     device = torch.device(device)
     paths = {} if random_init else resolve_weights(cfg, parts, weights_dir, ckpt)
@@ -173,6 +203,8 @@ def build_pipeline(
         if any(p.dtype != dtype for p in module.parameters()):
             module.to(dtype=dtype)  # diffusers warns about any dtype in .to(), so only when needed
         module.to(device).eval().requires_grad_(False)
+        if part == "dit":
+            module.set_fp32_attention(fp32_attention)
 
     options = {k: v for k, v in dict(cfg.get("sampling", {})).items() if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")}
     options.update({k: v for k, v in sampling.items() if v is not None})
@@ -183,5 +215,8 @@ def build_pipeline(
         schedule=dict(cfg.schedule),
         device=device,
         dtype=dtype,
+        autocast_dtype=autocast_dtype,
+        tile_blend=tile_blend,
+        round_timesteps=round_timesteps,
         **options,
     )

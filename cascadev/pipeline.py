@@ -90,6 +90,9 @@ class CascadeVPipeline:
         batch_size: int = 4,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        autocast_dtype: torch.dtype | None = None,
+        tile_blend: str = "blend",
+        round_timesteps: bool = False,
     ):
         self.dit, self.compressor, self.previewer, self.vae = dit, compressor, previewer, vae
         self.scale_factor = scale_factor
@@ -102,6 +105,12 @@ class CascadeVPipeline:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.dtype = dtype
+        # Precision of the DiT call: weights in ``dtype``, optionally under autocast (``fp16``: the
+        # release's model.half() under fp16 autocast, LayerNorm in fp32).
+        self.autocast_dtype = autocast_dtype
+        self.tile_blend = tile_blend  # "blend" (default) or "overwrite" (the release's tiles)
+        # The release feeds the timesteps to a half-precision model as fp16 (856.2857 -> 856.5).
+        self.round_timesteps = round_timesteps
 
     @property
     def condition_kind(self) -> str:
@@ -191,6 +200,7 @@ class CascadeVPipeline:
         frame_offset: int = 0,
         progress: tqdm | None = None,
         mode: str = "tiles",
+        latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate the SVD latent for a condition.
 
@@ -199,21 +209,31 @@ class CascadeVPipeline:
                 one window or tile is padded (edge frames and pixels repeated) and cropped back.
             frame_offset: index of cond's first frame in the video (selects the per-frame noise).
             mode: "tiles", "2x" or "auto" (see ``plan``).
+            latents: optional initial noise (T, 4, H, W), unit variance, instead of the per-frame
+                generators' (as diffusers pipelines take ``latents``); it is padded like ``cond`` and
+                multiplied by the scheduler's ``init_noise_sigma``. Ancestral steps still draw their
+                noise from the per-frame generators.
         Returns:
             (T, 4, H, W) SVD-VAE latent, divided by scale_factor (ready for ``vae_decode``).
         """
         num_frames, _, height, width = cond.shape
         plan = self.plan(height, width, mode)
         frames, tile = plan.frames, plan.tile
-        cond = _pad_to(cond.to(self.device, torch.float32), max(num_frames, frames), max(height, tile), max(width, tile))
+        canvas = max(num_frames, frames), max(height, tile), max(width, tile)
+        cond = _pad_to(cond.to(self.device, torch.float32), *canvas)
         canvas_t, _, canvas_h, canvas_w = cond.shape
 
         generators = [frame_generator(seed, frame_offset + i) for i in range(canvas_t)]
         sched = make_scheduler(scheduler, self.schedule)
         sched.set_timesteps(steps, device=self.device)
-        latents = randn_tensor((canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32)
+        if latents is None:
+            latents = randn_tensor((canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32)
+        else:
+            if tuple(latents.shape) != (num_frames, 4, height, width):
+                raise CascadeVError(f"latents must have shape {(num_frames, 4, height, width)}, got {tuple(latents.shape)}")
+            latents = _pad_to(latents.to(self.device, torch.float32), *canvas)
         latents = latents * sched.init_noise_sigma
-        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride)
+        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride, self.tile_blend)
         for t in sched.timesteps:
             noise = self._predict_noise(sched.scale_model_input(latents, t), cond, t, tiling)
             latents = sched.step(noise, t, latents, generator=generators).prev_sample
@@ -233,7 +253,12 @@ class CascadeVPipeline:
                 [inputs_all[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] for t0, r0, c0, _ in batch]
             ).transpose(1, 2)  # (B, C, frames, tile, tile)
             timestep = torch.as_tensor(t, device=self.device, dtype=torch.float32).expand(len(batch))
-            pred = self.dit(inputs.to(self.dtype), timestep)[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
+            if self.round_timesteps:
+                timestep = timestep.half().float()
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                pred = self.dit(inputs.to(self.dtype), timestep)
+            pred = pred[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
             for (t0, r0, c0, weight), eps in zip(batch, pred):
                 noise[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] += eps * weight.to(eps.device)[:, None]
         return noise
@@ -259,6 +284,7 @@ class CascadeVPipeline:
         seed: int = 0,
         progress: bool = True,
         mode: str = "tiles",
+        latents: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """Stream a semantic latent back to frames.
 
@@ -267,6 +293,7 @@ class CascadeVPipeline:
                 (a semantic latent, or the resize variant's); t0 never decreases from call to call.
             num_frames: the latent's length T.
             mode: "tiles" (default), "2x" or "auto": how each segment is covered (see ``plan``).
+            latents: optional initial noise for the whole video, (T, 4, sr*h, sr*w) (see ``sample``).
         Yields:
             consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
         """
@@ -282,7 +309,7 @@ class CascadeVPipeline:
             s1 = min(s0 + segment, num_frames)
             z = self.sample(
                 self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0,
-                progress=bar, mode=mode,
+                progress=bar, mode=mode, latents=None if latents is None else latents[s0:s1],
             )
             z = z * weights[k, : s1 - s0, None, None, None]
             # Frames of this segment already in `pending` are added in place; the rest extend it.

@@ -24,6 +24,7 @@ from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .overwrite import check_not_inputs
 from .pipeline import CascadeVPipeline
+from .presets import PRESETS, Preset, blur_resize, center_square
 from .video_io import (
     VideoReader,
     VideoWriter,
@@ -54,6 +55,12 @@ class SamplingArgs:
     steps: int = 8
     seed: int = 0
     progress: bool = True
+    preset: Preset = PRESETS["default"]
+
+    def decode_options(self) -> dict:
+        """Keyword arguments of ``CascadeVPipeline.decode``."""
+        return dict(scheduler=self.preset.scheduler(self.scheduler), steps=self.steps, seed=self.seed,
+                    progress=self.progress)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
@@ -62,23 +69,36 @@ class SamplingArgs:
             raise CascadeVError(f"The number of sampling steps must be at least 1, got {self.steps!r}.")
 
 
-def _prepare(frames: np.ndarray, size: int | None) -> tuple[torch.Tensor, tuple[int, int]]:
+def _prepare(frames: np.ndarray, size: int | None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w).
 
-    (h, w) is the content size after resizing (short side ``size``), before padding.
+    (h, w) is the content size after resizing (short side ``size``), before padding. The release
+    preset crops the centre square and blurs and resizes in uint8 with OpenCV first.
     """
+    if preset.square_crop:
+        frames = center_square(frames)
+    if preset.blur_resize:
+        frames, size = blur_resize(frames, size), None
     x = resize_short_side(to_model_range(frames).transpose(0, 1), size)
     return pad_to_multiple(x, LATENT_STRIDE)
 
 
-def frames_to_uint8(frames: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(n, 3, H, W) in [-1, 1] -> uint8 (n, height, width, 3), cropping padding away."""
+def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: bool = False) -> np.ndarray:
+    """(n, 3, H, W) in [-1, 1] -> uint8 (n, height, width, 3), cropping padding away.
+
+    Values are rounded; ``truncate`` quantises as the release does, ``(127.5 * x + 127.5).to(uint8)``.
+    """
+    if truncate:
+        x = (127.5 * frames[:, :, :height, :width].float() + 127.5).clamp(0, 255).to(torch.uint8)
+        return x.permute(0, 2, 3, 1).contiguous().numpy()
     return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
 
 
-def _iter_model_frames(reader: VideoReader, start: int, count: int, size: int | None) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+def _iter_model_frames(
+    reader: VideoReader, start: int, count: int, size: int | None, preset: Preset = PRESETS["default"]
+) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
     for chunk in reader.iter_chunks(start, count, READ_CHUNK):
-        yield _prepare(chunk, size)
+        yield _prepare(chunk, size, preset)
 
 
 def encode_video(
@@ -90,12 +110,13 @@ def encode_video(
     start: int = 0,
     num_frames: int | None = None,
     progress: bool = True,
+    preset: Preset = PRESETS["default"],
 ) -> LatentMeta:
     """Video file -> semantic latent file (16, T, H/32, W/32) with fps and sizes in its metadata."""
     check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
-    first, (height, width) = _prepare(reader.read([start]), size)
+    first, (height, width) = _prepare(reader.read([start]), size, preset)
     meta = LatentMeta(
         fps=reader.fps or 30.0, height=height, width=width,
         source_height=reader.height, source_width=reader.width, start=start,
@@ -105,7 +126,7 @@ def encode_video(
         pipe = load_pipeline()
         done = 0
         for frames, _ in tqdm(
-            _iter_model_frames(reader, start, count, size), total=-(-count // READ_CHUNK), desc="encoding",
+            _iter_model_frames(reader, start, count, size, preset), total=-(-count // READ_CHUNK), desc="encoding",
             unit="chunk", disable=not progress, leave=False,
         ):
             writer.write(done, pipe.encode(frames))
@@ -126,8 +147,9 @@ def decode_latent(
     meta = reader.meta
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
         pipe = load_pipeline()
-        for frames in pipe.decode(reader.read, reader.num_frames, **vars(sampling)):
-            writer.write(frames_to_uint8(frames, meta.height, meta.width))
+        pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
+        for frames in pipe.decode(reader.read, reader.num_frames, **sampling.decode_options()):
+            writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
 
 
 def reconstruct_video(
@@ -186,11 +208,13 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
                  writer_options: dict) -> None:
     load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
+    preset = sampling.preset
     meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
-                        num_frames=num_frames, progress=sampling.progress)
+                        num_frames=num_frames, progress=sampling.progress, preset=preset)
     pipe = load_once()
     latent = LatentReader(paths["latent.safetensors"])
     count = latent.num_frames
+    pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
@@ -198,13 +222,14 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
                for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
         done = 0
-        for frames in pipe.decode(latent.read, count, **vars(sampling)):
+        for frames in pipe.decode(latent.read, count, **sampling.decode_options()):
             n = frames.shape[0]
-            recon = frames_to_uint8(frames, h, w)
+            recon = frames_to_uint8(frames, h, w, preset.truncate)
             preview = pipe.preview(latent.read(done, done + n))
             preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
-            preview = frames_to_uint8(preview, h, w)
-            original = frames_to_uint8(_prepare(source.read(range(meta.start + done, meta.start + done + n)), size)[0], h, w)
+            preview = frames_to_uint8(preview, h, w, preset.truncate)
+            source_frames = source.read(range(meta.start + done, meta.start + done + n))
+            original = frames_to_uint8(_prepare(source_frames, size, preset)[0], h, w)
             row = side_by_side(original, preview, recon)
             preview_out.write(preview)
             recon_out.write(recon)

@@ -1,10 +1,12 @@
-"""The samplers offered for the DiT, all diffusers schedulers on the training noise schedule."""
+"""The samplers offered for the DiT: diffusers schedulers on the training noise schedule, and PixArt's
+DPM-Solver++ (the release's ``dpms``; ``--preset release`` uses it for ``dpm_solver``)."""
 
 from __future__ import annotations
 
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .dpm_solver import PixArtDPMSolverScheduler
 from .errors import CascadeVError
 
 # The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives.
@@ -12,6 +14,7 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler_a": EulerAncestralDiscreteScheduler,
     "ddim": DDIMScheduler,
     "dpm_solver": DPMSolverMultistepScheduler,
+    "dpm_solver_pixart": PixArtDPMSolverScheduler,
 }
 
 # Improved-DDPM "linear" schedule of the training recipe (1000 steps), which is diffusers' "linear".

@@ -2,9 +2,13 @@
 
 The DiT takes windows of ``lats_per_vid`` frames and tiles of ``input_size`` latent pixels. A longer or
 larger latent is covered by overlapping windows (frames: stride half a window, as the release) and
-tiles (stride three quarters of a tile, as the release), the last one aligned to the end. Where they
-overlap, predictions are linearly cross-faded: the weights of all windows covering a position sum to
-one, so ``sum_k weight_k * prediction_k`` is the blended prediction.
+tiles (stride three quarters of a tile, as the release), the last one aligned to the end. Every
+blending rule is expressed as one weight per window and position, summing to one over the windows
+that cover a position, so ``sum_k weight_k * prediction_k`` is the blended prediction:
+
+- frames, ``release_crossfade_weights``: the release's sequential cross-fade, exactly;
+- tiles, ``crossfade_weights`` (default): symmetric linear ramps, normalised; or
+  ``overwrite_weights`` (the release): the later tile wins where tiles overlap.
 """
 
 from __future__ import annotations
@@ -47,6 +51,47 @@ def crossfade_weights(size: int, window: int, starts: list[int]) -> torch.Tensor
     return weights.float()
 
 
+def release_crossfade_weights(size: int, window: int, starts: list[int]) -> torch.Tensor:
+    """The release's temporal cross-fade as per-window weights, (len(starts), window) float32.
+
+    The release keeps a running result ``z`` and visits the windows in order. For a window starting
+    at ``beg`` it takes ``overlap = end_of_previous_window - beg``; if ``overlap < 2`` it overwrites
+    ``z[beg:beg+L]``, else with ``w = ones(L); w[:overlap] = linspace(0, 1, overlap)`` it sets
+    ``z[beg:beg+L] = z[beg:beg+L] * (1 - w) + prediction * w``. That is linear in the predictions, so
+    window k's final weight at a frame is its own ``w`` times ``(1 - w_j)`` of every later window j
+    covering that frame. Where three windows cover a frame (L = 8: T = 1 mod 4, T >= 13) this differs
+    from normalised symmetric ramps.
+    """
+    length = min(size, window)
+    own = torch.ones(len(starts), length, dtype=torch.float64)  # w of each window, at its own positions
+    for k in range(1, len(starts)):
+        overlap = starts[k - 1] + length - starts[k]
+        if overlap >= 2:
+            own[k, :overlap] = torch.linspace(0.0, 1.0, overlap, dtype=torch.float64)
+    # Walk the windows backwards, keeping what is left of every frame for earlier windows to fill.
+    remaining = torch.ones(max(size, length), dtype=torch.float64)
+    weights = torch.empty_like(own)
+    for k in range(len(starts) - 1, -1, -1):
+        span = slice(starts[k], starts[k] + length)
+        weights[k] = own[k] * remaining[span]
+        remaining[span] *= 1 - own[k]
+    return weights.float()
+
+
+def overwrite_weights(size: int, window: int, starts: list[int]) -> torch.Tensor:
+    """Per-window weights of the release's tiles, (len(starts), window): the later window wins overlaps.
+
+    For a 2-D grid of tiles visited in row-major order the tile written last at a pixel is the one with
+    the last row start and the last column start covering it, so the product of these 1-D weights is
+    exactly the release's overwrite.
+    """
+    length = min(size, window)
+    owner = torch.full((max(size, length),), -1, dtype=torch.long)
+    for k, s in enumerate(starts):
+        owner[s:s + length] = k
+    return torch.stack([(owner[s:s + length] == k).float() for k, s in enumerate(starts)])
+
+
 def _ramp(overlap: int) -> torch.Tensor:
     # A single shared position is split evenly; otherwise the release's linspace(0, 1, overlap).
     if overlap == 1:
@@ -54,14 +99,28 @@ def _ramp(overlap: int) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, overlap, dtype=torch.float64)
 
 
+# How overlapping tiles are combined: "blend" (this project's default) or "overwrite" (the release).
+TILE_BLENDS = {"blend": crossfade_weights, "overwrite": overwrite_weights}
+
+
 class Tiling:
     """The windows and tiles that cover a (T, H, W) latent, with their blending weights.
 
     ``T``, ``H`` and ``W`` must be at least ``frames`` and ``tile`` (callers pad smaller latents).
-    Iterating yields ``(t0, r0, c0, weight)`` with ``weight`` of shape (frames, tile, tile).
+    Iterating yields ``(t0, r0, c0, weight)`` with ``weight`` of shape (frames, tile, tile). Windows
+    are cross-faded as the release does (``release_crossfade_weights``); tiles are blended with
+    normalised ramps (``tile_blend="blend"``) or overwritten by the later tile (``"overwrite"``, the
+    release).
     """
 
-    def __init__(self, size: tuple[int, int, int], frames: int, tile: int, tile_stride: int | None = None):
+    def __init__(
+        self,
+        size: tuple[int, int, int],
+        frames: int,
+        tile: int,
+        tile_stride: int | None = None,
+        tile_blend: str = "blend",
+    ):
         num_frames, height, width = size
         if num_frames < frames or height < tile or width < tile:
             raise ValueError(f"latent {size} is smaller than a window of {frames} frames x {tile}^2")
@@ -70,9 +129,12 @@ class Tiling:
         self.t_starts = window_starts(num_frames, frames, max(1, frames // 2))
         self.r_starts = window_starts(height, tile, tile_stride)
         self.c_starts = window_starts(width, tile, tile_stride)
-        self.t_weights = crossfade_weights(num_frames, frames, self.t_starts)
-        self.r_weights = crossfade_weights(height, tile, self.r_starts)
-        self.c_weights = crossfade_weights(width, tile, self.c_starts)
+        if tile_blend not in TILE_BLENDS:
+            raise ValueError(f"tile_blend must be one of {', '.join(TILE_BLENDS)}, got {tile_blend!r}")
+        spatial = TILE_BLENDS[tile_blend]
+        self.t_weights = release_crossfade_weights(num_frames, frames, self.t_starts)
+        self.r_weights = spatial(height, tile, self.r_starts)
+        self.c_weights = spatial(width, tile, self.c_starts)
 
     def __len__(self) -> int:
         return len(self.t_starts) * len(self.r_starts) * len(self.c_starts)

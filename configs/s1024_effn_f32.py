@@ -89,9 +89,14 @@ gradient_clip = 0.01
 mixed_precision = 'fp16'  # no | fp16 | bf16 (fp16 falls back to fp32 on a CPU)
 fp32_attention = True  # attention products in fp32 under half precision
 optimizer = dict(type='CAME', lr=2e-5, weight_decay=0.0, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+# PixArt's auto_lr, as the release: lr = optimizer.lr * sqrt(global_batch / 256), global_batch = train_batch_size
+# x processes x gradient_accumulation_steps (2.5e-6 on 1 GPU, 7.07e-6 on 8). auto_lr=None uses optimizer.lr as is.
+auto_lr = dict(rule='sqrt')
 lr_schedule_args = dict(num_warmup_steps=1000)  # then constant
 ema = dict(enabled=False, decay=0.9999)
-load_from = None  # e.g. 'pretrained/s1024.effn-f32.safetensors' to fine-tune the released DiT
+# The release fine-tunes the released DiT (the first existing file is used). Train from scratch with
+# --cfg-options load_from=None. Ignored when the work dir holds a checkpoint to resume from.
+load_from = ['pretrained/s1024.effn-f32.safetensors', 'pretrained/s1024.effn-f32.pth']
 
 log_interval = 5
 save_model_steps = 1000

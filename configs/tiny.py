@@ -28,6 +28,8 @@ grad_checkpointing = False
 mixed_precision = 'no'
 fp32_attention = False
 optimizer = dict(type='CAME', lr=3e-4, weight_decay=0.0, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+auto_lr = dict(rule=None)  # the toy lr above is used as it is
+load_from = None  # trained from scratch
 lr_schedule_args = dict(num_warmup_steps=0)
 log_interval = 1
 save_model_steps = 10

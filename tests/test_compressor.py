@@ -67,10 +67,14 @@ def test_encoder_checkpoint_loads_into_meta_model(encoder, tmp_path):
     with torch.device("meta"):
         fresh = EfficientNetEncoder()
     load_weights(fresh, path, "the semantic compressor")
+    original = encoder.state_dict()
+    for name, value in fresh.state_dict().items():  # the weights arrive exactly
+        assert torch.equal(value, original[name]), name
     frames = torch.rand(1, 3, 32, 64) * 2 - 1
     with torch.no_grad():
         expected = encoder.encode_frames(frames)
-        torch.testing.assert_close(fresh.encode_frames(frames), expected, rtol=0, atol=0)
+        # The outputs along two code paths (memory layouts, kernels) agree to float32 rounding.
+        torch.testing.assert_close(fresh.encode_frames(frames), expected, rtol=1e-5, atol=1e-6)
     assert expected.abs().max() > 0
 
 

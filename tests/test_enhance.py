@@ -97,13 +97,17 @@ def dit_spy(monkeypatch):
     return shapes
 
 
-def test_upscale_to_twice_the_trained_size_uses_the_2x_mode(tmp_path, capsys, monkeypatch):
+def test_upscale_takes_the_trained_tiles_by_default_and_2x_mode_on_request(tmp_path, capsys, monkeypatch):
     clip = tmp_path / "small.mp4"
     write_test_video(clip, 2, 32, 32, fps=8.0)
     shapes = dit_spy(monkeypatch)
-    auto = tmp_path / "auto.mp4"
-    code, err = run_cli(capsys, "upscale", clip, "-o", auto, *FAST)  # 128 px: latent 16 = 2 * input_size
+    default = tmp_path / "default.mp4"
+    code, err = run_cli(capsys, "upscale", clip, "-o", default, *FAST)  # 128 px: latent 16 = 2 * input_size
     assert code == 0, err
+    assert shapes and {s[1:] for s in shapes} == {(20, 4, 8, 8)}  # the trained 8x8 tiles of 4 frames
+    shapes.clear()
+    auto = tmp_path / "auto.mp4"
+    assert run_cli(capsys, "upscale", clip, "-o", auto, "--mode", "auto", *FAST)[0] == 0
     assert shapes and {s[1:] for s in shapes} == {(20, 1, 16, 16)}  # 2x mode: 16x16 latents, 1 frame
     shapes.clear()
     tiles = tmp_path / "tiles.mp4"

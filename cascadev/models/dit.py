@@ -102,6 +102,21 @@ def video_pos_embed(hidden_size: int, frames: int, rows: int, cols: int, pe_inte
 #################################################################################
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp32: bool = False) -> torch.Tensor:
+    """Softmax attention (B, heads, N, head_dim) -> (B, heads, N, head_dim), in q's dtype.
+
+    With ``fp32`` the product runs in float32 even under autocast, as the release's xformers call
+    does (PixArt needs it against NaN losses in fp16 training). SDPA is on autocast's lower-precision
+    list, so casting q, k, v to float32 alone is not enough: autocast would cast them back to half
+    precision. Autocast is therefore switched off around the call.
+    """
+    if not fp32:
+        return F.scaled_dot_product_attention(q, k, v)
+    dtype = q.dtype
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(dtype)
+
+
 class GridAttention(nn.Module):
     """Multi-head self-attention over a window, optionally restricted to the cells of a grid.
 
@@ -131,15 +146,26 @@ class GridAttention(nn.Module):
                 "b (ts gt xs gh ys gw) (three h d) -> three (b ts xs ys) h (gt gh gw) d",
                 three=3, h=self.num_heads, **cell,
             )
-        dtype = q.dtype
-        if self.fp32_attention:
-            q, k, v = q.float(), k.float(), v.float()
-        out = F.scaled_dot_product_attention(q, k, v).to(dtype)
+        out = attention(q, k, v, self.fp32_attention)
         if grid is None:
             out = rearrange(out, "b h n d -> b n (h d)")
         else:
             out = rearrange(out, "(b ts xs ys) h (gt gh gw) d -> b (ts gt xs gh ys gw) (h d)", b=b, **cell)
         return self.proj(out)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input's dtype.
+
+    Under autocast its output stays float32, as CUDA autocast's fp32 list gives the release (so the
+    modulation after it also runs in float32); CPU autocast lacks that rule, hence the explicit class.
+    Without autocast the output is cast back to the input's dtype so the next linear layer gets the
+    dtype of its weights.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(x.float(), self.normalized_shape, None, None, self.eps)
+        return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
 class Mlp(nn.Module):
@@ -158,9 +184,9 @@ class PixArtBlock(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, fp32_attention: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm1 = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = GridAttention(hidden_size, num_heads, fp32_attention)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
@@ -178,7 +204,7 @@ class T2IFinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = FP32LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
@@ -289,6 +315,11 @@ class CascadeDiT(nn.Module):
         nn.init.normal_(self.t_block[1].weight, std=0.02)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def set_fp32_attention(self, enabled: bool) -> None:
+        """Run every block's attention product in float32 (the release's inference and training setting)."""
+        for block in self.blocks:
+            block.attn.fp32_attention = bool(enabled)
 
     def window_frames(self, height: int, width: int) -> int:
         """Frames per window for a latent of this size: lats_per_vid, or lats_per_vid // 4 in 2x mode."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
@@ -28,6 +30,22 @@ def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
             raise CascadeVError("AdamW takes two betas and one eps: set optimizer.betas=(0.9,0.999) optimizer.eps=1e-8")
         return torch.optim.AdamW(params, **spec)
     raise CascadeVError(f"unknown optimizer {kind!r} in the config; choose CAME or AdamW")
+
+
+def scaled_lr(base_lr: float, global_batch: int, rule: str | None) -> float:
+    """PixArt's ``auto_lr``: the learning rate for a global batch, from a base rate meant for 256.
+
+    ``sqrt``: ``base_lr * sqrt(global_batch / 256)`` (the release: base 2e-5 with 4 clips per GPU gives
+    2.5e-6 on 1 GPU, 7.07e-6 on 8, 2e-5 on 64); ``linear``: ``base_lr * global_batch / 256``; ``None``:
+    ``base_lr`` as it is.
+    """
+    if rule is None:
+        return float(base_lr)
+    if rule == "sqrt":
+        return float(base_lr) * math.sqrt(global_batch / 256)
+    if rule == "linear":
+        return float(base_lr) * global_batch / 256
+    raise CascadeVError(f"auto_lr.rule must be sqrt or linear (or auto_lr=None), got {rule!r}")
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, num_warmup_steps: int = 0):

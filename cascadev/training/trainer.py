@@ -30,7 +30,7 @@ from ..models import build_model
 from ..pipeline import CascadeVPipeline
 from ..video_io import save_image, side_by_side, to_uint8
 from . import checkpoints
-from .optim import build_lr_scheduler, build_optimizer
+from .optim import build_lr_scheduler, build_optimizer, scaled_lr
 from .targets import FrozenEncoders, LatentCache
 
 
@@ -83,6 +83,18 @@ class IndexDataset(Dataset):
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
     state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def _load_from_path(load_from) -> Path:
+    """The config's ``load_from`` (a path, or a list whose first existing entry is used), checked."""
+    candidates = [Path(p) for p in ([load_from] if isinstance(load_from, (str, Path)) else load_from)]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise CascadeVError(
+            f"load_from {candidates[0]} does not exist (the released DiT, ByteDance/CascadeV s1024.effn-f32.pth: run "
+            "pretrained/download.sh); to train from scratch pass --cfg-options load_from=None"
+        )
+    return found
 
 
 def _mixed_precision(requested: str, cpu: bool) -> str:
@@ -152,7 +164,7 @@ class Trainer:
         dit.gradient_checkpointing = bool(cfg.get("grad_checkpointing", False))
         self.resume_from = checkpoints.latest_checkpoint(self.work_dir)
         if self.resume_from is None and cfg.get("load_from"):
-            load_weights(dit, cfg.load_from, "the DiT of the training config")
+            load_weights(dit, _load_from_path(cfg.load_from), "the DiT of the training config (load_from)")
         dit.to(acc.device).train()
 
         self.ema = None
@@ -162,7 +174,7 @@ class Trainer:
             self.ema = EMAModel(dit.parameters(), decay=float(cfg.ema.get("decay", 0.9999)))
             self.ema.to(acc.device)
 
-        optimizer = build_optimizer(dit, cfg.optimizer)
+        optimizer = build_optimizer(dit, self._optimizer_spec())
         scheduler = build_lr_scheduler(optimizer, cfg.get("lr_schedule_args", {}).get("num_warmup_steps", 0))
         self.dit, self.optimizer, self.lr_scheduler = acc.prepare(dit, optimizer, scheduler)
         self.state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
@@ -175,6 +187,21 @@ class Trainer:
         self.cache = None
         if cfg.get("cache_latents", False):
             self.cache = LatentCache(cfg.get("latent_cache_dir") or self.work_dir / "latent_cache")
+
+    def _optimizer_spec(self) -> dict:
+        """The config's optimizer with PixArt's ``auto_lr`` rule applied for this run's global batch."""
+        acc, spec = self.accelerator, dict(self.cfg.optimizer)
+        global_batch = self.batch_size * acc.num_processes * acc.gradient_accumulation_steps
+        rule = (self.cfg.get("auto_lr") or {}).get("rule")
+        base = spec.get("lr", 0)
+        try:
+            spec["lr"] = scaled_lr(float(base), global_batch, rule)
+        except (TypeError, ValueError):
+            raise CascadeVError(f"optimizer.lr must be a number, got {base!r}")
+        if acc.is_main_process and self.opts.progress:
+            how = f" = {base:g} x {rule}({global_batch}/256) (auto_lr)" if rule else " (auto_lr off)"
+            print(f"learning rate {spec['lr']:.4g}{how}, global batch {global_batch}")
+        return spec
 
     # ------------------------------------------------------------------ pieces of a step
 
