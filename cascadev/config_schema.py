@@ -65,9 +65,9 @@ def sequence(item: Callable[[Any], bool] | None = None, what: str = "a list", nu
     return Rule(lambda v: isinstance(v, (list, tuple)) and (item is None or all(item(x) for x in v)), what, nullable)
 
 
-def one_or_more_strings() -> Rule:
+def one_or_more_strings(nullable: bool = False) -> Rule:
     return Rule(lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
-                "a file name or a list of file names")
+                "a file name or a list of file names", nullable)
 
 
 def positive_or_pair_of_positive() -> Rule:
@@ -162,7 +162,9 @@ SCHEMA: dict[str, Rule] = {
     "ema": section(),
     "ema.enabled": boolean(),
     "ema.decay": number(0, 1),
-    "load_from": string(nullable=True),
+    "load_from": one_or_more_strings(nullable=True),
+    "auto_lr": Rule(lambda v: isinstance(v, Mapping), "a dict such as dict(rule='sqrt')", nullable=True),
+    "auto_lr.rule": string(("sqrt", "linear"), nullable=True),
     "log_interval": COUNT,
     "save_model_steps": COUNT,
     "keep_checkpoints": integer(0),
