@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""End-to-end benchmark of the cascade at real size: per-stage times, DiT TFLOP/s and MFU, peak memory.
+
+Full-size models with random weights (speed does not depend on them): the DiT of the config (456M for
+the release), the SVD VAE and the EfficientNetV2-S compressor. A synthetic input video is written
+first (not timed); then the real file-level tasks run (``encode`` then ``decode``, or ``upscale``) with
+every stage timed: reading + encoding, each DiT sampling step, SVD decoding, writing; end to end
+without model loading, and model loading alone. One JSON per run (``-o``).
+
+    python tools/benchmark.py --device cuda --case 8x1024 --settings both -o bench_8x1024.json
+    python tools/benchmark.py --device cuda --case all -o bench_all.json
+    python tools/benchmark.py --config configs/tiny.py --device cpu --case custom --frames 4 --size 64x64
+
+``--settings release`` runs "release settings" (fp16 weights under fp16 autocast, fp32 attention
+math, one DiT call per window and tile); ``default`` the project's defaults; ``both`` runs them one
+after the other and reports the speed ratio. MFU is the DiT's analytic FLOPs per second over the
+measured peak of a large fp16 matrix product on the same device (``--peak-tflops`` to override).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cascadev import reconstruct  # noqa: E402
+from cascadev.enhance import upscale_video  # noqa: E402
+from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
+from cascadev.reconstruct import SamplingArgs  # noqa: E402
+from cascadev.video_io import VideoWriter, write_video  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_dit import dit_flops  # noqa: E402
+
+# name -> (frames, height, width, upscale factor or None); the issue's five cases.
+CASES = {
+    "8x1024": (8, 1024, 1024, None),  # the release's clip
+    "25x576x1024": (25, 576, 1024, None),  # an SVD clip
+    "8x2048": (8, 2048, 2048, None),  # 2K, tiled
+    "64x1024": (64, 1024, 1024, None),  # long: memory must stay flat
+    "8x256-up4": (8, 256, 256, 4),  # another model's output upscaled x4
+}
+
+
+class Stages:
+    """Accumulates wall time per stage, synchronising the device around each measured call."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.dit_steps: list[float] = []
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def time(self, stage: str):
+        self.sync()
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - tic
+
+    def wrap(self, obj, name: str, stage: str) -> None:
+        """Time every call of ``obj.name`` as ``stage`` (``dit_step``: also kept per call)."""
+        original = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            self.sync()
+            tic = time.perf_counter()
+            out = original(*args, **kwargs)
+            self.sync()
+            spent = time.perf_counter() - tic
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + spent
+            if stage == "dit_step":
+                self.dit_steps.append(spent)
+            return out
+
+        setattr(obj, name, timed)
+
+
+def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """TFLOP/s of a large matrix product: the device's practical peak for ``dtype``."""
+    if device.type != "cuda":
+        return None
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    tic = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * 10 / (time.perf_counter() - tic) / 1e12
+
+
+def synthetic_video(path: Path, frames: int, height: int, width: int) -> None:
+    """Smooth moving colour gradients (compressible, like real footage, unlike noise)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    video = np.stack([
+        np.stack([np.sin(x / 37 + t / 3), np.cos(y / 23 - t / 5), np.sin((x + y) / 51 + t / 7)], -1) for t in range(frames)
+    ])
+    write_video(path, ((video + 1) * 127.5).astype(np.uint8), 24)
+
+
+def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.device, work: Path, peak: float | None) -> dict:
+    frames, height, width, upscale = spec
+    precision = resolve_precision("fp16" if settings == "release" and device.type == "cuda" else args.dtype, device)
+    parts = ["dit", "compressor", "vae"]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    stages = Stages(device)
+    overrides = dict(batch_size=1) if settings == "release" else {}
+    with stages.time("load"):
+        pipe = build_pipeline(cfg, parts, device=device, dtype=precision.dtype, autocast_dtype=precision.autocast,
+                              random_init=True, fp32_attention=settings == "release" and precision.autocast is not None,
+                              **overrides)
+    stages.wrap(pipe, "encode", "encode")
+    stages.wrap(pipe, "_predict_noise", "dit_step")
+    stages.wrap(pipe, "vae_decode", "svd_decode")
+    write = VideoWriter.write
+    VideoWriter.write = lambda self, x: stages_time_write(stages, write, self, x)
+    dit_calls = []
+    forward = pipe.dit.forward
+    pipe.dit.forward = lambda x, t, **kw: dit_calls.append(tuple(x.shape)) or forward(x, t, **kw)
+    src = work / f"{name}_in.mp4"
+    if not src.exists():
+        in_h, in_w = (height // upscale, width // upscale) if upscale else (height, width)
+        synthetic_video(src, frames, in_h, in_w)
+    sampling = SamplingArgs(scheduler="euler_a", steps=args.steps, seed=0, progress=False)
+    try:
+        with stages.time("end_to_end"):
+            if upscale:
+                upscale_video(lambda: pipe, src, work / f"{name}_{settings}.mp4", sampling, scale=upscale)
+            else:
+                latent = work / f"{name}_{settings}.safetensors"
+                reconstruct.encode_video(lambda: pipe, src, latent, progress=False)
+                reconstruct.decode_latent(lambda: pipe, latent, work / f"{name}_{settings}.mp4", sampling)
+    finally:
+        VideoWriter.write = write
+    flops = sum(dit_flops(pipe.dit, shape[2], shape[3], shape[4]) * shape[0] for shape in dit_calls)
+    dit_seconds = stages.seconds.get("dit_step", 0.0)
+    s = stages.seconds
+    report = {
+        "case": name, "settings": settings, "frames": frames, "height": height, "width": width, "upscale": upscale,
+        "precision": {"weights": str(precision.dtype).replace("torch.", ""),
+                      "autocast": str(precision.autocast).replace("torch.", "") if precision.autocast else None,
+                      "fp32_attention": settings == "release" and precision.autocast is not None},
+        "steps": args.steps, "dit_calls": len(dit_calls),
+        "seconds": {
+            "model_loading": s.get("load", 0.0),
+            "read_and_encode": s.get("end_to_end", 0.0) - dit_seconds - s.get("svd_decode", 0.0) - s.get("write", 0.0),
+            "of_which_compressor": s.get("encode", 0.0),
+            "dit_per_step": stages.dit_steps,
+            "dit_total": dit_seconds,
+            "svd_decode": s.get("svd_decode", 0.0),
+            "write": s.get("write", 0.0),
+            "end_to_end_without_loading": s.get("end_to_end", 0.0),
+        },
+        "dit_tflop": flops / 1e12,
+        "dit_tflop_per_s": flops / dit_seconds / 1e12 if dit_seconds else None,
+        "mfu": flops / dit_seconds / 1e12 / peak if dit_seconds and peak else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    del pipe
+    return report
+
+
+def stages_time_write(stages: Stages, write, writer, frames):
+    with stages.time("write"):
+        return write(writer, frames)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/s1024_effn_f32.py")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="the default settings' precision (auto: fp16 autocast on CUDA)")
+    parser.add_argument("--case", default="8x1024", help=f"one of {', '.join(CASES)}, all, or custom")
+    parser.add_argument("--frames", type=int, default=8, help="custom case: frames")
+    parser.add_argument("--size", default="1024x1024", help="custom case: WxH")
+    parser.add_argument("--upscale", type=int, default=None, help="custom case: upscale factor")
+    parser.add_argument("--settings", default="both", choices=["default", "release", "both"])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="instead of measuring a matmul")
+    parser.add_argument("-o", "--output", default=None, help="JSON file")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    cfg = load_config(args.config)
+    if args.case == "custom":
+        w, h = (int(v) for v in args.size.lower().split("x"))
+        cases = {"custom": (args.frames, h, w, args.upscale)}
+    elif args.case == "all":
+        cases = CASES
+    elif args.case in CASES:
+        cases = {args.case: CASES[args.case]}
+    else:
+        parser.error(f"unknown case {args.case!r}")
+    peak = args.peak_tflops or measured_peak_tflops(device, torch.float16)
+    settings = ["release", "default"] if args.settings == "both" else [args.settings]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for name, spec in cases.items():
+            for setting in settings:
+                runs.append(run_case(args, cfg, name, spec, setting, device, Path(tmp), peak))
+                print(json.dumps({k: runs[-1][k] for k in ("case", "settings", "seconds", "mfu", "peak_memory_gib")},
+                                 default=lambda v: round(v, 4) if isinstance(v, float) else v))
+    ratios = {}
+    for name in cases:
+        by = {r["settings"]: r for r in runs if r["case"] == name}
+        if {"release", "default"} <= by.keys():
+            ratios[name] = by["release"]["seconds"]["end_to_end_without_loading"] / by["default"]["seconds"]["end_to_end_without_loading"]
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "config": args.config, "peak_tflop_per_s": peak, "runs": runs, "release_over_default": ratios,
+    }
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
