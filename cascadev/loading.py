@@ -139,9 +139,29 @@ def _build_random(spec: dict, seed: int) -> nn.Module:
 
 
 def _load(spec: dict, path: Path, name: str) -> nn.Module:
+    if path.is_dir() and spec.get("type") == "CascadeDiT":
+        return load_dit_folder(path)
     with torch.device("meta"):
         model = build_model(spec)
     return load_weights(model, path, name)
+
+
+def load_dit_folder(path: str | os.PathLike) -> nn.Module:
+    """A DiT saved with ``save_pretrained`` (config.json + weights): it describes itself, so the
+    config file's ``model`` section is not used (its in_channels also gives the condition kind)."""
+    from .models.dit import CascadeDiT
+
+    path = Path(path)
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not (path / "config.json").is_file() or not weights.is_file():
+        raise CascadeVError(f"DiT folder {path} needs config.json and diffusion_pytorch_model.safetensors (save_pretrained)")
+    try:
+        config = CascadeDiT.load_config(str(path))
+        with torch.device("meta"):
+            model = CascadeDiT.from_config(config)
+    except Exception as exc:  # diffusers raises ValueError/TypeError/OSError for bad configs
+        raise CascadeVError(f"DiT folder {path} has an unusable config.json: {str(exc).splitlines()[0][:200]}")
+    return load_weights(model, weights, f"the DiT of {path}")
 
 
 def _load_vae(spec: dict, path: Path, dtype: torch.dtype) -> nn.Module:

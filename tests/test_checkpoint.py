@@ -18,6 +18,7 @@ from cascadev.errors import CascadeVError
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 CONVERT = REPO / "tools" / "convert_checkpoint.py"
+TINY_CONFIG = str(REPO / "configs" / "tiny.py")
 
 
 def _small_model() -> nn.Module:
@@ -343,3 +344,33 @@ def test_convert_checkpoint_cli_errors(tmp_path, make_bad, extra, expect):
     assert expect in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert not marker.exists()
+
+
+def test_dit_is_a_diffusers_model_and_loads_from_a_pretrained_folder(tmp_path, capsys):
+    """save_pretrained / from_pretrained, the .pth -> folder conversion, and --ckpt FOLDER in a command."""
+    from cascadev.loading import build_pipeline, load_config, load_dit_folder
+    from cascadev.models import build_model
+    from cascadev.models.dit import CascadeDiT
+
+    cfg = load_config(TINY_CONFIG)
+    torch.manual_seed(3)
+    dit = build_model(cfg.model)
+    torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.02)
+    dit.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["attn_strides"] == [[1, 2], [2, 1], None, [1, 2]]
+    again = CascadeDiT.from_pretrained(tmp_path / "saved")
+    x, t = torch.randn(1, 20, 4, 8, 8), torch.tensor([10.0])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t), dit(x, t))
+        torch.testing.assert_close(load_dit_folder(tmp_path / "saved")(x, t), dit(x, t))
+    pth = tmp_path / "release.pth"
+    torch.save({"state_dict": dit.state_dict()}, pth)
+    result = _convert(str(pth), "-o", str(tmp_path / "folder"), "--config", TINY_CONFIG)
+    assert result.returncode == 0, result.stderr
+    pipe = build_pipeline(cfg, ["dit"], ckpt=tmp_path / "folder")
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.dit(x, t), dit(x, t))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{}")
+    with pytest.raises(CascadeVError, match="needs config.json and diffusion_pytorch_model.safetensors"):
+        load_dit_folder(tmp_path / "broken")

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 try:
-    from cascadev.checkpoint import read_state_dict, save_safetensors
+    from cascadev.checkpoint import load_weights, read_state_dict, save_safetensors
 except ImportError:  # run from a checkout where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cascadev.checkpoint import read_state_dict, save_safetensors
+    from cascadev.checkpoint import load_weights, read_state_dict, save_safetensors
 
 import torch
 
@@ -49,7 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
                              "when present, else the whole file)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast floating-point tensors to this dtype (default: keep)")
+    parser.add_argument("--config", default=None,
+                        help="with an -o that does not end in .safetensors: write a diffusers folder "
+                             "(CascadeDiT.save_pretrained: config.json + weights) for this config's DiT")
     return parser
+
+
+def convert_to_folder(src: Path, dst: Path, config: str, key: str | None = None) -> tuple[Path, int, int]:
+    """Load ``src`` into the config's CascadeDiT (checked to fit) and ``save_pretrained`` it to ``dst``."""
+    import shutil
+    import tempfile
+
+    from cascadev.loading import load_config
+    from cascadev.models import build_model
+
+    if dst.exists():
+        raise CascadeVError(f"output folder {dst} exists; choose another with -o.")
+    cfg = load_config(config)
+    with torch.device("meta"):
+        model = build_model(dict(cfg.model))
+    load_weights(model, src, f"the DiT of config {config}", key=key)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        model.save_pretrained(tmp)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst, len(model.state_dict()), sum(p.numel() for p in model.parameters())
 
 
 def convert(src: Path, dst: Path | None = None, key: str | None = None,
@@ -77,8 +104,11 @@ def convert(src: Path, dst: Path | None = None, key: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        dst, n_tensors, n_params = convert(args.src, args.output, args.key,
-                                           DTYPES[args.dtype] if args.dtype else None)
+        if args.config is not None and args.output is not None and args.output.suffix.lower() != ".safetensors":
+            dst, n_tensors, n_params = convert_to_folder(args.src, args.output, args.config, args.key)
+        else:
+            dst, n_tensors, n_params = convert(args.src, args.output, args.key,
+                                               DTYPES[args.dtype] if args.dtype else None)
     except CascadeVError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2

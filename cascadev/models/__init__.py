@@ -7,21 +7,28 @@ The DiT and StableCascade's compressor/previewer are ours; the SVD VAE is diffus
 from __future__ import annotations
 
 from diffusers import AutoencoderKLTemporalDecoder
-from mmengine.registry import Registry
 from torch import nn
 
+from ..errors import CascadeVError
 from .compressor import EfficientNetEncoder, Previewer
 from .dit import CascadeDiT
 
-MODELS = Registry("cascadev models")
-for _cls in (CascadeDiT, EfficientNetEncoder, Previewer, AutoencoderKLTemporalDecoder):
-    MODELS.register_module(module=_cls)
+# A config's ``type`` -> the class it builds (a plain dict, as DiT's model variants).
+MODELS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (CascadeDiT, EfficientNetEncoder, Previewer, AutoencoderKLTemporalDecoder)
+}
 
 
 def build_model(spec: dict) -> nn.Module:
     """Instantiate ``spec['type']`` with the other keys as constructor arguments."""
     spec = dict(spec)
-    return MODELS.get(spec.pop("type"))(**spec)
+    kind = spec.pop("type", None)
+    if kind not in MODELS:
+        raise CascadeVError(f"unknown model type {kind!r} in the config; choose one of {', '.join(MODELS)}")
+    try:
+        return MODELS[kind](**spec)
+    except TypeError as exc:  # an unknown or missing constructor argument
+        raise CascadeVError(f"the config's {kind} cannot be built: {exc}")
 
 
 __all__ = ["CascadeDiT", "EfficientNetEncoder", "Previewer", "MODELS", "build_model"]

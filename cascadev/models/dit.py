@@ -18,6 +18,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -218,8 +220,12 @@ class T2IFinalLayer(nn.Module):
 #################################################################################
 
 
-class CascadeDiT(nn.Module):
+class CascadeDiT(ModelMixin, ConfigMixin):
     """PixArt-Σ-derived DiT with grid 3D attention over windows of ``lats_per_vid`` frames.
+
+    A diffusers model: ``save_pretrained(folder)`` writes ``config.json`` beside the weights and
+    ``CascadeDiT.from_pretrained(folder)`` rebuilds it; the release's ``.pth`` and flat safetensors
+    files load through :func:`cascadev.checkpoint.load_weights` into a model built from a config.
 
     Args:
         input_size: trained latent size (H = W, in SVD-latent pixels; 128 for 1024x1024 video).
@@ -233,6 +239,9 @@ class CascadeDiT(nn.Module):
         fp32_attention: run the attention product in float32 under half-precision training.
     """
 
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
     def __init__(
         self,
         input_size: int = 128,
