@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .argtypes import size_limit_problem
+from .conditioning import low_res_frames
 from .errors import CascadeVError
 from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
@@ -110,7 +111,7 @@ def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable
         low_padded = tuple(p // 4 for p in padded)
 
         def encode(chunk: np.ndarray) -> torch.Tensor:
-            x = resize_frames(to_model_range(chunk).transpose(0, 1), low)
+            x = low_res_frames(to_model_range(chunk).transpose(0, 1), low)  # training's filter
             return pipe.encode_resized(_pad(x, low_padded))
     return encode
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from .conditioning import CONDITION_KINDS, Conditioner
 from .errors import CascadeVError
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
 from .tiling import Tiling, crossfade_weights, window_starts
@@ -42,8 +43,6 @@ SCALE_FACTOR = 0.13025
 # How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
 # latent is at least twice the trained size on both sides).
 MODES = ("auto", "tiles", "2x")
-# Condition channels of the DiT -> the kind of condition it was trained with.
-CONDITION_KINDS = {16: "semantic", 4: "resize"}
 
 
 @dataclass(frozen=True)
@@ -122,29 +121,26 @@ class CascadeVPipeline:
             raise CascadeVError(f"the DiT takes {self.dit.in_channels} input channels; expected 20 (semantic) or 8 (resize)")
         return CONDITION_KINDS[channels]
 
+    @property
+    def conditioner(self) -> Conditioner:
+        """The condition's one implementation (:mod:`cascadev.conditioning`), shared with training."""
+        return Conditioner(self.compressor, self.vae, kind=self.condition_kind, scale_factor=self.scale_factor,
+                           sr_scale=self.sr_scale, chunk=self.encode_chunk, device=self.device, dtype=self.dtype)
+
     # ------------------------------------------------------------------ semantic latent
 
-    @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (T, 3, H, W) in [-1, 1], H and W multiples of 32 -> semantic latent (16, T, H/32, W/32)."""
-        out = [
-            self.compressor.encode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
-            for i in range(0, frames.shape[0], self.encode_chunk)
-        ]
-        return torch.cat(out).transpose(0, 1)
+        return self.conditioner.semantic(frames).cpu().transpose(0, 1)
 
-    @torch.no_grad()
     def encode_resized(self, frames: torch.Tensor) -> torch.Tensor:
         """The resize variant's condition: low-resolution frames (T, 3, h, w) in [-1, 1], h and w multiples
         of 8 -> SVD-VAE latent (4, T, h/8, w/8), the posterior's mode, unscaled (``condition`` scales it).
 
-        For an output of H x W pixels the frames are the video at H/4 x W/4.
+        For an output of H x W pixels the frames are the video at H/4 x W/4
+        (:func:`cascadev.conditioning.low_res_frames`).
         """
-        out = [
-            self.vae.encode(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).latent_dist.mode().float().cpu()
-            for i in range(0, frames.shape[0], self.encode_chunk)
-        ]
-        return torch.cat(out).transpose(0, 1)
+        return self.conditioner.resized(frames).cpu().transpose(0, 1)
 
     @torch.no_grad()
     def preview(self, latent: torch.Tensor) -> torch.Tensor:
@@ -161,10 +157,7 @@ class CascadeVPipeline:
 
         C is 16 for a semantic latent (``encode``) and 4 for the resize variant's (``encode_resized``).
         """
-        frames = latent.transpose(0, 1).to(self.device, torch.float32)
-        h, w = frames.shape[-2:]
-        up = F.interpolate(frames, size=(h * self.sr_scale, w * self.sr_scale), mode="bilinear", align_corners=False)
-        return up * self.scale_factor
+        return self.conditioner.upsample(latent.transpose(0, 1))  # (C, T, h, w) -> (T, C, h, w) -> x4
 
     # ------------------------------------------------------------------ LDM sampling
 

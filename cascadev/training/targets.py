@@ -8,6 +8,8 @@ For a clip (B, 3, T, S, S) in [-1, 1]:
 * condition ``resize`` (paper Fig. 4b): the SVD latent of the video downscaled x4, (B, 4, T, S/32, S/32),
   upsampled x4, times scale_factor -> 8 DiT input channels.
 
+Both conditions come from :class:`cascadev.conditioning.Conditioner`, the sampler's implementation.
+
 ``encode`` runs the frozen networks once and returns the posterior's mean and std rather than a sample,
 so that cached encodings (``LatentCache``) still give a fresh posterior sample at every step.
 """
@@ -17,18 +19,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file
 
 from ..checkpoint import save_safetensors
+from ..conditioning import Conditioner
 from ..errors import CascadeVError
 
 CONDITIONS = ("semantic", "resize")
 
 
 class FrozenEncoders:
-    """The SVD VAE encoder and (semantic condition) the compressor, frozen, in eval mode, no gradients."""
+    """The SVD VAE encoder and (semantic condition) the compressor, frozen, in eval mode, no gradients.
+
+    The condition is built by :class:`cascadev.conditioning.Conditioner`, the sampler's own.
+    """
 
     def __init__(self, vae, compressor=None, *, condition: str = "semantic", scale_factor: float = 0.13025,
                  sr_scale: int = 4, chunk: int = 4, dtype: torch.dtype = torch.float32):
@@ -36,35 +41,21 @@ class FrozenEncoders:
             raise CascadeVError(f"unknown condition {condition!r} in the config; choose semantic or resize")
         if condition == "semantic" and compressor is None:
             raise ValueError("the semantic condition needs the compressor")
-        self.vae, self.compressor = vae, compressor
         for module in (vae, compressor):
             if module is not None:
                 module.eval().requires_grad_(False)
-        self.condition, self.scale_factor, self.sr_scale = condition, scale_factor, sr_scale
-        self.chunk, self.dtype = chunk, dtype
-
-    def _vae_posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        means, stds = [], []
-        for i in range(0, frames.shape[0], self.chunk):
-            dist = self.vae.encode(frames[i:i + self.chunk].to(self.dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-        return torch.cat(means), torch.cat(stds)
+        device = next(vae.parameters()).device
+        self.conditioner = Conditioner(compressor, vae, kind=condition, scale_factor=scale_factor,
+                                       sr_scale=sr_scale, chunk=chunk, device=device, dtype=dtype)
+        self.condition, self.scale_factor, self.dtype = condition, scale_factor, dtype
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """Clip (B, 3, T, S, S) in [-1, 1] -> dict(mean, std: (B, 4, T, S/8, S/8), cond: (B, Cc, T, S/32, S/32))."""
         b = video.shape[0]
         frames = rearrange(video, "b c t h w -> (b t) c h w")
-        mean, std = self._vae_posterior(frames)
-        if self.condition == "semantic":
-            cond = torch.cat([
-                self.compressor.encode_frames(frames[i:i + self.chunk].to(self.dtype)).float()
-                for i in range(0, frames.shape[0], self.chunk)
-            ])
-        else:
-            small = F.interpolate(frames, scale_factor=1 / self.sr_scale, mode="bilinear", align_corners=False)
-            cond = self._vae_posterior(small)[0]  # the release samples here too; the mean is its expectation
+        mean, std = self.conditioner.posterior(frames)
+        cond = self.conditioner.latent(frames)
         to_video = lambda x: rearrange(x, "(b t) c h w -> b c t h w", b=b)  # noqa: E731
         return {"mean": to_video(mean), "std": to_video(std), "cond": to_video(cond)}
 
@@ -73,11 +64,8 @@ class FrozenEncoders:
         mean, std, cond = encoded["mean"], encoded["std"], encoded["cond"]
         eps = torch.randn(mean.shape, generator=generator).to(mean.device)
         target = (mean + std * eps) * self.scale_factor
-        b = cond.shape[0]
-        h, w = cond.shape[-2:]
-        up = F.interpolate(rearrange(cond, "b c t h w -> (b t) c h w"), size=(h * self.sr_scale, w * self.sr_scale),
-                           mode="bilinear", align_corners=False)
-        return target, rearrange(up, "(b t) c h w -> b c t h w", b=b) * self.scale_factor
+        up = self.conditioner.upsample(rearrange(cond, "b c t h w -> (b t) c h w"))
+        return target, rearrange(up, "(b t) c h w -> b c t h w", b=cond.shape[0]).to(cond.device)
 
 
 class LatentCache:

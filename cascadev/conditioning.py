@@ -1,0 +1,91 @@
+"""The DiT's condition, built one way for training and inference alike.
+
+Frames are (N, 3, H, W) in [-1, 1] (N frames of any number of clips); every method keeps the tensors on
+``device`` and returns float32.
+
+    semantic (release, 20 DiT input channels):
+        frames (N, 3, H, W) -> compressor -> (N, 16, H/32, W/32)
+    resize (paper Fig. 4b, 8 DiT input channels):
+        frames (N, 3, H, W) -> low_res: x1/4 -> (N, 3, H/4, W/4) -> SVD-VAE posterior mean -> (N, 4, H/32, W/32)
+    both:
+        latent (N, C, h, w) -> upsample: bilinear x sr_scale, times scale_factor -> (N, C, 4h, 4w) = DiT condition
+
+The resize variant's low-resolution frames come from one filter, antialiased bicubic clamped to
+[-1, 1], in training (the clip shrunk x4) and in ``upscale`` (the input brought to a quarter of the
+target size), so a model never meets a different filter at sampling time than in training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CascadeVError
+
+# DiT condition channels -> the kind of condition.
+CONDITION_KINDS = {16: "semantic", 4: "resize"}
+
+
+def low_res_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Frames (N, 3, H, W) -> (N, 3, *size), the resize condition's one filter: bicubic, antialiased, clamped."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(-1.0, 1.0)
+
+
+class Conditioner:
+    """Chunked frozen encoders (compressor, SVD VAE encoder) and the x4 upsampling of their latents."""
+
+    def __init__(
+        self,
+        compressor: nn.Module | None = None,
+        vae: nn.Module | None = None,
+        *,
+        kind: str = "semantic",
+        scale_factor: float = 0.13025,
+        sr_scale: int = 4,
+        chunk: int = 4,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if kind not in CONDITION_KINDS.values():
+            raise CascadeVError(f"unknown condition {kind!r} in the config; choose semantic or resize")
+        self.compressor, self.vae, self.kind = compressor, vae, kind
+        self.scale_factor, self.sr_scale, self.chunk = scale_factor, sr_scale, chunk
+        self.device, self.dtype = torch.device(device), dtype
+
+    def _chunked(self, fn, frames: torch.Tensor) -> torch.Tensor:
+        # Bounded memory: the encoders see `chunk` frames at a time, whatever N is.
+        return torch.cat([fn(frames[i:i + self.chunk].to(self.device, self.dtype)).float()
+                          for i in range(0, frames.shape[0], self.chunk)])
+
+    @torch.no_grad()
+    def semantic(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, H, W), H and W multiples of 32 -> semantic latent (N, 16, H/32, W/32)."""
+        return self._chunked(self.compressor.encode_frames, frames)
+
+    @torch.no_grad()
+    def posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (N, 3, H, W) -> the SVD-VAE posterior's (mean, std), each (N, 4, H/8, W/8), unscaled."""
+        stats = self._chunked(lambda x: torch.cat([(d := self.vae.encode(x).latent_dist).mean, d.std], 1), frames)
+        return stats[:, :4], stats[:, 4:]
+
+    @torch.no_grad()
+    def resized(self, low: torch.Tensor) -> torch.Tensor:
+        """Low-resolution frames (N, 3, H/4, W/4) -> the resize condition's latent (N, 4, H/32, W/32)."""
+        return self.posterior(low)[0]  # the posterior's mean (= its mode)
+
+    def latent(self, frames: torch.Tensor) -> torch.Tensor:
+        """Full-size frames (N, 3, H, W) -> this kind's condition latent (N, C, H/32, W/32)."""
+        if self.kind == "semantic":
+            return self.semantic(frames)
+        h, w = frames.shape[-2:]
+        return self.resized(low_res_frames(frames, (h // self.sr_scale, w // self.sr_scale)))
+
+    def upsample(self, latent: torch.Tensor) -> torch.Tensor:
+        """Condition latent (N, C, h, w) -> DiT condition (N, C, sr*h, sr*w): bilinear, times scale_factor."""
+        h, w = latent.shape[-2:]
+        up = F.interpolate(latent.to(self.device, torch.float32), size=(h * self.sr_scale, w * self.sr_scale),
+                           mode="bilinear", align_corners=False)
+        return up * self.scale_factor
