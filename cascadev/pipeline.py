@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .conditioning import CONDITION_KINDS, Conditioner
 from .errors import CascadeVError
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
-from .tiling import Tiling, crossfade_weights, window_starts
+from .tiling import SegmentStream, Tiling
 
 # PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
 SCALE_FACTOR = 0.13025
@@ -292,34 +292,17 @@ class CascadeVPipeline:
         """
         window = self.dit.lats_per_vid
         segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
-        starts = window_starts(num_frames, segment, max(1, segment - window // 2))
-        weights = crossfade_weights(num_frames, segment, starts)
-        bar = tqdm(total=len(starts) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
-        pending = torch.empty(0)  # blended latent frames [done, ...) not final yet
-        done = 0  # frames handed to the VAE so far
-        ready: list[torch.Tensor] = []
-        for k, s0 in enumerate(starts):
-            s1 = min(s0 + segment, num_frames)
+        # Segments overlap by half a window: enough context for the DiT at the seam, cross-faded there.
+        stream = SegmentStream(num_frames, segment, max(1, segment - window // 2), self.vae_chunk)
+        bar = tqdm(total=len(stream.spans) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
+        for k, (s0, s1) in enumerate(stream.spans):
             z = self.sample(
                 self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0,
                 progress=bar, mode=mode, latents=None if latents is None else latents[s0:s1],
-            )
-            z = z * weights[k, : s1 - s0, None, None, None]
-            # Frames of this segment already in `pending` are added in place; the rest extend it.
-            shared = done + pending.shape[0] - s0
-            if shared > 0:
-                pending[s0 - done:] += z[:shared]
-                pending = torch.cat([pending, z[shared:]])
-            else:
-                pending = z
-            final = (starts[k + 1] if k + 1 < len(starts) else num_frames) - done
-            ready.append(pending[:final])
-            pending, done = pending[final:], done + final
-            latent = torch.cat(ready)
-            usable = latent.shape[0] if k + 1 == len(starts) else latent.shape[0] // self.vae_chunk * self.vae_chunk
-            if usable:
-                yield self.vae_decode(latent[:usable])
-            ready = [latent[usable:]]
+            )  # (s1 - s0, 4, H, W)
+            finished = stream.add(k, z)  # final frames, whole VAE chunks (all of them at the end)
+            if finished.shape[0]:
+                yield self.vae_decode(finished)
         bar.close()
 
 

@@ -144,3 +144,41 @@ class Tiling:
             for r0, wr in zip(self.r_starts, self.r_weights):
                 for c0, wc in zip(self.c_starts, self.c_weights):
                     yield t0, r0, c0, wt[:, None, None] * wr[None, :, None] * wc[None, None, :]
+
+
+class SegmentStream:
+    """Joins independently sampled segments of a long video into final latent frames, in order.
+
+    ``decode`` samples segments of ``segment`` frames starting ``stride`` apart (the last aligned to the
+    end); consecutive segments overlap and their latents are cross-faded there (``crossfade_weights``).
+    A frame is final once no later segment covers it, so after segment k every frame before segment
+    k + 1's start is final. ``add`` takes segment k's latent (n, ...) and returns the final frames not
+    handed out yet, in multiples of ``chunk`` (all of them after the last segment), so the SVD decoder
+    always sees full chunks; memory holds at most one segment plus one chunk.
+    """
+
+    def __init__(self, num_frames: int, segment: int, stride: int, chunk: int):
+        self.num_frames, self.chunk = num_frames, chunk
+        self.starts = window_starts(num_frames, segment, stride)
+        self.spans = [(s, min(s + segment, num_frames)) for s in self.starts]
+        self.weights = crossfade_weights(num_frames, segment, self.starts)
+        self._blend = torch.empty(0)  # blended frames [done, ...): later segments may still add to them
+        self._final = torch.empty(0)  # final frames not handed out yet (fewer than a chunk between calls)
+        self._done = 0  # frames moved from _blend to _final so far
+
+    def add(self, k: int, latent: torch.Tensor) -> torch.Tensor:
+        s0, s1 = self.spans[k]
+        weighted = latent * self.weights[k, : s1 - s0].view(-1, *([1] * (latent.dim() - 1)))
+        shared = self._done + self._blend.shape[0] - s0  # frames of this segment already in _blend
+        if shared > 0:
+            self._blend[s0 - self._done:] += weighted[:shared]
+            self._blend = torch.cat([self._blend, weighted[shared:]])
+        else:
+            self._blend = weighted
+        last = k + 1 == len(self.starts)
+        final = (self.num_frames if last else self.starts[k + 1]) - self._done  # frames no later segment touches
+        self._final = torch.cat([self._final.to(weighted), self._blend[:final]])
+        self._blend, self._done = self._blend[final:], self._done + final
+        usable = self._final.shape[0] if last else self._final.shape[0] // self.chunk * self.chunk
+        out, self._final = self._final[:usable], self._final[usable:]
+        return out

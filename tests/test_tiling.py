@@ -91,3 +91,22 @@ def test_blending_reproduces_a_position_independent_model_exactly(size):
     cond = torch.randn(frames, 16, height, width)
     noise = pipe._predict_noise(x, cond, torch.tensor(3.0), Tiling(size, 4, 8, 6))
     assert torch.allclose(noise, x + 2 * cond[:, :4], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_frames,segment,stride,chunk", [(20, 8, 6, 4), (37, 16, 12, 5), (5, 8, 6, 4), (16, 16, 12, 4)])
+def test_segment_stream_blends_in_order_and_hands_out_whole_chunks(num_frames, segment, stride, chunk):
+    from cascadev.tiling import SegmentStream, crossfade_weights
+
+    stream = SegmentStream(num_frames, segment, stride, chunk)
+    expected = torch.zeros(num_frames, 2)
+    weights = crossfade_weights(num_frames, segment, stream.starts)
+    out = []
+    for k, (s0, s1) in enumerate(stream.spans):
+        latent = torch.randn(s1 - s0, 2)
+        expected[s0:s1] += latent * weights[k, : s1 - s0, None]
+        got = stream.add(k, latent)
+        if k + 1 < len(stream.spans):
+            assert got.shape[0] % chunk == 0  # the decoder always gets whole chunks...
+            assert sum(o.shape[0] for o in out) + got.shape[0] <= stream.starts[k + 1]  # ...of final frames
+        out.append(got)
+    torch.testing.assert_close(torch.cat(out), expected)
