@@ -12,7 +12,7 @@ from typing import Sequence
 
 from .argtypes import frame_size, non_negative_int, positive_int, seed
 from .atomic import disk_full_error, is_disk_full
-from .errors import CascadeVError
+from .errors import CascadeVError, Interrupted
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -290,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CascadeVError as exc:
         print(f"cascadev: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"cascadev: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("cascadev: interrupted", file=sys.stderr)
         return 130

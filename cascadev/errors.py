@@ -7,3 +7,11 @@ class CascadeVError(Exception):
     The command line prints ``cascadev: error: <message>`` and exits with status 2; the message is
     one sentence that names the offending file or option and, where possible, what to do about it.
     """
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after saving its state: ``cascadev: <message>``, exit status 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

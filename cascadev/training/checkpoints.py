@@ -3,19 +3,38 @@
 A checkpoint is written into ``.checkpoint-00001000.partial/`` and renamed when every file is in it, so a
 run killed while saving leaves no folder that looks complete. Each holds accelerate's state (the DiT
 as ``model.safetensors`` — loadable by ``cascadev decode --ckpt`` —, optimizer, scheduler, RNG states),
-``ema.safetensors`` when EMA is on, and ``trainer_state.json`` (step, epoch, counters).
+``ema.safetensors`` when EMA is on, ``trainer_state.json`` (step, epoch, counters) and, written last,
+``manifest.json``: every other file's relative path, size and sha256. A checkpoint counts as complete
+only through a manifest its files match; a damaged one is moved aside (never deleted) and the previous
+one is used. Old checkpoints are pruned by renaming them to ``.checkpoint-N.deleting`` first, a name the
+checkpoint pattern never matches, so an interrupted prune cannot leave a half-deleted "checkpoint".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import re
 import shutil
+import time
+import warnings
 from pathlib import Path
+
+from ..atomic import disk_full_error, is_disk_full, write_error
+from ..errors import CascadeVError
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+# accelerate writes these with torch.save (pickles): optimizer.bin, scheduler.bin, random_states_0.pkl, ...
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+_HASH_CHUNK = 8 << 20
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def checkpoint_dir(work_dir: Path, step: int) -> Path:
@@ -26,37 +45,186 @@ def partial_dir(work_dir: Path, step: int) -> Path:
     return work_dir / f".checkpoint-{step:08d}.partial"
 
 
-def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
+def _numbered(work_dir: Path) -> list[tuple[int, Path]]:
+    """Folders named like a checkpoint, complete or not, oldest first."""
     if not work_dir.is_dir():
         return []
     found = []
     for path in work_dir.iterdir():
         match = PATTERN.match(path.name)
-        if match and path.is_dir() and (path / STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return sorted(found)
 
 
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    found = list_checkpoints(work_dir)
-    return found[-1][1] if found else None
+def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """Finished checkpoints (those with a manifest), oldest first; :func:`verify` checks their files."""
+    return [(step, path) for step, path in _numbered(work_dir) if (path / MANIFEST_FILE).is_file()]
 
 
 def read_state(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
 
+# ------------------------------------------------------------------ manifest
+
+
+def sha256_of(path: Path) -> str:
+    """Streamed: a multi-GB optimizer state is hashed without holding it in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> Path:
+    """Record every file of ``folder`` (size and sha256); the manifest is the folder's last file."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        rel = path.relative_to(folder).as_posix()
+        files[rel] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    out = folder / MANIFEST_FILE
+    with open(out, "w") as f:
+        json.dump({"format": 1, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    return out
+
+
+def _read_manifest(folder: Path) -> dict[str, dict]:
+    """The manifest's file table; raises ValueError naming what is wrong with it."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+        for rel, entry in files.items():
+            # Paths stay inside the folder; sizes and hashes have the right types.
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(rel)
+            int(entry["size"]), str(entry["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{MANIFEST_FILE} is damaged") from None
+    if STATE_FILE not in files:
+        raise ValueError(f"{MANIFEST_FILE} does not list {STATE_FILE}")
+    return files
+
+
+def _plain_tensor_file(path: Path) -> str | None:
+    """Why a torch pickle cannot be loaded weights-only (the way accelerate will load it), or None."""
+    from accelerate.utils import load
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols
+            try:  # mmap: only the pickle itself is read, not the tensors' bytes
+                load(str(path), map_location="cpu", mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                load(str(path), map_location="cpu")
+    except pickle.UnpicklingError:  # the weights-only unpickler refused it: code or an unknown object
+        return "is not a plain tensor checkpoint and was not loaded"
+    except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError/... for damaged files
+        return f"is corrupt ({type(exc).__name__})"
+    return None
+
+
+def verify(folder: Path) -> str | None:
+    """None if ``folder`` is a complete, intact checkpoint; else one phrase naming the damaged file."""
+    name = folder.name
+    if not (folder / MANIFEST_FILE).is_file():
+        return f"{name}/{MANIFEST_FILE} is missing (the checkpoint was never finished)"
+    try:
+        files = _read_manifest(folder)
+    except ValueError as exc:
+        return f"{name}/{exc}"
+    for rel, entry in files.items():  # sizes first: cheap, and they name truncation plainly
+        path = folder / rel
+        if not path.is_file():
+            return f"{name}/{rel} is missing"
+        size = path.stat().st_size
+        if size != int(entry["size"]):
+            return f"{name}/{rel} is damaged ({size} bytes, the manifest says {entry['size']})"
+    for rel, entry in files.items():
+        if sha256_of(folder / rel) != entry["sha256"]:
+            return f"{name}/{rel} is damaged (its sha256 differs from the manifest's)"
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+            problem = _plain_tensor_file(path)
+            if problem:
+                return f"{name}/{path.relative_to(folder).as_posix()} {problem}"
+    return None
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint out of the pattern (kept for inspection, never deleted)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = folder.with_name(f"{folder.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}.damaged-{stamp}-{n}")
+    folder.rename(target)
+    return target
+
+
+def resume_point(work_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint, and one message per damaged newer one (each moved aside)."""
+    messages = []
+    for _, folder in reversed(_numbered(work_dir)):
+        problem = verify(folder)
+        if problem is None:
+            return folder, messages
+        aside = move_aside(folder)
+        messages.append(f"{problem}; moved it aside to {aside.name}")
+    if messages:
+        messages.append("no complete checkpoint is left; starting fresh")
+    return None, messages
+
+
+# ------------------------------------------------------------------ writing, pruning, leftovers
+
+
+def remove_leftovers(work_dir: Path) -> None:
+    """Folders of runs killed while saving (``.partial``) or pruning (``.deleting``): never checkpoints."""
+    for pattern in (".checkpoint-*.partial", ".checkpoint-*.deleting"):
+        for stale in work_dir.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _delete(folder: Path) -> None:
+    """Rename first, then delete: an interrupted delete leaves a name no resume ever considers."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    folder.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def finish(work_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Write the trainer state into the partial folder, rename it into place, prune old ones (main process)."""
+    """Write the trainer state and manifest into the partial folder, rename it into place, prune (main process)."""
     tmp, final = partial_dir(work_dir, step), checkpoint_dir(work_dir, step)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    mode = 0o666 & ~_UMASK  # accelerate's model.safetensors comes out 0600; checkpoints are shared like outputs
+    for path in tmp.rglob("*"):
+        if path.is_file():
+            path.chmod(mode)
+    write_manifest(tmp)
     if final.exists():  # the same step saved twice (end of a run that just saved): replace it
-        shutil.rmtree(final)
+        _delete(final)
     tmp.rename(final)
     if keep > 0:
         for _, old in list_checkpoints(work_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in work_dir.glob(".checkpoint-*.partial"):  # left by runs killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
+            _delete(old)
+    remove_leftovers(work_dir)
     return final
+
+
+def save_failed(exc: BaseException, work_dir: Path, step: int) -> CascadeVError | None:
+    """Remove the partial folder of a failed save; the one-line error for a write failure (else None)."""
+    shutil.rmtree(partial_dir(work_dir, step), ignore_errors=True)
+    where = checkpoint_dir(work_dir.resolve(), step)
+    if is_disk_full(exc):
+        return disk_full_error(where)
+    if isinstance(exc, OSError):
+        return write_error(where, exc)
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_weights, save_safetensors
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
 from ..diffusion import GaussianDiffusion
-from ..errors import CascadeVError
+from ..errors import CascadeVError, Interrupted
 from ..loading import build_pipeline
 from ..models import build_model
 from ..pipeline import CascadeVPipeline
 from ..video_io import save_image, side_by_side, to_uint8
-from . import checkpoints
+from . import checkpoints, metrics_log
+from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
 from .targets import FrozenEncoders, LatentCache
 
@@ -129,6 +131,8 @@ class Trainer:
         if acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             cfg.dump(str(self.work_dir / "config.py"))
+            if cfg.get("validation", {}).get("interval") and not cfg.get("validation", {}).get("video"):
+                self._say("validation is off: validation.video is not set (validation.interval needs a clip)")
         acc.wait_for_everyone()
 
         self.dataset = VideoClipDataset(
@@ -162,7 +166,7 @@ class Trainer:
         torch.manual_seed(self.seed)
         dit = build_model(spec)
         dit.gradient_checkpointing = bool(cfg.get("grad_checkpointing", False))
-        self.resume_from = checkpoints.latest_checkpoint(self.work_dir)
+        self.resume_from = self._resume_point()
         if self.resume_from is None and cfg.get("load_from"):
             load_weights(dit, _load_from_path(cfg.load_from), "the DiT of the training config (load_from)")
         dit.to(acc.device).train()
@@ -183,6 +187,9 @@ class Trainer:
             self.state.update(checkpoints.read_state(self.resume_from))
             if self.ema is not None:
                 self._load_ema(self.resume_from)
+            self._say(f"resuming from {self.resume_from.name} (step {self.state['step']})")
+        if acc.is_main_process:  # the steps after the checkpoint are trained and logged again
+            metrics_log.keep_until(self.work_dir / "metrics.jsonl", self.state["step"])
 
         self.cache = None
         if cfg.get("cache_latents", False):
@@ -202,6 +209,28 @@ class Trainer:
             how = f" = {base:g} x {rule}({global_batch}/256) (auto_lr)" if rule else " (auto_lr off)"
             print(f"learning rate {spec['lr']:.4g}{how}, global batch {global_batch}")
         return spec
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            print(f"cascadev: {message}", file=sys.stderr, flush=True)
+
+    def _resume_point(self) -> Path | None:
+        """The newest intact checkpoint, chosen by the main process (damaged ones moved aside) for all."""
+        acc = self.accelerator
+        found: list[str | None] = [None]
+        if acc.is_main_process:
+            checkpoints.remove_leftovers(self.work_dir)
+            path, messages = checkpoints.resume_point(self.work_dir)
+            for message in messages:
+                self._say(message)
+            found = [str(path) if path is not None else None]
+        if acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(found)
+        return Path(found[0]) if found[0] else None
 
     # ------------------------------------------------------------------ pieces of a step
 
@@ -273,7 +302,8 @@ class Trainer:
         acc, cfg, state = self.accelerator, self.cfg, self.state
         total = self.total_steps()
         if acc.is_main_process:
-            acc.init_trackers("cascadev")
+            # purge_step: TensorBoard drops the events of steps after the checkpoint, which are logged again.
+            acc.init_trackers("cascadev", init_kwargs={"tensorboard": {"purge_step": state["step"] + 1}})
         if self.cache is not None:
             self._fill_cache()
         log_every = int(cfg.get("log_interval", 10))
@@ -283,7 +313,7 @@ class Trainer:
                    disable=not (self.opts.progress and acc.is_main_process))
         window = {"loss": [], "grad_norm": [], "samples": 0, "skipped": 0, "tic": time.time(), "indices": None}
         last_saved = None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), StopRequest() as stop:
             warnings.simplefilter("once", BadVideoWarning)
             while state["step"] < total:
                 for batch in self._loader():
@@ -304,10 +334,18 @@ class Trainer:
                         self._log(window, bar)
                     if val_every and step % val_every == 0:
                         self._validate(step)
-                    if step % save_every == 0 or step == total:
+                    saved = step % save_every == 0 or step == total
+                    if saved:
                         last_saved = self._save(step)
                     if step >= total:
                         break
+                    signum = stop.agreed(acc)  # SIGINT/SIGTERM: the step is finished; save it and stop
+                    if signum:
+                        if not saved:
+                            last_saved = self._save(step)
+                        bar.close()
+                        acc.end_training()
+                        raise Interrupted(f"interrupted, saved {last_saved.name}", signum)
                 else:
                     state["epoch"] += 1
                     state["batch_in_epoch"] = 0
@@ -376,17 +414,24 @@ class Trainer:
     def _save(self, step: int) -> Path | None:
         acc = self.accelerator
         tmp = checkpoints.partial_dir(self.work_dir, step)
-        if acc.is_main_process:
-            tmp.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
         final = None
-        if acc.is_main_process:
-            if self.ema is not None:
-                names = [n for n, _ in self._unwrapped().named_parameters()]
-                save_safetensors(dict(zip(names, self.ema.shadow_params)), tmp / "ema.safetensors")
-            state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
-            final = checkpoints.finish(self.work_dir, step, state, int(self.cfg.get("keep_checkpoints", 0)))
+        try:
+            if acc.is_main_process:
+                tmp.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()  # every process's random_states file is in before the manifest
+            if acc.is_main_process:
+                if self.ema is not None:
+                    names = [n for n, _ in self._unwrapped().named_parameters()]
+                    save_safetensors(dict(zip(names, self.ema.shadow_params)), tmp / "ema.safetensors")
+                state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
+                final = checkpoints.finish(self.work_dir, step, state, int(self.cfg.get("keep_checkpoints", 0)))
+        except Exception as exc:  # a full disk above all: one line, and no partial checkpoint left
+            error = checkpoints.save_failed(exc, self.work_dir, step) if acc.is_main_process else None
+            if error is not None:
+                raise error from None
+            raise
         acc.wait_for_everyone()
         return final or checkpoints.checkpoint_dir(self.work_dir, step)
 

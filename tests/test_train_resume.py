@@ -1,0 +1,328 @@
+"""Training checkpoints that survive damage, full disks, pruning, pickles and signals (configs/tiny.py,
+--random-init, generated clips): a checkpoint counts only through its manifest, a damaged one is moved
+aside and the previous one resumed, and the bookkeeping (metrics.jsonl, TensorBoard) has no step twice."""
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cascadev.cli import main
+from cascadev.training import checkpoints
+from cascadev.training.trainer import Trainer
+from cli_checks import assert_one_line_error
+from videos import write_test_video
+
+ROOT = Path(__file__).parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+CKPT2, CKPT4 = "checkpoint-00000002", "checkpoint-00000004"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    for i in range(2):
+        write_test_video(root / f"v{i}.mp4", 4, 64, 64, fps=24.0)
+    (root / "list.txt").write_text("v0.mp4\nv1.mp4\n")
+    return root / "list.txt"
+
+
+def train_argv(work_dir, video_list, max_steps, *options):
+    return ["train", TINY, "--work-dir", str(work_dir), "--random-init", "--quiet", "--device", "cpu",
+            "--max-steps", str(max_steps), "--cfg-options", f"video_list=['{video_list}']", "save_model_steps=2",
+            "keep_checkpoints=0", *options]
+
+
+def train(work_dir, video_list, max_steps, *options):
+    return main(train_argv(work_dir, video_list, max_steps, *options))
+
+
+def steps_logged(work_dir):
+    return [json.loads(line)["step"] for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, clips):
+    """A work dir with checkpoints at steps 2 and 4 (copy it before changing it)."""
+    work = tmp_path_factory.mktemp("trained") / "w"
+    assert train(work, clips, 4) == 0
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    return work
+
+
+def copy_of(trained, tmp_path):
+    work = tmp_path / "w"
+    shutil.copytree(trained, work)
+    return work
+
+
+def _truncate(path: Path, size: int | None = None) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2 if size is None else size)
+
+
+def _keep_only_state(folder: Path) -> None:
+    """What an interrupted non-atomic prune left: trainer_state.json and nothing else."""
+    for path in folder.iterdir():
+        if path.name != checkpoints.STATE_FILE:
+            path.unlink()
+
+
+DAMAGE = {
+    "truncated model": ("model.safetensors", lambda d: _truncate(d / "model.safetensors")),
+    "empty model": ("model.safetensors", lambda d: _truncate(d / "model.safetensors", 0)),
+    "deleted model": ("model.safetensors", lambda d: (d / "model.safetensors").unlink()),
+    "truncated trainer state": ("trainer_state.json", lambda d: _truncate(d / "trainer_state.json")),
+    "truncated optimizer": ("optimizer.bin", lambda d: _truncate(d / "optimizer.bin")),
+    "missing manifest": ("manifest.json", lambda d: (d / "manifest.json").unlink()),
+    "half-pruned folder": ("manifest.json", _keep_only_state),
+}
+
+
+def _assert_resumed_from_2(work, err, damaged_file):
+    """The damaged checkpoint-4 was named, kept aside, and training went on from step 2 to 5."""
+    lines = [line for line in err.splitlines() if line.startswith("cascadev: ")]
+    assert lines[0].startswith(f"cascadev: {CKPT4}/{damaged_file} ") and "moved it aside" in lines[0], err
+    assert lines[1] == f"cascadev: resuming from {CKPT2} (step 2)", err
+    assert len(lines) == 2 and "Traceback" not in err, err
+    aside = [p.name for p in work.iterdir() if p.name.startswith(CKPT4 + ".damaged-")]
+    assert len(aside) == 1 and not checkpoints.PATTERN.match(aside[0])  # never deleted, out of the pattern
+    assert checkpoints.verify(work / CKPT4) is None  # trained again from step 2
+    state = checkpoints.read_state(work / "checkpoint-00000005")
+    assert state["step"] == 5 and state["micro_step"] == 5  # 2 from the checkpoint + 3 new steps
+    assert steps_logged(work) == [1, 2, 3, 4, 5]  # the replayed steps 3 and 4 are not there twice
+    return work / aside[0]
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_each_damage_kind_is_named_and_the_folder_moved_aside(trained, tmp_path, kind):
+    work = copy_of(trained, tmp_path)
+    damaged_file, damage = DAMAGE[kind]
+    damage(work / CKPT4)
+    before = sorted(p.name for p in (work / CKPT4).iterdir())
+    assert [p.name for _, p in checkpoints.list_checkpoints(work)] == [CKPT2] + ([CKPT4] if "manifest" not in damaged_file else [])
+    found, messages = checkpoints.resume_point(work)
+    assert found == work / CKPT2
+    assert len(messages) == 1 and messages[0].startswith(f"{CKPT4}/{damaged_file} ")
+    aside = messages[0].split("moved it aside to ")[1]
+    assert sorted(p.name for p in (work / aside).iterdir()) == before  # moved as it was, never deleted
+    assert not (work / CKPT4).exists() and not checkpoints.PATTERN.match(aside)
+
+
+@pytest.mark.parametrize("kind", ["deleted model", "truncated trainer state"])
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(trained, tmp_path, clips, capsys, kind):
+    work = copy_of(trained, tmp_path)
+    damaged_file, damage = DAMAGE[kind]
+    damage(work / CKPT4)
+    (work / ".checkpoint-00000003.deleting").mkdir()  # a prune interrupted by an earlier run
+    (work / ".checkpoint-00000003.deleting" / "trainer_state.json").write_text('{"step": 3}')
+    capsys.readouterr()
+    assert train(work, clips, 5, "validation.interval=0") == 0
+    _assert_resumed_from_2(work, capsys.readouterr().err, damaged_file)
+    assert not list(work.glob(".checkpoint-*"))
+
+
+def test_tensorboard_has_no_step_twice_after_resume(trained, tmp_path, clips):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work = copy_of(trained, tmp_path)
+    shutil.rmtree(work / CKPT4)  # killed after logging steps 3 and 4, before saving them
+    assert train(work, clips, 5) == 0
+    assert steps_logged(work) == [1, 2, 3, 4, 5]
+    events = EventAccumulator(str(work / "logs" / "cascadev"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss")] == [1, 2, 3, 4, 5]
+
+
+def test_no_good_checkpoint_starts_fresh_and_says_so(trained, tmp_path, clips, capsys):
+    work = copy_of(trained, tmp_path)
+    _truncate(work / CKPT4 / "optimizer.bin")
+    (work / CKPT2 / "manifest.json").write_text('{"files": ')
+    capsys.readouterr()
+    assert train(work, clips, 1, "validation.interval=0") == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"cascadev: {CKPT4}/optimizer.bin is damaged (")
+    assert lines[1].startswith(f"cascadev: {CKPT2}/manifest.json is damaged; moved it aside to {CKPT2}.damaged-")
+    assert lines[2] == "cascadev: no complete checkpoint is left; starting fresh"
+    assert len(lines) == 3
+    assert steps_logged(work) == [1]
+    assert checkpoints.read_state(work / "checkpoint-00000001")["micro_step"] == 1
+
+
+# ------------------------------------------------------------------ pickles that would run code
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _plant(folder: Path, name: str, marker: Path) -> None:
+    """A crafted checkpoint: ``name`` is a pickle that runs code, and the manifest matches the files."""
+    if name == "pytorch_model.bin":  # accelerate falls back to it when model.safetensors is absent
+        (folder / "model.safetensors").unlink()
+    torch.save({"state": torch.ones(2), "payload": _RunsCodeWhenUnpickled(marker)}, folder / name)
+    (folder / "manifest.json").unlink()
+    checkpoints.write_manifest(folder)
+
+
+@pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl"])  # the second, accelerate would skip silently
+def test_malicious_pickle_is_refused_in_one_line_and_the_previous_checkpoint_resumed(trained, tmp_path, clips,
+                                                                                      capsys, name):
+    work = copy_of(trained, tmp_path)
+    marker = tmp_path / "code_was_run"
+    _plant(work / CKPT4, name, marker)
+    capsys.readouterr()
+    assert train(work, clips, 5, "validation.interval=0") == 0
+    err = capsys.readouterr().err
+    assert f"cascadev: {CKPT4}/{name} is not a plain tensor checkpoint and was not loaded; moved it aside" in err
+    aside = _assert_resumed_from_2(work, err, name)
+    assert not marker.exists()
+    control = torch.load(aside / name, weights_only=False)  # the payload is real
+    control["payload"].close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["scheduler.bin", "pytorch_model.bin", "random_states_0.pkl"])
+def test_verify_refuses_malicious_pickles_and_accepts_intact_checkpoints(trained, tmp_path, name):
+    work = copy_of(trained, tmp_path)
+    marker = tmp_path / "code_was_run"
+    assert checkpoints.verify(work / CKPT2) is None and checkpoints.verify(work / CKPT4) is None
+    torch.save({"x": _RunsCodeWhenUnpickled(marker)}, work / CKPT2 / name)  # changed after the manifest
+    assert checkpoints.verify(work / CKPT2).startswith(f"{CKPT2}/{name} is ")
+    _plant(work / CKPT4, name, marker)
+    assert checkpoints.verify(work / CKPT4) == f"{CKPT4}/{name} is not a plain tensor checkpoint and was not loaded"
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ pruning, full disk
+
+
+def test_interrupted_prune_leaves_nothing_that_looks_like_a_checkpoint(trained, tmp_path, monkeypatch):
+    work = copy_of(trained, tmp_path)
+
+    def interrupted(path, ignore_errors=False):  # Ctrl-C while the renamed folder is being deleted
+        if Path(path).exists():
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints._delete(work / CKPT2)
+    monkeypatch.undo()
+    assert [p for _, p in checkpoints.list_checkpoints(work)] == [work / CKPT4]
+    assert (work / f".{CKPT2}.deleting" / "trainer_state.json").is_file()  # not a checkpoint by name
+    checkpoints.remove_leftovers(work)
+    assert not (work / f".{CKPT2}.deleting").exists()
+
+
+@pytest.mark.parametrize("failure", ["safetensors", "torch"])
+def test_full_disk_during_a_checkpoint_save_is_one_line_and_leaves_no_partial(tmp_path, clips, capsys, monkeypatch,
+                                                                               failure):
+    import accelerate.checkpointing
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"\0" * 1000)  # what was written before the space ran out
+        if failure == "safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", save_on_a_full_disk)
+    work = tmp_path / "w"
+    capsys.readouterr()
+    code = train(work, clips, 2, "validation.interval=0")
+    assert_one_line_error(code, capsys.readouterr().err, "disk is full", str(work.resolve() / "checkpoint-00000002"))
+    assert not list(work.glob("*checkpoint*"))
+
+
+def test_other_write_failures_during_a_save_are_one_line_too(tmp_path, clips, capsys, monkeypatch):
+    import accelerate.checkpointing
+
+    def save_failing(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"\0" * 1000)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", save_failing)
+    work = tmp_path / "w"
+    capsys.readouterr()
+    code = train(work, clips, 2, "validation.interval=0")
+    assert_one_line_error(code, capsys.readouterr().err, "checkpoint-00000002", "Input/output error")
+    assert not list(work.glob("*checkpoint*"))
+
+
+# ------------------------------------------------------------------ signals
+
+
+def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path, clips, capsys, monkeypatch):
+    real_step = Trainer._micro_step
+
+    def step_then_ctrl_c(self, batch):
+        if self.state["micro_step"] == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of step 1
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_micro_step", step_then_ctrl_c)
+    work = tmp_path / "w"
+    capsys.readouterr()
+    assert train(work, clips, 100, "validation.interval=0") == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "cascadev: interrupted, saved checkpoint-00000001"
+    assert checkpoints.verify(work / "checkpoint-00000001") is None
+    assert checkpoints.read_state(work / "checkpoint-00000001")["step"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_sigterm_saves_the_current_step_and_a_resume_continues_from_it(tmp_path, clips, capsys):
+    """As `timeout` or `docker stop` preempts a run: SIGTERM after the first step."""
+    work = tmp_path / "w"
+    argv = train_argv(work, clips, 1000)
+    argv[argv.index("save_model_steps=2")] = "save_model_steps=1000"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cascadev.cli", *argv], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.umask(0o022))
+    try:
+        deadline = time.time() + 120
+        while not ((work / "metrics.jsonl").is_file() and (work / "metrics.jsonl").read_text()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    lines = err.splitlines()
+    assert lines[0] == "cascadev: validation is off: validation.video is not set (validation.interval needs a clip)"
+    match = re.fullmatch(r"cascadev: interrupted, saved (checkpoint-(\d+))", lines[-1])
+    assert match and len(lines) == 2, err
+    step = int(match.group(2))
+    assert steps_logged(work) == list(range(1, step + 1))
+    folder = work / match.group(1)
+    assert checkpoints.verify(folder) is None and checkpoints.read_state(folder)["step"] == step
+    for path in folder.iterdir():  # model.safetensors included (accelerate writes it 0600)
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+    capsys.readouterr()
+    assert train(work, clips, step + 1, "save_model_steps=1000", "validation.interval=0") == 0
+    assert capsys.readouterr().err.splitlines() == [f"cascadev: resuming from {match.group(1)} (step {step})"]
+    assert steps_logged(work) == list(range(1, step + 2))
+    assert checkpoints.read_state(work / f"checkpoint-{step + 1:08d}")["micro_step"] == step + 1
