@@ -38,3 +38,12 @@ def tiny_weights(tmp_path_factory):
     save_safetensors(build_model(cfg.previewer).state_dict(), root / "previewer.safetensors")
     build_model(cfg.vae).save_pretrained(root / "svd_vae")
     return root
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Each `cascadev train` in a test is its own run; accelerate keeps its state per process otherwise."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(True)

@@ -19,13 +19,7 @@ ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each `cascadev train` here is its own run; accelerate keeps its state per process otherwise."""
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ TINY = str(ROOT / "configs" / "tiny.py")
 CKPT2, CKPT4 = "checkpoint-00000002", "checkpoint-00000004"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +321,13 @@ def test_sigterm_saves_the_current_step_and_a_resume_continues_from_it(tmp_path,
     assert capsys.readouterr().err.splitlines() == [f"cascadev: resuming from {match.group(1)} (step {step})"]
     assert steps_logged(work) == list(range(1, step + 2))
     assert checkpoints.read_state(work / f"checkpoint-{step + 1:08d}")["micro_step"] == step + 1
+
+
+def test_metrics_log_keeps_the_resumed_steps_and_drops_replayed_and_cut_lines(tmp_path):
+    from cascadev.training import metrics_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n\n{"step": 4, "lo')  # killed while writing step 4
+    assert metrics_log.keep_until(log, 2) == 3  # step 3, the blank line, the cut line
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert metrics_log.keep_until(log, 2) == 0 and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
