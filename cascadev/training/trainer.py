@@ -131,8 +131,6 @@ class Trainer:
         if acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             cfg.dump(str(self.work_dir / "config.py"))
-            if cfg.get("validation", {}).get("interval") and not cfg.get("validation", {}).get("video"):
-                self._say("validation is off: validation.video is not set (validation.interval needs a clip)")
         acc.wait_for_everyone()
 
         self.dataset = VideoClipDataset(
@@ -309,6 +307,8 @@ class Trainer:
         log_every = int(cfg.get("log_interval", 10))
         save_every = int(cfg.get("save_model_steps", 1000))
         val_every = int(cfg.get("validation", {}).get("interval", 0) or 0)
+        if val_every and not cfg.get("validation", {}).get("video"):  # said once set-up has succeeded
+            self._say("validation is off: validation.video is not set (validation.interval needs a clip)")
         bar = tqdm(total=total, initial=state["step"], desc="training", unit="step",
                    disable=not (self.opts.progress and acc.is_main_process))
         window = {"loss": [], "grad_norm": [], "samples": 0, "skipped": 0, "tic": time.time(), "indices": None}
