@@ -274,6 +274,31 @@ class CascadeVPipeline:
             out.append(self.vae.decode(z, num_frames=z.shape[0]).sample.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
+    def segments(self, num_frames: int) -> list[tuple[int, int]]:
+        """The latent frame ranges [s0, s1) that ``decode`` samples independently and then cross-fades."""
+        segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
+        starts = window_starts(num_frames, segment, max(1, segment - self.dit.lats_per_vid // 2))
+        return [(s0, min(s0 + segment, num_frames)) for s0 in starts]
+
+    def sample_segment(
+        self,
+        read_latent: Callable[[int, int], torch.Tensor],
+        s0: int,
+        s1: int,
+        *,
+        scheduler: str = "euler_a",
+        steps: int = 8,
+        seed: int = 0,
+        progress: tqdm | None = None,
+        mode: str = "tiles",
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One segment of ``segments``, sampled on its own: (s1 - s0, 4, H, W), before the cross-fade.
+
+        ``latents``: the segment's initial noise (default: drawn per frame from ``seed``, see ``sample``)."""
+        return self.sample(self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed,
+                           frame_offset=s0, progress=progress, mode=mode, latents=latents)
+
     def decode(
         self,
         read_latent: Callable[[int, int], torch.Tensor],
@@ -285,6 +310,7 @@ class CascadeVPipeline:
         progress: bool = True,
         mode: str = "tiles",
         latents: torch.Tensor | None = None,
+        sampled: Callable[[int], torch.Tensor] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Stream a semantic latent back to frames.
 
@@ -294,23 +320,24 @@ class CascadeVPipeline:
             num_frames: the latent's length T.
             mode: "tiles" (default), "2x" or "auto": how each segment is covered (see ``plan``).
             latents: optional initial noise for the whole video, (T, 4, sr*h, sr*w) (see ``sample``).
+            sampled: ``sampled(k)`` returns segment k of ``segments`` as ``sample_segment`` made it (for
+                instance in another process); by default each segment is sampled here.
         Yields:
             consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
         """
-        window = self.dit.lats_per_vid
-        segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
-        starts = window_starts(num_frames, segment, max(1, segment - window // 2))
-        weights = crossfade_weights(num_frames, segment, starts)
+        ranges = self.segments(num_frames)
+        starts = [s0 for s0, _ in ranges]
+        weights = crossfade_weights(num_frames, ranges[0][1] - ranges[0][0], starts)
         bar = tqdm(total=len(starts) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
         pending = torch.empty(0)  # blended latent frames [done, ...) not final yet
         done = 0  # frames handed to the VAE so far
         ready: list[torch.Tensor] = []
-        for k, s0 in enumerate(starts):
-            s1 = min(s0 + segment, num_frames)
-            z = self.sample(
-                self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0,
-                progress=bar, mode=mode, latents=None if latents is None else latents[s0:s1],
-            )
+        for k, (s0, s1) in enumerate(ranges):
+            if sampled is not None:
+                z = sampled(k)
+            else:
+                z = self.sample_segment(read_latent, s0, s1, scheduler=scheduler, steps=steps, seed=seed, progress=bar,
+                                        mode=mode, latents=None if latents is None else latents[s0:s1])
             z = z * weights[k, : s1 - s0, None, None, None]
             # Frames of this segment already in `pending` are added in place; the rest extend it.
             shared = done + pending.shape[0] - s0
