@@ -67,9 +67,12 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p, yuv444p for odd sizes)")
 
 
+_MANY = "; several inputs (paths, folders, list files, globs) make OUTPUT a folder of outputs named after them"
+
+
 def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str) -> None:
-    p.add_argument("video")
-    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov); the input's audio is copied")
+    p.add_argument("video", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY)
     p.add_argument(count, default=None, metavar="N", help=count_help)
     p.add_argument("--mode", default="tiles",
                    help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
@@ -77,6 +80,14 @@ def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str
     _add_sampling_options(p)
     _add_output_options(p)
     _add_model_options(p)
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("latent store (many videos -> shards of clip latents)")
+    g.add_argument("--shards", action="store_true", help="write a sharded latent store into the folder OUTPUT")
+    g.add_argument("--shard-size", type=float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)")
+    g.add_argument("--clip-frames", type=positive_int, default=None, metavar="N",
+                   help="cut each video into clips of N frames (default: one clip of all frames)")
 
 
 def _whole(value: str | None, option: str, default: int) -> int:
@@ -106,23 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("encode", help="video -> semantic latent (.safetensors)")
-    p.add_argument("video")
-    p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)")
+    p.add_argument("video", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)" + _MANY)
     _add_frame_options(p)
     _add_preset_option(p)
+    _add_store_options(p)
     _add_model_options(p)
 
     p = sub.add_parser("decode", help="semantic latent -> video (DiT refinement + SVD decoding)")
-    p.add_argument("latent")
-    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)")
+    p.add_argument("latent", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)" + _MANY)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_preset_option(p)
     _add_model_options(p)
 
     p = sub.add_parser("recon", help="video -> latent -> video, with previews and a comparison")
-    p.add_argument("video")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("video", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="output folder" + _MANY.replace("make OUTPUT a folder of", "put in it"))
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_output_options(p)
@@ -239,7 +251,6 @@ def _output_location(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> None:
     from .loading import load_config
-    from . import reconstruct
 
     if args.command == "train":
         from .training.trainer import Trainer, TrainOptions
@@ -252,31 +263,54 @@ def run(args: argparse.Namespace) -> None:
         return
     _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)
-    if args.command == "encode":
-        reconstruct.encode_video(_loader(args, cfg, ["compressor"]), args.video, args.output, size=args.size,
-                                 start=args.start, num_frames=args.num_frames, progress=not args.quiet,
-                                 preset=_preset(args))
-    elif args.command == "decode":
-        sampling = _sampling(args, cfg)
-        reconstruct.decode_latent(_loader(args, cfg, ["dit", "vae"]), args.latent, args.output, sampling, crf=args.crf,
-                                  codec=args.codec, pix_fmt=args.pix_fmt)
-    elif args.command == "recon":
-        sampling = _sampling(args, cfg)
-        reconstruct.reconstruct_video(_loader(args, cfg, ["dit", "compressor", "previewer", "vae"]), args.video,
-                                      args.output, sampling, size=args.size, start=args.start, num_frames=args.num_frames,
-                                      codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
-    elif args.command in ("upscale", "interpolate"):
-        from . import enhance
+    from . import batch
 
-        if args.command == "upscale":
-            if args.scale is not None and args.size is not None:
-                raise CascadeVError("Give either --scale or --size for upscale, not both.")
-            task, count = enhance.upscale_video, {"scale": _whole(args.scale, "--scale", 4)}
-        else:
-            task, count = enhance.interpolate_video, {"factor": _whole(args.factor, "--factor", 4)}
-        sampling = _sampling(args, cfg)
-        task(_loader(args, cfg, _enhance_parts(cfg)), args.video, args.output, sampling, size=args.size, mode=args.mode,
-             start=args.start, num_frames=args.num_frames, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt, **count)
+    inputs = args.latent if args.command == "decode" else args.video
+    if args.command == "encode" and args.shards:
+        from .latent_store import encode_store
+
+        encode_store(args, cfg, lambda: _loader(args, cfg, ["compressor"]))
+    elif batch.is_batch(inputs):
+        batch.run_command(args, inputs, lambda parts: _loader(args, cfg, parts), _task(args, cfg))
+    else:
+        parts, task = _task(args, cfg, single=True)
+        batch.on_main_process(args, lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
+                              everyone=args.command in ("decode", "recon"))
+
+
+def _task(args: argparse.Namespace, cfg, single: bool = False):
+    """The command's model parts and ``task(input, output, load_pipeline)`` that runs it on one input."""
+    from . import reconstruct
+
+    if args.command == "encode":
+        return ["compressor"], lambda source, output, load: reconstruct.encode_video(
+            load, source, output, size=args.size, start=args.start, num_frames=args.num_frames, progress=not args.quiet,
+            preset=_preset(args))
+    sampling = _sampling(args, cfg)
+    video_options = dict(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
+    if args.command == "decode":
+        from .segments import decode_latent_split
+
+        decode = decode_latent_split if single else reconstruct.decode_latent  # one latent: processes share its segments
+        return ["dit", "vae"], lambda source, output, load: decode(load, source, output, sampling, **video_options)
+    if args.command == "recon":
+        from .segments import reconstruct_split
+
+        recon = reconstruct_split if single else reconstruct.reconstruct_video  # one video: processes share its segments
+        return ["dit", "compressor", "previewer", "vae"], lambda source, output, load: recon(
+            load, source, output, sampling, size=args.size, start=args.start, num_frames=args.num_frames,
+            **video_options)
+    from . import enhance
+
+    if args.command == "upscale":
+        if args.scale is not None and args.size is not None:
+            raise CascadeVError("Give either --scale or --size for upscale, not both.")
+        fn, count = enhance.upscale_video, {"scale": _whole(args.scale, "--scale", 4)}
+    else:
+        fn, count = enhance.interpolate_video, {"factor": _whole(args.factor, "--factor", 4)}
+    return _enhance_parts(cfg), lambda source, output, load: fn(
+        load, source, output, sampling, size=args.size, mode=args.mode, start=args.start, num_frames=args.num_frames,
+        **video_options, **count)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

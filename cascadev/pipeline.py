@@ -267,6 +267,35 @@ class CascadeVPipeline:
             out.append(self.vae.decode(z, num_frames=z.shape[0]).sample.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
+    def segment_stream(self, num_frames: int) -> SegmentStream:
+        """How ``decode`` splits a video: segments of ``segment_frames`` overlapping by half a window
+        (enough context for the DiT at the seam), cross-faded there."""
+        segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
+        return SegmentStream(num_frames, segment, max(1, segment - self.dit.lats_per_vid // 2), self.vae_chunk)
+
+    def segments(self, num_frames: int) -> list[tuple[int, int]]:
+        """The latent frame ranges [s0, s1) that ``decode`` samples independently and then cross-fades."""
+        return self.segment_stream(num_frames).spans
+
+    def sample_segment(
+        self,
+        read_latent: Callable[[int, int], torch.Tensor],
+        s0: int,
+        s1: int,
+        *,
+        scheduler: str = "euler_a",
+        steps: int = 8,
+        seed: int = 0,
+        progress: tqdm | None = None,
+        mode: str = "tiles",
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One segment of ``segments``, sampled on its own: (s1 - s0, 4, H, W), before the cross-fade.
+
+        ``latents``: the segment's initial noise (default: drawn per frame from ``seed``, see ``sample``)."""
+        return self.sample(self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed,
+                           frame_offset=s0, progress=progress, mode=mode, latents=latents)
+
     def decode(
         self,
         read_latent: Callable[[int, int], torch.Tensor],
@@ -278,6 +307,7 @@ class CascadeVPipeline:
         progress: bool = True,
         mode: str = "tiles",
         latents: torch.Tensor | None = None,
+        sampled: Callable[[int], torch.Tensor] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Stream a semantic latent back to frames.
 
@@ -287,19 +317,19 @@ class CascadeVPipeline:
             num_frames: the latent's length T.
             mode: "tiles" (default), "2x" or "auto": how each segment is covered (see ``plan``).
             latents: optional initial noise for the whole video, (T, 4, sr*h, sr*w) (see ``sample``).
+            sampled: ``sampled(k)`` returns segment k of ``segments`` as ``sample_segment`` made it (for
+                instance in another process); by default each segment is sampled here.
         Yields:
             consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
         """
-        window = self.dit.lats_per_vid
-        segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
-        # Segments overlap by half a window: enough context for the DiT at the seam, cross-faded there.
-        stream = SegmentStream(num_frames, segment, max(1, segment - window // 2), self.vae_chunk)
+        stream = self.segment_stream(num_frames)
         bar = tqdm(total=len(stream.spans) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
         for k, (s0, s1) in enumerate(stream.spans):
-            z = self.sample(
-                self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed, frame_offset=s0,
-                progress=bar, mode=mode, latents=None if latents is None else latents[s0:s1],
-            )  # (s1 - s0, 4, H, W)
+            if sampled is not None:  # sampled by another process (cascadev.segments)
+                z = sampled(k)
+            else:
+                z = self.sample_segment(read_latent, s0, s1, scheduler=scheduler, steps=steps, seed=seed, progress=bar,
+                                        mode=mode, latents=None if latents is None else latents[s0:s1])
             finished = stream.add(k, z)  # final frames, whole VAE chunks (all of them at the end)
             if finished.shape[0]:
                 yield self.vae_decode(finished)

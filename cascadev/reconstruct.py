@@ -162,6 +162,7 @@ def reconstruct_video(
     start: int = 0,
     num_frames: int | None = None,
     compare_frames: int = 4,
+    share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None,
     **writer_options,
 ) -> dict[str, Path]:
     """Video -> OUTDIR/{latent.safetensors, preview.mp4, recon.mp4, compare.mp4, compare.png}.
@@ -169,7 +170,8 @@ def reconstruct_video(
     ``preview.mp4`` is the previewer's decoding of the latent ("without LDM"), ``recon.mp4`` the
     LDM-VAE's; the comparison shows original | preview | reconstruction side by side, and the PNG
     ``compare_frames`` evenly spaced frames of it stacked vertically. ``writer_options`` (codec, crf,
-    pix_fmt) go to the three videos' writers.
+    pix_fmt) go to the three videos' writers. ``share_segments(latent_path)``, when given, has the
+    latent's segments sampled elsewhere (by other processes) and returns ``pipe.decode``'s ``sampled``.
     """
     out_dir = Path(out_dir)
     paths = recon_outputs(out_dir)
@@ -188,7 +190,7 @@ def reconstruct_video(
         raise CascadeVError(f"output folder {out_dir} is not writable")
     try:
         _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
-                     writer_options)
+                     writer_options, share_segments)
     except BaseException:
         # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
         for name, path in paths.items():
@@ -205,13 +207,14 @@ def reconstruct_video(
 
 def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str | os.PathLike, paths: dict[str, Path],
                  sampling: SamplingArgs, size: int | None, start: int, num_frames: int | None, compare_frames: int,
-                 writer_options: dict) -> None:
+                 writer_options: dict, share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None) -> None:
     load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
     preset = sampling.preset
     meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
                         num_frames=num_frames, progress=sampling.progress, preset=preset)
     pipe = load_once()
+    sampled = share_segments(paths["latent.safetensors"]) if share_segments is not None else None
     latent = LatentReader(paths["latent.safetensors"])
     count = latent.num_frames
     pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
@@ -222,7 +225,7 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
                for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
         done = 0
-        for frames in pipe.decode(latent.read, count, **sampling.decode_options()):
+        for frames in pipe.decode(latent.read, count, sampled=sampled, **sampling.decode_options()):
             n = frames.shape[0]
             recon = frames_to_uint8(frames, h, w, preset.truncate)
             preview = pipe.preview(latent.read(done, done + n))

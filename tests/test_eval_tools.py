@@ -102,11 +102,13 @@ def test_eval_recon_script_with_baselines(tmp_path):
         "import sys, pathlib, shutil\n"
         "from cascadev.evaluation.baselines import bicubic_video\n"
         f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
-        "video, out = sys.argv[1], pathlib.Path(sys.argv[sys.argv.index('-o') + 1])\n"
-        "out.mkdir(parents=True, exist_ok=True)\n"
-        "shutil.copy(video, out / 'recon.mp4')\n"
-        "bicubic_video(video, out / 'preview.mp4', 4)\n"
-        "(out / 'compare.png').write_bytes(b'')\n"
+        "videos, work = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[sys.argv.index('-o') + 1])\n"
+        "for video in sorted(videos.glob('*.mp4')):\n"
+        "    out = work / video.stem\n"
+        "    out.mkdir(parents=True, exist_ok=True)\n"
+        "    shutil.copy(video, out / 'recon.mp4')\n"
+        "    bicubic_video(video, out / 'preview.mp4', 4)\n"
+        "    (out / 'compare.png').write_bytes(b'')\n"
     )
     env = dict(os.environ, PYTHON=sys.executable, RECON_CMD=f"{sys.executable} {fake}",
                TORCH_HOME=str(tmp_path / "torch"), PYTHONPATH=str(REPO))
@@ -116,7 +118,7 @@ def test_eval_recon_script_with_baselines(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().split()
-    assert args[0].endswith("clip.mp4") and "--config" in args and "my.safetensors" in args
+    assert args[0] == str(ref) and "--config" in args  # one batch command over the folder and "my.safetensors" in args
     assert "--metrics" not in args and "--baselines" not in args and "--num-frames" in args
     for name in ("cascadev", "previewer", "bicubic"):
         for suffix in (".json", ".md", ".png"):

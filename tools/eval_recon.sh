@@ -14,9 +14,10 @@
 #   preview/<name>.mp4    links to the previewer-only decodings (no LDM) -> previewer.{json,md,png}
 #   bicubic/<name>.mp4    bicubic upsampling of the 1/32 frames          -> bicubic.{json,md,png}
 #   table.md              the three rows in one table (bicubic, previewer, CascadeV)
-# A video whose work/<name>/compare.png exists (recon's last output) is not reconstructed again, so
-# an interrupted run can be resumed. Environment: PYTHON (default the repo's .venv, else python3), RECON_CMD (default
-# "$PYTHON -m cascadev.cli recon").
+# The videos are reconstructed by one batch `cascadev recon REF_DIR -o OUT_DIR/work`: a video whose outputs
+# are complete is not reconstructed again, so an interrupted run resumes (work/manifest.jsonl records
+# each video). Environment: PYTHON (default the repo's .venv, else python3), RECON_CMD (default
+# "$PYTHON -m cascadev recon"; for several GPUs e.g. "accelerate launch --num_processes 8 -m cascadev recon").
 set -euo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -64,7 +65,7 @@ fi
 if [[ -n ${RECON_CMD:-} ]]; then
     read -r -a RECON <<< "$RECON_CMD"
 else
-    RECON=("$PYTHON" -m cascadev.cli recon)
+    RECON=("$PYTHON" -m cascadev recon)
 fi
 
 VIDEOS=()
@@ -78,16 +79,14 @@ mkdir -p "$OUT/work" "$OUT/recon" || die "cannot create $OUT."
 OUT_ABS=$(cd "$OUT" && pwd)
 if [[ $BASELINES == 1 ]]; then mkdir -p "$OUT/preview"; fi
 
+# One batch command: it skips videos whose outputs are complete and records each in work/manifest.jsonl.
+echo "eval_recon: reconstructing the videos of $REF into $OUT/work" >&2
+"${RECON[@]}" "$REF" -o "$OUT_ABS/work" "${RECON_ARGS[@]}" \
+    || die "cascadev recon failed on some videos (see $OUT/work/manifest.jsonl)."
 for video in "${VIDEOS[@]}"; do
     file=$(basename "$video")
     name=${file%.*}
     work="$OUT_ABS/work/$name"
-    if [[ -f $work/compare.png ]]; then
-        echo "eval_recon: $name already reconstructed, kept" >&2
-    else
-        echo "eval_recon: reconstructing $name" >&2
-        "${RECON[@]}" "$video" -o "$work" "${RECON_ARGS[@]}" || die "cascadev recon failed on $video."
-    fi
     ln -sfn "$work/recon.mp4" "$OUT_ABS/recon/$name.mp4"
     if [[ $BASELINES == 1 ]]; then ln -sfn "$work/preview.mp4" "$OUT_ABS/preview/$name.mp4"; fi
 done

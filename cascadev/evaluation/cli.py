@@ -41,6 +41,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video")
     p.add_argument("--label", default=None, help="row label in the tables (default: the REC folder's name)")
     p.add_argument("--chunk-frames", type=positive_int, default=16, help="frames read and compared at a time (default 16)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes computing PSNR/SSIM/flickering, one video each (default: every available core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,6 +66,7 @@ def run_eval(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         label=args.label,
         chunk_frames=args.chunk_frames,
+        workers=args.workers,
         progress=not args.quiet,
     )
     try:

@@ -42,6 +42,7 @@ from cascadev.video_io import VideoReader
 from . import ALL_METRICS, PAIRED_METRICS
 from . import metrics as M
 from . import vbench as vb
+from .parallel import available_cores, score_pairs
 
 __all__ = [
     "ALL_METRICS",
@@ -62,6 +63,7 @@ __all__ = [
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 SSIM_MIN_SIDE = 7  # scikit-image's default 7x7 window
+PARALLEL_MIN_PIXELS = 64 * 512 * 512  # below this many compared pixels one process is faster than a pool
 COUNT_POLICY = (
     "frame counts must match; with --resize the first min(REF, REC) frames of both are compared"
 )
@@ -87,6 +89,7 @@ class EvalOptions:
     label: str | None = None
     chunk_frames: int = 16
     progress: bool = True
+    workers: int | None = None  # processes for PSNR/SSIM/flickering; None: every available core
 
 
 def parse_metrics(value: str | Sequence[str] | None) -> list[str] | None:
@@ -393,8 +396,21 @@ def evaluate(
     flicker = "temporal_flickering" in runnable
     videos: dict[str, dict[str, float]] = {}
     per_frame: dict[str, dict[str, list[float]]] = {}
-    for plan in tqdm(plans, desc="evaluating", unit="video", disable=not options.progress):
-        scores = _score_pair(plan, paired, lpips_metric, flicker, options.chunk_frames)
+    bar = tqdm(total=len(plans), desc="evaluating", unit="video", disable=not options.progress)
+    workers = options.workers
+    if workers is None:  # every core, unless the job is too small to repay starting the workers
+        pixels = sum(p.frames * p.ref_size[0] * p.ref_size[1] for p in plans)
+        workers = available_cores() if pixels >= PARALLEL_MIN_PIXELS else 1
+    if workers > 1 and len(plans) > 1 and (flicker or set(paired) - {"lpips"}):
+        all_scores = score_pairs(plans, paired, lpips_metric, flicker, options.chunk_frames, workers, _score_pair,
+                                 on_done=lambda: bar.update(1))
+    else:
+        all_scores = []
+        for plan in plans:
+            all_scores.append(_score_pair(plan, paired, lpips_metric, flicker, options.chunk_frames))
+            bar.update(1)
+    bar.close()
+    for plan, scores in zip(plans, all_scores):
         videos[plan.pair.name] = scores.values
         per_frame[plan.pair.name] = scores.per_frame
 

@@ -1,0 +1,329 @@
+"""Many inputs per command: expanding paths, folders, list files and globs, sharing the work among
+accelerate processes, skipping finished inputs, and the JSON-lines manifest.
+
+A batch run writes each input's outputs into the output folder under the input's name and records
+every input in ``OUTPUT/manifest.jsonl`` (input, outputs, seconds, frames, status, error). Outputs
+are written atomically, so "every expected file exists" means "done": a killed run started again
+skips those inputs. Under ``accelerate launch`` each process takes its share of the pending inputs
+(``PartialState.split_between_processes`` over per-process lists balanced by frame count), keeps one
+pipeline for all of them and writes its own manifest part; the main process merges the parts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .errors import CascadeVError
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
+LATENT_SUFFIXES = (".safetensors",)
+LIST_SUFFIXES = (".txt", ".list", ".json")
+MANIFEST = "manifest.jsonl"
+_GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input of a batch: its ``name`` (the file stem), where its task writes (``target``: a file or,
+    for recon, a folder) and the files that exist once it is complete (``outputs``)."""
+
+    source: Path
+    name: str
+    target: Path
+    outputs: tuple[Path, ...]
+
+    def complete(self) -> bool:
+        return all(p.is_file() for p in self.outputs)
+
+
+@dataclass
+class BatchResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+
+def _natural_key(name: str) -> list[Any]:
+    import re
+
+    parts = re.split(r"(\d+)", name)
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)] + [name]
+
+
+def is_batch(items: Sequence[str]) -> bool:
+    """True unless ``items`` is one existing file that is not a list file (today's single-input call)."""
+    if len(items) != 1:
+        return True
+    path = Path(items[0])
+    return path.is_dir() or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES) or (
+        not path.exists() and any(c in items[0] for c in _GLOB_CHARS))
+
+
+def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES) -> list[Path]:
+    """Paths, folders (their files with ``suffixes``), list files (one path per line or a JSON list, as
+    training lists) and globs -> the input files, each once, in the order given (folders and globs sorted)."""
+    from .data import read_video_list
+
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+                            and not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
+            if not files:
+                raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
+            found.extend(files)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            found.extend(Path(p) for p in read_video_list([str(path)]))
+        elif path.is_file():
+            found.append(path)
+        elif any(c in item for c in _GLOB_CHARS):
+            files = sorted((Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()),
+                           key=lambda p: _natural_key(str(p)))
+            if not files:
+                raise CascadeVError(f"The pattern {item} matches no files.")
+            found.extend(files)
+        else:
+            raise CascadeVError(f"The input {item} does not exist.")
+    unique: dict[Path, None] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), None)
+    return [Path(p) for p in unique]
+
+
+def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]:
+    """Name each input's outputs after it; two inputs with one name are an error."""
+    jobs, names = [], {}
+    for source in sources:
+        name = source.stem
+        if name in names:
+            raise CascadeVError(f"Two inputs are named {name} ({names[name]} and {source}); their outputs would collide.")
+        names[name] = source
+        if command == "recon":
+            from .reconstruct import recon_outputs
+
+            folder = out_dir / name
+            jobs.append(Job(source, name, folder, tuple(recon_outputs(folder).values())))
+        else:
+            target = out_dir / (name + (".safetensors" if command == "encode" else ".mp4"))
+            jobs.append(Job(source, name, target, (target,)))
+    return jobs
+
+
+def count_frames(path: Path, latent: bool = False) -> int:
+    """The input's frame count (its cost for balancing); 1 when it cannot be opened (it fails later, recorded)."""
+    try:
+        if latent:
+            from .latent_io import LatentReader
+
+            return LatentReader(path).num_frames
+        from .video_io import VideoReader
+
+        return VideoReader(path, num_threads=1).num_frames
+    except Exception:
+        return 1
+
+
+def balance(costs: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of ``costs`` in ``parts`` lists of near-equal total cost (longest first to the lightest list),
+    each list in input order."""
+    buckets: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        k = loads.index(min(loads))
+        buckets[k].append(i)
+        loads[k] += costs[i]
+    return [sorted(b) for b in buckets]
+
+
+def distributed_state():
+    """accelerate's PartialState (one process unless started by ``accelerate launch``)."""
+    import torch
+    from accelerate import PartialState
+
+    # Without a GPU accelerate only forms a (gloo) process group when told it runs on the CPU.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def share(state, costs: Sequence[int]) -> list[int]:
+    """This process's indices of the work items, balanced by cost across ``state.num_processes``."""
+    if state.num_processes == 1:
+        return list(range(len(costs)))
+    with state.split_between_processes(balance(costs, state.num_processes)) as mine:
+        return list(mine[0]) if mine else []
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                records[record["input"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue  # a line from an interrupted write; the input is simply recorded again
+    return records
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    from .atomic import atomic_output
+
+    with atomic_output(path, "manifest") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, CascadeVError):
+        return str(exc)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    task: Callable[[Job], Sequence[str] | None],
+    out_dir: Path,
+    *,
+    done: Callable[[Job], bool] = Job.complete,
+    finish: Callable[[], None] | None = None,
+    latent_inputs: bool = False,
+    frames_limit: Callable[[int], int] = lambda n: n,
+    progress: bool = True,
+    desc: str = "files",
+) -> BatchResult:
+    """Run ``task`` on each pending job of this process's share; record all jobs in the manifest.
+
+    A job's exception is recorded (status "failed") and the batch goes on; the caller reports failures.
+    ``done(job)`` says whether a job's outputs are complete (default: its output files exist); ``task``
+    may return the outputs it wrote, for the manifest; ``finish`` runs after this process's last job.
+    """
+    state = distributed_state()
+    manifest = out_dir / MANIFEST
+    if state.is_main_process:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.")
+    previous = _read_manifest(manifest)
+    # Every process decides what is pending before any of them writes, so they agree on the split.
+    pending = [j for j in jobs if not done(j)]
+    costs = [frames_limit(count_frames(j.source, latent_inputs)) for j in pending]
+    state.wait_for_everyone()
+    mine = share(state, costs)
+
+    records = []
+    bar = tqdm(mine, desc=desc, unit="file", disable=not progress or not state.is_main_process)
+    for i in bar:
+        job = pending[i]
+        started = time.perf_counter()
+        record = {"input": str(job.source), "outputs": [str(p) for p in job.outputs], "seconds": None,
+                  "frames": costs[i], "status": "done", "error": None, "process": state.process_index}
+        try:
+            written = task(job)
+            if isinstance(written, (list, tuple)):
+                record["outputs"] = list(written)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if os.environ.get("CASCADEV_DEBUG"):
+                traceback.print_exc()
+            record.update(status="failed", error=_error_line(exc))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        records.append(record)
+    if finish is not None:
+        finish()
+    part = out_dir / f".manifest.part{state.process_index}.jsonl"
+    _write_jsonl(part, records)
+    state.wait_for_everyone()
+
+    result = BatchResult()
+    if state.is_main_process:
+        ran: dict[str, list[dict[str, Any]]] = {}
+        for k in range(state.num_processes):
+            path = out_dir / f".manifest.part{k}.jsonl"
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                ran.setdefault(record["input"], []).append(record)
+            path.unlink(missing_ok=True)
+        for job in jobs:
+            key = str(job.source)
+            if key in ran:
+                result.records.extend(ran[key])  # one record per input, unless a process repeated one
+            else:  # complete before this run started
+                old = previous.get(key, {})
+                result.records.append({"input": key, "outputs": [str(p) for p in job.outputs],
+                                       "seconds": old.get("seconds"), "frames": old.get("frames"),
+                                       "status": "skipped", "error": None, "process": None})
+        _write_jsonl(manifest, result.records)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        result.records = [r for r in _read_manifest(manifest).values()]
+    return result
+
+
+def report(result: BatchResult, out_dir: Path) -> None:
+    """A summary line on stderr, or, when any input failed, a CascadeVError (exit 2) saying so."""
+    import sys
+
+    counts = {s: sum(r["status"] == s for r in result.records) for s in ("done", "skipped", "failed")}
+    if not distributed_state().is_main_process:
+        return
+    failed = result.failed
+    if failed:  # one error line, from the main process
+        first = failed[0]
+        what = first["error"] if first["input"] in first["error"] else f"{first['input']}: {first['error']}"
+        raise CascadeVError(f"{len(failed)} of {len(result.records)} inputs failed (first: {what.rstrip('.')}); "
+                            f"{counts['done']} done, {counts['skipped']} already complete; see {out_dir / MANIFEST}.")
+    print(f"cascadev: {counts['done']} done, {counts['skipped']} already complete; manifest {out_dir / MANIFEST}",
+          file=sys.stderr)
+
+
+def _use_process_device(args) -> None:
+    """Under accelerate each process works on its own device (``--device auto`` -> the process's GPU)."""
+    state = distributed_state()
+    if state.num_processes > 1 and getattr(args, "device", None) == "auto":
+        args.device = "cpu" if state.device.type == "cpu" else str(state.device)
+
+
+def on_main_process(args, work: Callable[[], None], everyone: bool = False) -> None:
+    """A single input: every process runs ``work`` when it splits the input itself (``everyone``),
+    otherwise the main process alone does (the others wait), so no output is written twice."""
+    _use_process_device(args)
+    state = distributed_state()
+    if everyone or state.is_main_process:
+        work()
+    state.wait_for_everyone()
+
+
+def run_command(args, inputs: Sequence[str], make_loader: Callable[[Sequence[str]], Callable], parts_task) -> None:
+    """``cascadev recon|encode|decode|upscale|interpolate`` over many inputs into the folder ``args.output``."""
+    import functools
+
+    parts, task = parts_task
+    _use_process_device(args)
+    latent = args.command == "decode"
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CascadeVError(f"With several inputs the output {out_dir} must be a folder, but it is a file.")
+    jobs = make_jobs(args.command, expand_inputs(inputs, LATENT_SUFFIXES if latent else VIDEO_SUFFIXES), out_dir)
+    load = functools.cache(make_loader(parts))  # checks the weights now; each process loads the models once
+    start, count = getattr(args, "start", 0), getattr(args, "num_frames", None)
+
+    def frames(n: int) -> int:
+        n = max(1, n - start)
+        return min(n, count) if count else n
+
+    result = run_batch(jobs, lambda job: task(job.source, job.target, load), out_dir, latent_inputs=latent,
+                       frames_limit=frames, progress=not args.quiet, desc=args.command)
+    report(result, out_dir)

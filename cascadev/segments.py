@@ -1,0 +1,115 @@
+"""One long video or latent decoded by several processes: they share its segments, the main process merges.
+
+``CascadeVPipeline.decode`` samples a long latent in segments (``pipe.segments``) that are independent
+of each other (each draws its noise per frame from the seed) and cross-fades them at the end. Under
+``accelerate launch`` each process samples its share of the segments with ``pipe.sample_segment`` and
+saves them in a hidden folder beside the output (``k.safetensors``, atomically: a restarted run keeps the
+finished ones); the main process then runs ``pipe.decode`` with ``sampled=`` reading them back, so the
+cross-fade, the SVD decoding and the written videos are those of a one-process run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .atomic import atomic_output, check_output_path
+from .batch import distributed_state
+from .errors import CascadeVError
+from .latent_io import LatentReader
+from .pipeline import CascadeVPipeline
+from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, frames_to_uint8, reconstruct_video
+from .video_io import VideoWriter
+
+
+def share_segments(pipe: CascadeVPipeline, latent: str | os.PathLike, sampling: SamplingArgs,
+                   folder: Path) -> Callable[[int], torch.Tensor]:
+    """Every process: sample this process's segments of ``latent`` into ``folder`` and wait for the others.
+
+    Returns ``sampled(k)`` reading segment k back (for ``pipe.decode`` in the main process).
+    """
+    from safetensors.torch import load_file, save_file
+
+    state = distributed_state()
+    reader = LatentReader(latent)
+    ranges = pipe.segments(reader.num_frames)
+    options = {k: v for k, v in sampling.decode_options().items() if k != "progress"}
+    folder.mkdir(parents=True, exist_ok=True)
+    # Contiguous shares: segments are of equal length, so equal counts balance the work.
+    with state.split_between_processes(list(range(len(ranges)))) as mine:
+        for k in mine:
+            path = folder / f"{k}.safetensors"
+            if path.is_file():  # sampled by an earlier, interrupted run
+                continue
+            z = pipe.sample_segment(reader.read, *ranges[k], **options)
+            with atomic_output(path, "segment file") as tmp:
+                save_file({"z": z.contiguous()}, str(tmp))
+    state.wait_for_everyone()
+
+    def sampled(k: int) -> torch.Tensor:
+        path = folder / f"{k}.safetensors"
+        if not path.is_file():
+            raise CascadeVError(f"Segment {k} of {latent} was not sampled ({path} is missing).")
+        return load_file(str(path))["z"]
+
+    return sampled
+
+
+def decode_latent_split(
+    load_pipeline: PipelineLoader,
+    latent: str | os.PathLike,
+    output: str | os.PathLike,
+    sampling: SamplingArgs,
+    **writer_options,
+) -> None:
+    """``reconstruct.decode_latent``, with the segments shared among the accelerate processes."""
+    state = distributed_state()
+    if state.num_processes == 1:
+        decode_latent(load_pipeline, latent, output, sampling, **writer_options)
+        return
+    meta = LatentReader(latent).meta
+    check_output_path(output, "output video")
+    output = Path(output)
+    folder = output.parent / f".{output.name}.segments"
+    pipe = load_pipeline()
+    sampled = share_segments(pipe, latent, sampling, folder)
+    if state.is_main_process:
+        reader = LatentReader(latent)
+        pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
+        with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
+            for frames in pipe.decode(reader.read, reader.num_frames, sampled=sampled, **sampling.decode_options()):
+                writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def reconstruct_split(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    sampling: SamplingArgs,
+    **options,
+) -> None:
+    """``reconstruct.reconstruct_video`` of one video, with the DiT segments shared among the processes:
+    the main process encodes the latent, all sample their segments, the main process writes the outputs."""
+    state = distributed_state()
+    if state.num_processes == 1:
+        reconstruct_video(load_pipeline, video, out_dir, sampling, **options)
+        return
+    folder = Path(out_dir) / ".segments"
+    load_once = functools.cache(load_pipeline)
+
+    def share(latent: Path) -> Callable[[int], torch.Tensor]:
+        state.wait_for_everyone()  # the latent file is written
+        return share_segments(load_once(), latent, sampling, folder)
+
+    if state.is_main_process:
+        reconstruct_video(load_once, video, out_dir, sampling, share_segments=share, **options)
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        state.wait_for_everyone()  # pairs with the main process's in share()
+        share_segments(load_once(), Path(out_dir) / "latent.safetensors", sampling, folder)
