@@ -173,6 +173,8 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
     precision = resolve_precision(dtype_name, device)
     if not args.random_init:
         resolve_weights(cfg, parts, args.weights_dir, args.ckpt)  # fail before any heavy work
+    elif args.ckpt is not None and "dit" in parts:
+        resolve_weights(cfg, ["dit"], args.weights_dir, args.ckpt)  # --ckpt counts under --random-init too
     overrides = {k: getattr(args, k, None) for k in ("segment_frames", "batch_size", "vae_chunk")}
     if preset.whole_clip:
         overrides["segment_frames"] = 0

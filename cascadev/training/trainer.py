@@ -133,18 +133,16 @@ class Trainer:
             cfg.dump(str(self.work_dir / "config.py"))
         acc.wait_for_everyone()
 
-        self.dataset = VideoClipDataset(
-            read_video_list(cfg.video_list), int(cfg.num_frames_per_video), int(cfg.time_stride),
-            int(cfg.sample_size), seed=self.seed, **dict(cfg.get("data", {})),
-        )
+        videos = read_video_list(cfg.video_list)
         self.batch_size = int(cfg.train_batch_size)
-        per_epoch = len(self.dataset) // (self.batch_size * acc.num_processes)
-        if per_epoch < 1:
-            raise CascadeVError(
-                f"video_list has {len(self.dataset)} videos, fewer than one global batch "
-                f"({self.batch_size} per process x {acc.num_processes} processes)"
-            )
-        self.batches_per_epoch = per_epoch
+        global_batch = self.batch_size * acc.num_processes
+        # A list smaller than one global batch (a smoke run on one video) draws several clips per video
+        # per epoch; real lists keep the release's one clip per video per epoch.
+        self.dataset = VideoClipDataset(
+            videos, int(cfg.num_frames_per_video), int(cfg.time_stride), int(cfg.sample_size), seed=self.seed,
+            clips_per_video=-(-global_batch // len(videos)), **dict(cfg.get("data", {})),
+        )
+        self.batches_per_epoch = len(self.dataset) // global_batch
         self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
 
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
