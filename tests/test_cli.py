@@ -221,3 +221,32 @@ def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
     assert VideoReader(tmp_path / "v.mp4").num_frames == 7
     code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "w.mp4", "--config", TINY, "--random-init", "--dtype", "fp16")
     assert_one_line_error(code, err, "fp16 needs a CUDA device")
+
+
+def test_explicit_ckpt_is_loaded_under_random_init(tmp_path, capsys, clip, tiny_weights):
+    from safetensors.torch import load_file
+
+    from cascadev.loading import build_pipeline, load_config
+
+    ckpt = tiny_weights / "tiny.safetensors"
+    pipe = build_pipeline(load_config(TINY), ["dit", "vae"], random_init=True, ckpt=ckpt)
+    saved = load_file(ckpt)
+    assert all(torch.equal(p, saved[k]) for k, p in pipe.dit.state_dict().items())
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
+                        "--ckpt", tmp_path / "mine.safetensors")
+    assert_one_line_error(code, err, "mine.safetensors", "--ckpt")
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_each_missing_weight_file_names_its_own_option(tmp_path, capsys, clip, tiny_weights):
+    only_dit = tmp_path / "weights"
+    only_dit.mkdir()
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit,
+                        "--ckpt", tiny_weights / "tiny.safetensors")
+    assert_one_line_error(code, err, "svd_vae (", "--weights-dir, config key weights.vae",
+                          "config key weights.compressor", "config key weights.previewer")
+    assert "--ckpt" not in err  # the DiT was found; nothing missing is the --ckpt file's business
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit)
+    assert_one_line_error(code, err, "tiny.safetensors (", "--ckpt or --weights-dir, config key weights.dit")
