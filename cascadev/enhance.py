@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .argtypes import size_limit_problem
+from .atomic import make_folder
 from .conditioning import low_res_frames
 from .errors import CascadeVError
 from .overwrite import check_not_inputs
@@ -192,6 +194,7 @@ def _check_mode(mode: str) -> str:
 def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
                  codec: str, crf: int, pix_fmt: str | None, audio: bool) -> VideoWriter:
     audio_start = start / video.fps if video.fps else 0.0
+    make_folder(Path(output).parent)
     return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
                        audio_from=video.path if audio else None, audio_start=audio_start)
 

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .argtypes import SEED_LIMIT
-from .atomic import remove_quietly
+from .atomic import make_folder, remove_quietly
 from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .overwrite import check_not_inputs
+from .pictures import contact_sheet
 from .pipeline import CascadeVPipeline
 from .presets import PRESETS, Preset, blur_resize, center_square
 from .video_io import (
@@ -41,7 +42,8 @@ from .video_io import (
 PipelineLoader = Callable[[], CascadeVPipeline]
 LATENT_STRIDE = 32  # pixels per semantic-latent position
 READ_CHUNK = 16  # frames read and encoded at a time
-RECON_FILES = ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
+RECON_FILES = ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
+COMPARE_TITLES = ("original", "preview (no LDM)", "reconstruction")
 
 
 def recon_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -122,6 +124,7 @@ def encode_video(
         source_height=reader.height, source_width=reader.width, start=start,
     )
     shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
+    make_folder(Path(output).parent)
     with LatentWriter(output, shape, meta) as writer:
         pipe = load_pipeline()
         done = 0
@@ -145,6 +148,7 @@ def decode_latent(
     check_not_inputs({"input latent": latent}, {"output": output})
     reader = LatentReader(latent)
     meta = reader.meta
+    make_folder(Path(output).parent)
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
@@ -164,12 +168,13 @@ def reconstruct_video(
     compare_frames: int = 4,
     **writer_options,
 ) -> dict[str, Path]:
-    """Video -> OUTDIR/{latent.safetensors, preview.mp4, recon.mp4, compare.mp4, compare.png}.
+    """Video -> OUTDIR/{latent.safetensors, original.mp4, preview.mp4, recon.mp4, compare.mp4, compare.png}.
 
-    ``preview.mp4`` is the previewer's decoding of the latent ("without LDM"), ``recon.mp4`` the
-    LDM-VAE's; the comparison shows original | preview | reconstruction side by side, and the PNG
-    ``compare_frames`` evenly spaced frames of it stacked vertically. ``writer_options`` (codec, crf,
-    pix_fmt) go to the three videos' writers.
+    ``original.mp4`` holds the frames the model saw (resized to ``size``, so ``cascadev eval`` needs no
+    ``--resize``), ``preview.mp4`` the previewer's decoding of the latent ("without LDM"),
+    ``recon.mp4`` the LDM-VAE's, with the input's audio from ``start`` on; the comparison shows
+    original | preview | reconstruction side by side, and the PNG ``compare_frames`` evenly spaced
+    frames of it, titled and numbered. ``writer_options`` (codec, crf, pix_fmt) go to the videos' writers.
     """
     out_dir = Path(out_dir)
     paths = recon_outputs(out_dir)
@@ -180,12 +185,7 @@ def reconstruct_video(
                           writer_options.get("pix_fmt"))  # so do bad output options
     made_dir = not out_dir.exists()
     existed = {name for name, path in paths.items() if path.exists()}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CascadeVError(f"cannot create output folder {out_dir}: {exc.strerror or exc}")
-    if not os.access(out_dir, os.W_OK):
-        raise CascadeVError(f"output folder {out_dir} is not writable")
+    make_folder(out_dir)
     try:
         _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
                      writer_options)
@@ -218,9 +218,11 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options)
-               for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
-    with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
+    audio = {"audio_from": source.path, "audio_start": meta.start / source.fps if source.fps else 0.0}
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options,
+                           **(audio if n in ("original.mp4", "recon.mp4") else {}))
+               for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")]
+    with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
         done = 0
         for frames in pipe.decode(latent.read, count, **sampling.decode_options()):
             n = frames.shape[0]
@@ -231,9 +233,10 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
             source_frames = source.read(range(meta.start + done, meta.start + done + n))
             original = frames_to_uint8(_prepare(source_frames, size, preset)[0], h, w)
             row = side_by_side(original, preview, recon)
+            original_out.write(original)
             preview_out.write(preview)
             recon_out.write(recon)
             compare_out.write(row)
             picked.extend(row[i - done] for i in picks if done <= i < done + n)
             done += n
-        save_image(paths["compare.png"], np.concatenate(picked, axis=0))
+        save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))

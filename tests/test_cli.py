@@ -39,8 +39,8 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     out = tmp_path / "out"
     code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet", "--crf", 0)
     assert code == 0, err
-    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "preview.mp4", "recon.mp4"]
-    for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("compare.mp4", 300)]:
+    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4"]
+    for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("original.mp4", 100), ("compare.mp4", 300)]:
         video = VideoReader(out / name)
         assert (video.num_frames, video.height, video.width) == (7, 70, width)
         assert abs(video.fps - 25.0) < 1e-3
@@ -50,11 +50,17 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     assert (meta.height, meta.width, meta.source_height, meta.source_width, meta.start) == (70, 100, 70, 100, 0)
     from PIL import Image
 
-    assert Image.open(out / "compare.png").size == (300, 4 * 70)
-    # The left third of the comparison is the original clip.
+    from cascadev.pictures import sheet_size, tile_origin
+
+    sheet = np.asarray(Image.open(out / "compare.png"))
+    assert sheet.shape == (*sheet_size(4, 3, 70, 100), 3)  # 4 frames x (original | preview | recon), labelled
+    top, left = tile_origin(1, 1, 70, 100)
+    assert (sheet[top - 16:top] < 128).any() and (sheet[top:top + 70, left - 4:left] == 255).all()
+    # The left third of the comparison is the original clip, and original.mp4 is that clip.
     original = VideoReader(clip).read([0])[0].astype(int)
     compare = VideoReader(out / "compare.mp4").read([0])[0].astype(int)
     assert np.abs(compare[:, :100] - original).mean() < 6
+    assert np.abs(VideoReader(out / "original.mp4").read([0])[0].astype(int) - original).mean() < 6
     for name in ("recon.mp4", "preview.mp4", "compare.mp4"):  # x264 records its settings in the stream
         assert b" qp=0" in (out / name).read_bytes()  # crf 0: x264 goes lossless
 
@@ -75,7 +81,7 @@ def test_encode_then_decode_with_weight_files(tmp_path, capsys, clip, tiny_weigh
     code, err = run_cli(capsys, *decode, "-o", video)
     assert code == 0, err
     decoded = VideoReader(video)
-    assert (decoded.num_frames, decoded.height, decoded.width) == (5, 40, 57)
+    assert (decoded.num_frames, decoded.height, decoded.width) == (5, 40, 58)  # 57 padded to even for yuv420p
 
     again = tmp_path / "again.mp4"
     assert run_cli(capsys, *decode, "-o", again)[0] == 0
@@ -172,14 +178,22 @@ def test_unwritable_outputs(tmp_path, capsys, clip):
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, err = run_cli(capsys, "encode", clip, "-o", blocker / "l.safetensors", "--config", TINY, "--random-init")
-    assert_one_line_error(code, err, "l.safetensors")
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
     code, err = run_cli(capsys, "recon", clip, "-o", blocker / "out", "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "out")
-    latent = tmp_path / "l.safetensors"
-    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "missing" / "v.mp4", "--config", TINY, "--random-init")
-    assert_one_line_error(code, err, "v.mp4")
-    assert leftovers(tmp_path) == ["file", "l.safetensors"]
+    code, err = run_cli(capsys, "decode", clip, "-o", blocker / "v.mp4", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "clip.mp4")  # the input is checked first
+    assert leftovers(tmp_path) == ["file"]
+
+
+def test_every_command_creates_a_missing_output_folder_and_says_what_it_wrote(tmp_path, capsys, clip):
+    latent = tmp_path / "a" / "b" / "l.safetensors"
+    fast = ["--config", TINY, "--random-init", "--quiet", "--steps", 1]
+    assert main([str(a) for a in ["encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet"]]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {latent} (latent 16x7x3x4 of 7 frames, 100x70, 25 fps)"]
+    video = tmp_path / "c" / "d" / "v.mp4"
+    assert main([str(a) for a in ["decode", latent, "-o", video, *fast]]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {video} (7 frames, 100x70, 25 fps)"]
 
 
 def test_corrupt_latent(tmp_path, capsys):

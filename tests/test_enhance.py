@@ -20,6 +20,7 @@ from cascadev.enhance import ConditionStream, interpolate_in_time, target_size
 from cascadev.errors import CascadeVError
 from cascadev.loading import build_pipeline, load_config
 from cascadev.models.dit import CascadeDiT
+from cascadev.pictures import sheet_size, tile_origin
 from cascadev.pipeline import CascadeVPipeline, SamplingPlan
 from cascadev.reconstruct import READ_CHUNK
 from cascadev.tiling import window_starts
@@ -416,10 +417,13 @@ def test_compare_tool_puts_the_resized_input_beside_the_output(tmp_path, clips, 
     png = tmp_path / "cmp.png"
     assert tool.main([str(clips[3]), str(big), "-o", str(png), "--frames", "3"]) == 0
     image = np.asarray(Image.open(png))
-    assert image.shape == (3 * 34, 2 * 46, 3)
+    assert image.shape == (*sheet_size(3, 2, 34, 46), 3)  # titled columns, separators, numbered rows
     assert tool.matching_indices(3, 9, 3) == ([0, 1, 2], [0, 4, 8])  # frames at the same moments
     first = VideoReader(clips[3]).read([0])[0]
-    assert np.array_equal(image[:34:2, :46:2], first)  # nearest: every input pixel is a 2x2 block
-    assert np.array_equal(image[:34, 46:], VideoReader(big).read([0])[0])
+    (top, left), (_, right) = tile_origin(0, 0, 34, 46), tile_origin(0, 1, 34, 46)
+    assert np.array_equal(image[top:top + 34:2, left:left + 46:2], first)  # nearest: each input pixel a 2x2 block
+    assert np.array_equal(image[top:top + 34, right:right + 46], VideoReader(big).read([0])[0])
+    assert (image[top:top + 34, left + 46:right] == 255).all()  # a white separator between the columns
+    assert (image[:top] < 128).any()  # text (titles, frame number) above the first row
     assert tool.main([str(tmp_path / "none.mp4"), str(big), "-o", str(png)]) == 2
     assert "none.mp4" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
 from ..loading import build_pipeline
 from ..models import build_model
+from ..pictures import contact_sheet
 from ..pipeline import CascadeVPipeline
 from ..video_io import save_image, side_by_side, to_uint8
 from . import checkpoints, metrics_log
@@ -450,15 +451,17 @@ class Trainer:
             with acc.autocast():
                 recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
                                                    steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
-            columns = [to_uint8(clip)]
+            columns, titles = [to_uint8(clip)], ["original"]
             if pipe.previewer is not None:
                 preview = torch.nn.functional.interpolate(pipe.preview(cond.cpu()), size=recon.shape[-2:], mode="bilinear")
                 columns.append(to_uint8(preview.transpose(0, 1)))
+                titles.append("preview (no LDM)")
             columns.append(to_uint8(recon.transpose(0, 1)))
+            titles.append(f"step {step}")
             rows = side_by_side(*columns)[:4]
             out = self.work_dir / "validation" / f"step_{step:08d}.png"
             out.parent.mkdir(exist_ok=True)
-            save_image(out, np.concatenate(list(rows), axis=0))
+            save_image(out, contact_sheet(list(rows), titles, range(len(rows))))
             for tracker in acc.trackers:
                 if tracker.name == "tensorboard":
                     tracker.writer.add_images("validation", np.stack(list(rows)), step, dataformats="NHWC")
