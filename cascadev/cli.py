@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> None:
             _loader(args, cfg, ["dit", "compressor", "previewer", "vae"]), args.video, args.output, sampling,
             size=args.size, start=args.start, num_frames=args.num_frames, codec=args.codec, crf=args.crf,
             pix_fmt=args.pix_fmt)
-        _wrote(Path(args.output) / "", f"{', '.join(paths)}; {_video_summary(paths['recon.mp4'])}")
+        _wrote(os.path.join(args.output, ""), f"{', '.join(paths)}; {_video_summary(paths['recon.mp4'])}")
     elif args.command in ("upscale", "interpolate"):
         from . import enhance
 

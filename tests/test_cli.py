@@ -215,15 +215,17 @@ def test_missing_config(tmp_path, capsys, clip):
     assert_one_line_error(code, err, "none.py")
 
 
-def test_recon_sh_runs_cascadev_recon(tmp_path):
+def test_recon_sh_runs_cascadev_recon_on_the_users_relative_paths(tmp_path):
+    """Run from the user's own folder: relative paths are theirs and the outputs land there, not in the repo."""
     video = tmp_path / "nine.mp4"
     write_test_video(video, 9, 48, 64)
-    out = tmp_path / "out"
     env = dict(os.environ, CASCADEV=str(Path(sys.executable).with_name("cascadev")))
-    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), str(video), str(out), "--config", TINY,
-                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True)
+    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), "nine.mp4", "out/nine", "--config", TINY,
+                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert VideoReader(out / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
+    assert VideoReader(tmp_path / "out" / "nine" / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
+    assert result.stdout.startswith("cascadev: wrote out/nine/ (latent.safetensors, original.mp4")
 
 
 def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
