@@ -3,8 +3,10 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -266,3 +268,65 @@ def test_each_missing_weight_file_names_its_own_option(tmp_path, capsys, clip, t
     assert "--ckpt" not in err  # the DiT was found; nothing missing is the --ckpt file's business
     code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit)
     assert_one_line_error(code, err, "tiny.safetensors (", "--ckpt or --weights-dir, config key weights.dit")
+
+
+def test_recon_keeps_the_inputs_audio_from_start(tmp_path, capsys):
+    video = tmp_path / "tone.mp4"
+    write_test_video(video, 12, 32, 32, fps=10.0, audio=True)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "recon", video, "-o", out, "--start", 2, "--num-frames", 5, "--config", TINY,
+                        "--random-init", "--quiet", "--steps", 1)
+    assert code == 0, err
+    for name in ("recon.mp4", "original.mp4"):
+        with av.open(str(out / name)) as container:
+            stream = container.streams.audio[0]
+            assert float(stream.duration * stream.time_base) == pytest.approx(0.5, abs=0.06)
+    with av.open(str(out / "preview.mp4")) as container:
+        assert not container.streams.audio
+
+
+def test_version_descriptions_and_help(capsys):
+    from cascadev import __version__
+    from cascadev.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"cascadev {__version__}"
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.description, name
+        options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        assert options[0].option_strings[0] in ("-o", "--work-dir"), (name, options[0].option_strings)
+        for action in sub._actions:
+            if not action.option_strings:
+                assert action.help, (name, action.dest)
+    recon_help = commands["recon"].format_help()
+    for produced in ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png"):
+        assert produced in recon_help
+    crf = next(a for a in commands["decode"]._actions if a.dest == "crf")
+    assert "libx265" in crf.help and "x264 quality" not in crf.help
+
+
+def test_help_never_breaks_a_metric_name(monkeypatch, capsys):
+    from cascadev.evaluation import ALL_METRICS
+
+    monkeypatch.setenv("COLUMNS", "70")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for metric in ALL_METRICS:
+        assert metric in text, metric
+
+
+def test_a_typo_fails_before_the_heavy_imports(tmp_path):
+    """A missing input costs well under a second, not the ~10 s torch and diffusers take to import."""
+    exe = str(Path(sys.executable).with_name("cascadev"))
+    env = dict(os.environ, PYTHONPATH=str(Path(TINY).parents[1]))
+    for argv in (["recon", "nope.mp4", "-o", "out"], ["decode", "nope.safetensors", "-o", "v.mp4"],
+                 ["train", "nope.py", "--work-dir", "w"]):
+        start = time.perf_counter()
+        result = subprocess.run([exe, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert time.perf_counter() - start < 3.0, argv
+        assert_one_line_error(result.returncode, result.stderr, "nope.")
+        assert "torch" not in result.stderr
