@@ -44,6 +44,7 @@ from .reconstruct import (
     READ_CHUNK,
     PipelineLoader,
     SamplingArgs,
+    decode_frames,
     frames_to_uint8,
 )
 from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
@@ -205,7 +206,7 @@ def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoRea
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
         read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
-        for frames in pipe.decode(read, total, mode=mode, **sampling.decode_options()):
+        for frames in decode_frames(pipe, read, total, sampling, mode=mode):
             writer.write(frames_to_uint8(frames, *size))
     return pipe
 

@@ -96,6 +96,19 @@ def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: boo
     return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
 
 
+def decode_frames(pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tensor], total: int, sampling: SamplingArgs,
+                  **options) -> Iterator[torch.Tensor]:
+    """``pipe.decode`` under one progress bar over output frames ("decoding", frames/s).
+
+    Counting frames, not sampling steps, keeps the rate steady: the time a frame takes includes its
+    share of condition encoding, sampling, SVD decoding and writing, whichever of them a chunk needs.
+    """
+    with tqdm(total=total, desc="decoding", unit="frame", disable=not sampling.progress, leave=False) as bar:
+        for frames in pipe.decode(read, total, **dict(sampling.decode_options(), progress=False), **options):
+            yield frames
+            bar.update(frames.shape[0])
+
+
 def _iter_model_frames(
     reader: VideoReader, start: int, count: int, size: int | None, preset: Preset = PRESETS["default"]
 ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
@@ -128,12 +141,11 @@ def encode_video(
     with LatentWriter(output, shape, meta) as writer:
         pipe = load_pipeline()
         done = 0
-        for frames, _ in tqdm(
-            _iter_model_frames(reader, start, count, size, preset), total=-(-count // READ_CHUNK), desc="encoding",
-            unit="chunk", disable=not progress, leave=False,
-        ):
-            writer.write(done, pipe.encode(frames))
-            done += frames.shape[0]
+        with tqdm(total=count, desc="encoding", unit="frame", disable=not progress, leave=False) as bar:
+            for frames, _ in _iter_model_frames(reader, start, count, size, preset):
+                writer.write(done, pipe.encode(frames))
+                done += frames.shape[0]
+                bar.update(frames.shape[0])
     return meta
 
 
@@ -152,7 +164,7 @@ def decode_latent(
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
-        for frames in pipe.decode(reader.read, reader.num_frames, **sampling.decode_options()):
+        for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
             writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
 
 
@@ -224,7 +236,7 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
                for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
         done = 0
-        for frames in pipe.decode(latent.read, count, **sampling.decode_options()):
+        for frames in decode_frames(pipe, latent.read, count, sampling):
             n = frames.shape[0]
             recon = frames_to_uint8(frames, h, w, preset.truncate)
             preview = pipe.preview(latent.read(done, done + n))

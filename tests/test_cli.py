@@ -330,3 +330,10 @@ def test_a_typo_fails_before_the_heavy_imports(tmp_path):
         assert time.perf_counter() - start < 3.0, argv
         assert_one_line_error(result.returncode, result.stderr, "nope.")
         assert "torch" not in result.stderr
+
+
+def test_one_progress_bar_per_stage_counting_frames(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--random-init", "--steps", 1)
+    assert code == 0, err
+    assert "encoding: 100%" in err and "7/7" in err and "decoding: 100%" in err
+    assert "sampling" not in err  # no step bar whose rate also covers encoding and decoding
