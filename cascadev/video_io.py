@@ -240,7 +240,7 @@ class VideoReader:
     def __repr__(self) -> str:
         return (
             f"VideoReader({str(self.path)!r}, frames={self._num_frames}, fps={self._fps:.4g}, "
-            f"size={self._height}x{self._width})"
+            f"size={self._width}x{self._height})"
         )
 
 
@@ -558,7 +558,7 @@ class VideoWriter(AtomicWriter):
             )
         if int(height) != height or int(width) != width or height < 1 or width < 1:
             raise CascadeVError(
-                f"Cannot write {self.path}: frame size {height}x{width} is not valid."
+                f"Cannot write {self.path}: frame size {width}x{height} is not valid."
             )
         check_encoder_options(codec, crf, pix_fmt)
         self.height, self.width = int(height), int(width)

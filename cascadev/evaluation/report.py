@@ -113,7 +113,7 @@ def markdown_tables(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 
 def _describe(results: Mapping[str, Any]) -> str:
     on = results.get("measured_on", {})
-    sizes = sorted({f"{h}x{w}" for h, w in on.get("sizes", {}).values()})
+    sizes = sorted({f"{w}x{h}" for h, w in on.get("sizes", {}).values()})
     text = (
         f"{on.get('videos', 0)} videos, {on.get('frames', 0)} frames compared"
         f" (frame size {', '.join(sizes) or 'n/a'}); per-frame values averaged per video, then over videos."

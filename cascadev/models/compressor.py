@@ -37,7 +37,7 @@ def _check_images(x: torch.Tensor, channels: int, what: str, multiple: int = 1) 
     h, w = x.shape[-2:]
     if h % multiple or w % multiple or h == 0 or w == 0:
         raise CascadeVError(
-            f"{what} height and width must be positive multiples of {multiple}, got {h}x{w}."
+            f"{what} height and width must be positive multiples of {multiple}, got {w}x{h}."
         )
 
 
