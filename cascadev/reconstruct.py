@@ -71,8 +71,9 @@ class SamplingArgs:
             raise CascadeVError(f"The number of sampling steps must be at least 1, got {self.steps!r}.")
 
 
-def _prepare(frames: np.ndarray, size: int | None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w).
+def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w):
+    what ``CascadeVPipeline.encode`` takes.
 
     (h, w) is the content size after resizing (short side ``size``), before padding. The release
     preset crops the centre square and blurs and resizes in uint8 with OpenCV first.
@@ -113,7 +114,7 @@ def _iter_model_frames(
     reader: VideoReader, start: int, count: int, size: int | None, preset: Preset = PRESETS["default"]
 ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
     for chunk in reader.iter_chunks(start, count, READ_CHUNK):
-        yield _prepare(chunk, size, preset)
+        yield prepare_frames(chunk, size, preset)
 
 
 def encode_video(
@@ -131,7 +132,7 @@ def encode_video(
     check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
-    first, (height, width) = _prepare(reader.read([start]), size, preset)
+    first, (height, width) = prepare_frames(reader.read([start]), size, preset)
     meta = LatentMeta(
         fps=reader.fps or 30.0, height=height, width=width,
         source_height=reader.height, source_width=reader.width, start=start,
@@ -243,7 +244,7 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
             preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
             preview = frames_to_uint8(preview, h, w, preset.truncate)
             source_frames = source.read(range(meta.start + done, meta.start + done + n))
-            original = frames_to_uint8(_prepare(source_frames, size, preset)[0], h, w)
+            original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
             row = side_by_side(original, preview, recon)
             original_out.write(original)
             preview_out.write(preview)
