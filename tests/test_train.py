@@ -91,7 +91,13 @@ def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips
     work = tmp_path / "w"
     assert train(work, clips / "four.txt", "--max-steps", 2, options=["validation.video=" + str(clips / "v3.mp4"), "validation.interval=2"]) == 0
     ckpt = work / "checkpoint-00000002" / "model.safetensors"
-    assert (work / "validation" / "step_00000002.png").is_file()
+    from PIL import Image
+
+    from cascadev.pictures import sheet_size
+
+    picture = np.asarray(Image.open(work / "validation" / "step_00000002.png"))
+    assert picture.shape[:2] == sheet_size(4, 3, 64, 64)  # 4 frames x (original | preview | step 2), labelled
+    assert (picture[:16] < 128).any()  # the column titles
     latent = tmp_path / "l.safetensors"
     common = ["--config", TINY, "--weights-dir", str(tiny_weights), "--quiet"]
     assert main(["encode", str(clips / "v0.mp4"), "-o", str(latent), *common]) == 0
