@@ -77,7 +77,7 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
         out = height * scale, width * scale
     problem = size_limit_problem(min(out))
     if problem:
-        raise CascadeVError(f"The output would be {out[0]}x{out[1]} pixels: {problem}.")
+        raise CascadeVError(f"The output would be {out[1]}x{out[0]} pixels: {problem}.")  # WxH
     return out
 
 
