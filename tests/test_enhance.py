@@ -70,7 +70,8 @@ def test_upscale_sizes_frame_counts_rates_and_audio(tmp_path, capsys, clips, fra
     code, err = run_cli(capsys, "upscale", clips[frames], "-o", out, *extra, *FAST)
     assert code == 0, err
     info = probe_video(out)
-    assert (info.num_frames, info.height, info.width) == (frames, *size)
+    even = tuple(n + n % 2 for n in size)  # odd sides are padded to even for yuv420p (the picture is `size`)
+    assert (info.num_frames, info.height, info.width) == (frames, *even)
     assert info.fps == pytest.approx(10.0, abs=1e-3)
     assert info.has_audio
     assert audio_seconds(out)[1] == pytest.approx(frames / 10.0, abs=0.06)
@@ -176,7 +177,7 @@ def test_interpolate_frame_counts_rates_and_audio(tmp_path, capsys, clips, frame
     code, err = run_cli(capsys, "interpolate", clips[frames], "-o", out, "--factor", factor, *FAST)
     assert code == 0, err
     info = probe_video(out)
-    assert (info.num_frames, info.height, info.width) == ((frames - 1) * factor + 1, 17, 23)
+    assert (info.num_frames, info.height, info.width) == ((frames - 1) * factor + 1, 18, 24)  # 23x17 padded to even
     assert info.fps == pytest.approx(10.0 * factor, abs=1e-3)
     assert info.has_audio
 
@@ -387,8 +388,11 @@ def test_impossible_options(tmp_path, capsys, clips, argv, needle):
 
 @pytest.mark.parametrize("command", ["upscale", "interpolate"])
 def test_unwritable_outputs(tmp_path, capsys, clips, command):
-    code, err = run_cli(capsys, command, clips[2], "-o", tmp_path / "missing" / "out.mp4", *FAST)
-    assert_one_line_error(code, err, "out.mp4")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, command, clips[2], "-o", blocker / "out.mp4", *FAST)
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
+    blocker.unlink()
     code, err = run_cli(capsys, command, clips[2], "-o", tmp_path / "out.txt", *FAST)
     assert_one_line_error(code, err, "out.txt")
     clip = tmp_path / "same.mp4"
