@@ -67,6 +67,21 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and its parents if missing (every command does, like ``mkdir -p``)."""
+    folder = Path(folder)
+    blocker = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
+    if blocker is not None:
+        raise CascadeVError(f"cannot create output folder {folder}: {blocker} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CascadeVError(f"cannot create output folder {folder}: {exc.strerror or exc}")
+    if not os.access(folder, os.W_OK):
+        raise CascadeVError(f"output folder {folder} is not writable")
+    return folder
+
+
 def temp_path(path: str | os.PathLike) -> Path:
     """Create (empty) and return a unique temporary file beside ``path`` with the same suffix."""
     path = Path(path)

@@ -273,8 +273,7 @@ def run_batch(
 
 
 def report(result: BatchResult, out_dir: Path) -> None:
-    """A summary line on stderr, or, when any input failed, a CascadeVError (exit 2) saying so."""
-    import sys
+    """The final "cascadev: wrote" line on stdout, or, when any input failed, a CascadeVError (exit 2) saying so."""
 
     counts = {s: sum(r["status"] == s for r in result.records) for s in ("done", "skipped", "failed")}
     if not distributed_state().is_main_process:
@@ -285,8 +284,8 @@ def report(result: BatchResult, out_dir: Path) -> None:
         what = first["error"] if first["input"] in first["error"] else f"{first['input']}: {first['error']}"
         raise CascadeVError(f"{len(failed)} of {len(result.records)} inputs failed (first: {what.rstrip('.')}); "
                             f"{counts['done']} done, {counts['skipped']} already complete; see {out_dir / MANIFEST}.")
-    print(f"cascadev: {counts['done']} done, {counts['skipped']} already complete; manifest {out_dir / MANIFEST}",
-          file=sys.stderr)
+    print(f"cascadev: wrote {out_dir} ({counts['done']} done, {counts['skipped']} already complete; "
+          f"manifest {out_dir / MANIFEST})")
 
 
 def _use_process_device(args) -> None:

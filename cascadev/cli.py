@@ -28,9 +28,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--config", default=None, help=f"model config (default {DEFAULT_CONFIG})")
     g.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
-    g.add_argument("--ckpt", default=None, help="DiT checkpoint (.safetensors or .pth); default from the config")
+    g.add_argument("--ckpt", default=None, help="DiT checkpoint (.safetensors or .pth), loaded even with --random-init; default from the config")
     g.add_argument("--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)")
-    g.add_argument("--random-init", action="store_true", help="random weights instead of released ones (smoke tests only)")
+    g.add_argument("--random-init", action="store_true", help="random weights for the parts --ckpt does not give (smoke tests only)")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (the release's: half "
                    "weights under fp16 autocast) or bf16")
@@ -63,20 +63,25 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output video")
     g.add_argument("--codec", default="libx264", help="video encoder (default libx264; e.g. libx265, libx264rgb)")
-    g.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the written videos (0 = lossless)")
-    g.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p, yuv444p for odd sizes)")
+    g.add_argument("--crf", type=non_negative_int, default=18,
+                   help="constant quality for libx264, libx264rgb and libx265: 0 (lossless) to 51 (default 18); "
+                        "other codecs use their own defaults")
+    g.add_argument("--pix-fmt", default=None,
+                   help="pixel format (default yuv420p, odd sizes padded to even by one pixel; yuv444p keeps them)")
 
 
 _MANY = "; several inputs (paths, folders, list files, globs) make OUTPUT a folder of outputs named after them"
 
 
-def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str) -> None:
-    p.add_argument("video", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY)
+def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str, size_help: str) -> None:
+    p.add_argument("video", nargs="+", help="input video(s), e.g. another text-to-video model's output")
+    p.add_argument("-o", "--output", required=True,
+                   help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY)
     p.add_argument(count, default=None, metavar="N", help=count_help)
     p.add_argument("--mode", default="tiles",
                    help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
                         "the trained size): the DiT's 2x mode, experimental (the release never trained it)")
+    _add_frame_options(p, size_help=size_help)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_model_options(p)
@@ -112,44 +117,70 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+RECON_FILES_HELP = """files written to the output folder:
+  latent.safetensors  the compressed representation (16, T, H/32, W/32)
+  original.mp4        the input frames the model saw (after --start, --num-frames, --size), with audio
+  preview.mp4         the latent decoded by StableCascade's previewer alone ("without LDM")
+  recon.mp4           the LDM-VAE reconstruction, with the input's audio
+  compare.mp4         original | preview | reconstruction, side by side
+  compare.png         4 frames of compare.mp4, with column titles and frame numbers"""
+
+
+def _subparser(sub, name: str, summary: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    # Raw description: the file lists and metric names keep their lines instead of being re-wrapped.
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
+    parser.add_argument("--version", action="version", version=f"cascadev {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("encode", help="video -> semantic latent (.safetensors)")
-    p.add_argument("video", nargs="+")
+    p = _subparser(sub, "encode", "video -> semantic latent (.safetensors)",
+                   "Compress a video to its semantic latent (16, T, H/32, W/32) with StableCascade's EfficientNet encoder.")
+    p.add_argument("video", nargs="+", help="input video file(s) (.mp4, .mkv, .mov, ...), folders, list files or globs")
     p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)" + _MANY)
     _add_frame_options(p)
     _add_preset_option(p)
     _add_store_options(p)
     _add_model_options(p)
 
-    p = sub.add_parser("decode", help="semantic latent -> video (DiT refinement + SVD decoding)")
-    p.add_argument("latent", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4)" + _MANY)
+    p = _subparser(sub, "decode", "semantic latent -> video (DiT refinement + SVD decoding)",
+                   "Decode a latent from `cascadev encode`: the DiT samples the SVD latent, the SVD VAE makes frames.")
+    p.add_argument("latent", nargs="+", help="latent file(s) written by cascadev encode (.safetensors), folders, list files or globs")
+    p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov)" + _MANY)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_preset_option(p)
     _add_model_options(p)
 
-    p = sub.add_parser("recon", help="video -> latent -> video, with previews and a comparison")
-    p.add_argument("video", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="output folder" + _MANY.replace("make OUTPUT a folder of", "put in it"))
+    p = _subparser(sub, "recon", "video -> latent -> video, with previews and a comparison",
+                   "Encode a video and decode it again (the release's recon.sh), writing the latent, the "
+                   "reconstruction and comparisons.", RECON_FILES_HELP)
+    p.add_argument("video", nargs="+", help="input video file(s) (.mp4, .mkv, .mov, ...), folders, list files or globs")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (created if missing)" + _MANY.replace("make OUTPUT a folder of", "put in it"))
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_preset_option(p)
     _add_model_options(p)
 
-    p = sub.add_parser("upscale", help="another model's video -> 4x resolution (2x mode up to 2K), streamed")
-    _add_frame_options(p, size_help="short side of the output in pixels, instead of --scale")
-    _add_enhance_options(p, "--scale", "output size = N x the input's (default 4)")
+    p = _subparser(sub, "upscale", "another model's video -> 4x resolution (2x mode up to 2K), streamed",
+                   "Raise another model's video to N x its resolution with the LDM-VAE (paper Fig. 1), streamed, audio kept.")
+    _add_enhance_options(p, "--scale", "output size = N x the input's (default 4)",
+                         "short side of the output in pixels, instead of --scale")
 
-    p = sub.add_parser("interpolate", help="another model's video -> 4x frame rate, streamed")
-    _add_frame_options(p, size_help="resize the output so its short side has this many pixels (default: keep)")
-    _add_enhance_options(p, "--factor", "N - 1 new frames between each pair of input frames, N x the frame rate (default 4)")
+    p = _subparser(sub, "interpolate", "another model's video -> 4x frame rate, streamed",
+                   "Raise another model's video to N x its frame rate with the LDM-VAE (paper Fig. 1), streamed, audio kept.")
+    _add_enhance_options(p, "--factor", "N - 1 new frames between each pair of input frames, N x the frame rate (default 4)",
+                         "resize the output so its short side has this many pixels (default: keep)")
 
-    p = sub.add_parser("train", help="train the DiT on a list of videos (accelerate; resumes from the work dir)")
+    p = _subparser(sub, "train", "train the DiT on a list of videos (accelerate; resumes from the work dir)",
+                   "Train the LDM-VAE's DiT with the config's recipe; started again with the same --work-dir it resumes.")
     p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
     p.add_argument("--work-dir", required=True, help="checkpoints, logs, metrics.jsonl and the effective config")
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in all")
@@ -185,6 +216,8 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
     precision = resolve_precision(dtype_name, device)
     if not args.random_init:
         resolve_weights(cfg, parts, args.weights_dir, args.ckpt)  # fail before any heavy work
+    elif args.ckpt is not None and "dit" in parts:
+        resolve_weights(cfg, ["dit"], args.weights_dir, args.ckpt)  # --ckpt counts under --random-init too
     overrides = {k: getattr(args, k, None) for k in ("segment_frames", "batch_size", "vae_chunk")}
     if preset.whole_clip:
         overrides["segment_frames"] = 0
@@ -249,7 +282,39 @@ def _output_location(args: argparse.Namespace) -> str:
     return str(getattr(args, "work_dir", None) or getattr(args, "output", None) or ".")
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """The cheap checks (input files, config file) that run before torch and diffusers are imported,
+    so that a typo costs a fraction of a second, not the ten seconds those imports take."""
+    if args.command == "train":
+        files = [(args.config, "config")]
+    else:
+        files = [(getattr(args, "latent", None) or args.video, "input"), (args.config or _default_config(), "config")]
+    for path, what in files:
+        path = Path(path)
+        if not path.exists():
+            raise CascadeVError(f"The {what} file {path} does not exist.")
+        if not path.is_file():
+            raise CascadeVError(f"The {what} file {path} is not a file.")
+
+
+def _fps(fps: float) -> str:
+    return f"{round(float(fps), 3):g} fps"
+
+
+def _video_summary(path: str | os.PathLike) -> str:
+    from .video_io import probe_video
+
+    info = probe_video(path)
+    return f"{info.num_frames} frames, {info.width}x{info.height}, {_fps(info.fps)}"
+
+
+def _wrote(path: str | os.PathLike, summary: str) -> None:
+    """Every command ends with one line on stdout saying what it wrote."""
+    print(f"cascadev: wrote {path} ({summary})")
+
+
 def run(args: argparse.Namespace) -> None:
+    _check_inputs(args)
     from .loading import load_config
 
     if args.command == "train":
@@ -259,7 +324,11 @@ def run(args: argparse.Namespace) -> None:
         _check_work_dir(Path(args.work_dir))
         options = TrainOptions(Path(args.work_dir), args.max_steps, args.weights_dir, args.random_init, args.device,
                                progress=not args.quiet)
-        Trainer(cfg, options).fit()
+        trainer = Trainer(cfg, options)
+        saved = trainer.fit()
+        if trainer.accelerator.is_main_process:
+            step = trainer.state["step"]
+            _wrote(saved if saved is not None else args.work_dir, f"step {step}")
         return
     _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)
@@ -276,6 +345,23 @@ def run(args: argparse.Namespace) -> None:
         parts, task = _task(args, cfg, single=True)
         batch.on_main_process(args, lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
                               everyone=args.command in ("decode", "recon"))
+        if batch.distributed_state().is_main_process:
+            _wrote(args.output, _summary(args.command, args.output))
+
+
+def _summary(command: str, output: str) -> str:
+    """What one input's outputs hold, for the final "cascadev: wrote" line."""
+    if command == "encode":
+        from .latent_io import LatentReader
+
+        reader = LatentReader(output)
+        meta, shape = reader.meta, reader.shape
+        return f"latent {'x'.join(map(str, shape))} of {shape[1]} frames, {meta.width}x{meta.height}, {_fps(meta.fps)}"
+    if command == "recon":
+        from .reconstruct import RECON_FILES
+
+        return f"{', '.join(RECON_FILES)}; {_video_summary(Path(output) / 'recon.mp4')}"
+    return _video_summary(output)
 
 
 def _task(args: argparse.Namespace, cfg, single: bool = False):

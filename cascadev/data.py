@@ -226,13 +226,17 @@ def _square(video: torch.Tensor, size: int, resize: bool) -> torch.Tensor:
 
 
 class VideoClipDataset(Dataset):
-    """One clip per video per epoch, for training.
+    """One clip per video per epoch (``clips_per_video`` clips with a small list), for training.
+
+    Item ``i`` comes from video ``i % len(videos)``; with ``clips_per_video`` k the dataset has k items
+    per video, each with its own offset and flip, so a list smaller than a batch can still fill one.
 
     Item ``i`` is a dict:
 
     * ``video``: float32 ``(3, num_frames, sample_size, sample_size)`` in [-1, 1];
     * ``index``: ``i`` (int), the item asked for;
-    * ``source_index``: the list position of the video the clip came from (``i`` unless substituted);
+    * ``source_index``: the list position of the video the clip came from (``i % len(videos)`` unless
+      substituted);
     * ``substituted``: True when video ``i`` was bad and another video supplied the clip.
 
     Frames: ``num_frames`` frames ``time_stride`` apart from an offset drawn uniformly among those
@@ -266,8 +270,10 @@ class VideoClipDataset(Dataset):
         short_video: str = "pad",
         resize: bool = True,
         hflip_prob: float = 0.0,
+        clips_per_video: int = 1,
     ) -> None:
         for name, value in (
+            ("clips_per_video", clips_per_video),
             ("num_frames_per_video", num_frames),
             ("time_stride", time_stride),
             ("sample_size", sample_size),
@@ -292,12 +298,13 @@ class VideoClipDataset(Dataset):
         self.short_video = short_video
         self.resize = bool(resize)
         self.hflip_prob = float(hflip_prob)
+        self.clips_per_video = int(clips_per_video)
         self.epoch = 0
         self.skipped = 0
         self.bad_videos: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return len(self.videos) * self.clips_per_video
 
     def set_epoch(self, epoch: int) -> None:
         """Use the offsets and flips of ``epoch`` from now on (call before building the epoch's iterator).
@@ -336,10 +343,11 @@ class VideoClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         n = len(self.videos)
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} is out of range for {n} videos")
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} clips")
+        own = index % n
         for step in range(n):
-            source = (index + step) % n
+            source = (own + step) % n
             if source in self.bad_videos:
                 continue
             try:
@@ -352,7 +360,7 @@ class VideoClipDataset(Dataset):
                 "video": video,
                 "index": index,
                 "source_index": source,
-                "substituted": source != index,
+                "substituted": source != own,
             }
         raise CascadeVError(f"None of the {n} videos in video_list could be read.")
 

@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .argtypes import size_limit_problem
+from .atomic import make_folder
 from .conditioning import low_res_frames
 from .errors import CascadeVError
 from .overwrite import check_not_inputs
@@ -42,6 +44,7 @@ from .reconstruct import (
     READ_CHUNK,
     PipelineLoader,
     SamplingArgs,
+    decode_frames,
     frames_to_uint8,
 )
 from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
@@ -74,7 +77,7 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
         out = height * scale, width * scale
     problem = size_limit_problem(min(out))
     if problem:
-        raise CascadeVError(f"The output would be {out[0]}x{out[1]} pixels: {problem}.")
+        raise CascadeVError(f"The output would be {out[1]}x{out[0]} pixels: {problem}.")  # WxH
     return out
 
 
@@ -192,6 +195,7 @@ def _check_mode(mode: str) -> str:
 def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
                  codec: str, crf: int, pix_fmt: str | None, audio: bool) -> VideoWriter:
     audio_start = start / video.fps if video.fps else 0.0
+    make_folder(Path(output).parent)
     return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
                        audio_from=video.path if audio else None, audio_start=audio_start)
 
@@ -202,7 +206,7 @@ def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoRea
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
         read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
-        for frames in pipe.decode(read, total, mode=mode, **sampling.decode_options()):
+        for frames in decode_frames(pipe, read, total, sampling, mode=mode):
             writer.write(frames_to_uint8(frames, *size))
     return pipe
 

@@ -111,24 +111,26 @@ def resolve_weights(
 
     ``ckpt`` replaces the DiT's file; the others are looked up in ``weights_dir`` (default: the
     config's ``weights_dir``). For the DiT the first existing file of the config's list is used.
+    Each missing file is named with the option (or config key) that points at it.
     """
     root = Path(weights_dir if weights_dir is not None else cfg.get("weights_dir", "pretrained"))
     found, missing = {}, []
     for part in parts:
         if part == "dit" and ckpt is not None:
-            candidates = [Path(ckpt)]
+            candidates, hint = [Path(ckpt)], "the file given with --ckpt"
         else:
             names = cfg.weights[part]
             candidates = [root / n for n in ([names] if isinstance(names, str) else names)]
+            # Which option or config key moves each file: --ckpt only ever replaces the DiT.
+            hint = f"{'--ckpt or ' if part == 'dit' else ''}--weights-dir, config key weights.{part}"
         path = next((c for c in candidates if c.exists()), None)
         if path is None:
-            missing.append(f"{candidates[0]} ({WEIGHT_SOURCES[part]})")
+            missing.append(f"{candidates[0]} ({WEIGHT_SOURCES[part]}; {hint})")
         else:
             found[part] = path
     if missing:
-        hint = "run pretrained/download.sh" if ckpt is None or len(missing) > 1 else "check --ckpt"
         raise CascadeVError(
-            f"missing weights: {'; '.join(missing)}; {hint}, pass --weights-dir, or use --random-init for a smoke test"
+            f"missing weights: {'; '.join(missing)}; run pretrained/download.sh, or use --random-init for a smoke test"
         )
     return found
 
@@ -198,20 +200,22 @@ def build_pipeline(
     """Build the pipeline's ``parts`` from ``cfg``, with weights or (``random_init``) at random.
 
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
-    zero one, so that smoke tests exercise every path. ``sampling`` overrides ``cfg.sampling`` keys
-    (vae_chunk, segment_frames, tile_stride, batch_size). ``dtype`` and ``autocast_dtype`` are a
+    zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
+    ``sampling`` overrides ``cfg.sampling`` keys (vae_chunk, segment_frames, tile_stride, batch_size). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
     (:mod:`cascadev.presets`).
     """
     device = torch.device(device)
     paths = {} if random_init else resolve_weights(cfg, parts, weights_dir, ckpt)
+    if random_init and ckpt is not None and "dit" in parts:
+        paths = resolve_weights(cfg, ["dit"], weights_dir, ckpt)  # an explicit --ckpt is always loaded
     dit_spec = dict(cfg.model)
     if cfg.get("condition", "semantic") == "resize":
         dit_spec["in_channels"] = 8
     modules: dict[str, nn.Module] = {}
     for part in parts:
         spec = dit_spec if part == "dit" else dict(cfg[part])
-        if random_init:
+        if random_init and part not in paths:
             modules[part] = _build_random(spec, seed)
             if part == "dit":
                 nn.init.normal_(modules[part].final_layer.linear.weight, std=0.02)

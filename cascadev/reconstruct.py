@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .argtypes import SEED_LIMIT
-from .atomic import remove_quietly
+from .atomic import make_folder, remove_quietly
 from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .overwrite import check_not_inputs
+from .pictures import contact_sheet
 from .pipeline import CascadeVPipeline
 from .presets import PRESETS, Preset, blur_resize, center_square
 from .video_io import (
@@ -41,7 +42,8 @@ from .video_io import (
 PipelineLoader = Callable[[], CascadeVPipeline]
 LATENT_STRIDE = 32  # pixels per semantic-latent position
 READ_CHUNK = 16  # frames read and encoded at a time
-RECON_FILES = ("latent.safetensors", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
+RECON_FILES = ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
+COMPARE_TITLES = ("original", "preview (no LDM)", "reconstruction")
 
 
 def recon_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -69,8 +71,9 @@ class SamplingArgs:
             raise CascadeVError(f"The number of sampling steps must be at least 1, got {self.steps!r}.")
 
 
-def _prepare(frames: np.ndarray, size: int | None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w).
+def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w):
+    what ``CascadeVPipeline.encode`` takes.
 
     (h, w) is the content size after resizing (short side ``size``), before padding. The release
     preset crops the centre square and blurs and resizes in uint8 with OpenCV first.
@@ -94,11 +97,24 @@ def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: boo
     return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
 
 
+def decode_frames(pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tensor], total: int, sampling: SamplingArgs,
+                  **options) -> Iterator[torch.Tensor]:
+    """``pipe.decode`` under one progress bar over output frames ("decoding", frames/s).
+
+    Counting frames, not sampling steps, keeps the rate steady: the time a frame takes includes its
+    share of condition encoding, sampling, SVD decoding and writing, whichever of them a chunk needs.
+    """
+    with tqdm(total=total, desc="decoding", unit="frame", disable=not sampling.progress, leave=False) as bar:
+        for frames in pipe.decode(read, total, **dict(sampling.decode_options(), progress=False), **options):
+            yield frames
+            bar.update(frames.shape[0])
+
+
 def _iter_model_frames(
     reader: VideoReader, start: int, count: int, size: int | None, preset: Preset = PRESETS["default"]
 ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
     for chunk in reader.iter_chunks(start, count, READ_CHUNK):
-        yield _prepare(chunk, size, preset)
+        yield prepare_frames(chunk, size, preset)
 
 
 def encode_video(
@@ -116,21 +132,21 @@ def encode_video(
     check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
-    first, (height, width) = _prepare(reader.read([start]), size, preset)
+    first, (height, width) = prepare_frames(reader.read([start]), size, preset)
     meta = LatentMeta(
         fps=reader.fps or 30.0, height=height, width=width,
         source_height=reader.height, source_width=reader.width, start=start,
     )
     shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
+    make_folder(Path(output).parent)
     with LatentWriter(output, shape, meta) as writer:
         pipe = load_pipeline()
         done = 0
-        for frames, _ in tqdm(
-            _iter_model_frames(reader, start, count, size, preset), total=-(-count // READ_CHUNK), desc="encoding",
-            unit="chunk", disable=not progress, leave=False,
-        ):
-            writer.write(done, pipe.encode(frames))
-            done += frames.shape[0]
+        with tqdm(total=count, desc="encoding", unit="frame", disable=not progress, leave=False) as bar:
+            for frames, _ in _iter_model_frames(reader, start, count, size, preset):
+                writer.write(done, pipe.encode(frames))
+                done += frames.shape[0]
+                bar.update(frames.shape[0])
     return meta
 
 
@@ -145,10 +161,11 @@ def decode_latent(
     check_not_inputs({"input latent": latent}, {"output": output})
     reader = LatentReader(latent)
     meta = reader.meta
+    make_folder(Path(output).parent)
     with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
-        for frames in pipe.decode(reader.read, reader.num_frames, **sampling.decode_options()):
+        for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
             writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
 
 
@@ -165,13 +182,15 @@ def reconstruct_video(
     share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None,
     **writer_options,
 ) -> dict[str, Path]:
-    """Video -> OUTDIR/{latent.safetensors, preview.mp4, recon.mp4, compare.mp4, compare.png}.
+    """Video -> OUTDIR/{latent.safetensors, original.mp4, preview.mp4, recon.mp4, compare.mp4, compare.png}.
 
-    ``preview.mp4`` is the previewer's decoding of the latent ("without LDM"), ``recon.mp4`` the
-    LDM-VAE's; the comparison shows original | preview | reconstruction side by side, and the PNG
-    ``compare_frames`` evenly spaced frames of it stacked vertically. ``writer_options`` (codec, crf,
-    pix_fmt) go to the three videos' writers. ``share_segments(latent_path)``, when given, has the
-    latent's segments sampled elsewhere (by other processes) and returns ``pipe.decode``'s ``sampled``.
+    ``original.mp4`` holds the frames the model saw (resized to ``size``, so ``cascadev eval`` needs no
+    ``--resize``), ``preview.mp4`` the previewer's decoding of the latent ("without LDM"),
+    ``recon.mp4`` the LDM-VAE's, with the input's audio from ``start`` on; the comparison shows
+    original | preview | reconstruction side by side, and the PNG ``compare_frames`` evenly spaced
+    frames of it, titled and numbered. ``writer_options`` (codec, crf, pix_fmt) go to the videos' writers.
+    ``share_segments(latent_path)``, when given, has the latent's segments sampled elsewhere (by other
+    processes) and returns ``pipe.decode``'s ``sampled``.
     """
     out_dir = Path(out_dir)
     paths = recon_outputs(out_dir)
@@ -182,12 +201,7 @@ def reconstruct_video(
                           writer_options.get("pix_fmt"))  # so do bad output options
     made_dir = not out_dir.exists()
     existed = {name for name, path in paths.items() if path.exists()}
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CascadeVError(f"cannot create output folder {out_dir}: {exc.strerror or exc}")
-    if not os.access(out_dir, os.W_OK):
-        raise CascadeVError(f"output folder {out_dir} is not writable")
+    make_folder(out_dir)
     try:
         _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
                      writer_options, share_segments)
@@ -221,22 +235,25 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options)
-               for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
-    with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
+    audio = {"audio_from": source.path, "audio_start": meta.start / source.fps if source.fps else 0.0}
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options,
+                           **(audio if n in ("original.mp4", "recon.mp4") else {}))
+               for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")]
+    with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
         done = 0
-        for frames in pipe.decode(latent.read, count, sampled=sampled, **sampling.decode_options()):
+        for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):
             n = frames.shape[0]
             recon = frames_to_uint8(frames, h, w, preset.truncate)
             preview = pipe.preview(latent.read(done, done + n))
             preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
             preview = frames_to_uint8(preview, h, w, preset.truncate)
             source_frames = source.read(range(meta.start + done, meta.start + done + n))
-            original = frames_to_uint8(_prepare(source_frames, size, preset)[0], h, w)
+            original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
             row = side_by_side(original, preview, recon)
+            original_out.write(original)
             preview_out.write(preview)
             recon_out.write(recon)
             compare_out.write(row)
             picked.extend(row[i - done] for i in picks if done <= i < done + n)
             done += n
-        save_image(paths["compare.png"], np.concatenate(picked, axis=0))
+        save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))

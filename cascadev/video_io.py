@@ -240,7 +240,7 @@ class VideoReader:
     def __repr__(self) -> str:
         return (
             f"VideoReader({str(self.path)!r}, frames={self._num_frames}, fps={self._fps:.4g}, "
-            f"size={self._height}x{self._width})"
+            f"size={self._width}x{self._height})"
         )
 
 
@@ -525,8 +525,10 @@ class VideoWriter(AtomicWriter):
     :meth:`close` succeeds; if the ``with`` block raises, the temporary file is removed and ``path`` is
     left as it was.
 
-    ``pix_fmt=None`` picks yuv420p when both sides are even (what players expect) and yuv444p otherwise
-    (x264 cannot subsample odd sizes); with ``codec='libx264rgb'`` it picks rgb24. ``crf`` 0 is
+    ``pix_fmt=None`` picks yuv420p, what players expect; x264 cannot subsample an odd side, so an odd
+    height or width is padded to even by repeating the last row or column (the file is then one pixel
+    larger: ``stored_size``). An explicit ``pix_fmt`` (e.g. yuv444p) keeps odd sizes exact. With
+    ``codec='libx264rgb'`` the default is rgb24. ``crf`` 0 is
     lossless for x264 (apart from the RGB->YUV conversion with YUV pixel formats). ``audio_from`` copies
     the first audio track of that file, starting ``audio_start`` seconds into it; a file without audio
     just gives a silent video.
@@ -556,17 +558,19 @@ class VideoWriter(AtomicWriter):
             )
         if int(height) != height or int(width) != width or height < 1 or width < 1:
             raise CascadeVError(
-                f"Cannot write {self.path}: frame size {height}x{width} is not valid."
+                f"Cannot write {self.path}: frame size {width}x{height} is not valid."
             )
         check_encoder_options(codec, crf, pix_fmt)
+        self.height, self.width = int(height), int(width)
+        self.stored_size = (self.height, self.width)
         if pix_fmt is None:
             if codec == "libx264rgb":
                 pix_fmt = "rgb24"
             else:
-                pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+                pix_fmt = "yuv420p"
+                self.stored_size = (self.height + self.height % 2, self.width + self.width % 2)
             check_encoder_options(codec, crf, pix_fmt)
         self.fps = fps_fraction(fps)
-        self.height, self.width = int(height), int(width)
         self.codec, self.crf, self.pix_fmt = codec, int(crf), pix_fmt
         self.frames_written = 0
         self._tmp: Path | None = None
@@ -589,7 +593,8 @@ class VideoWriter(AtomicWriter):
         try:
             self._container = av.open(str(self._tmp), mode="w")
             stream = self._container.add_stream(self.codec, rate=self.fps)
-            stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
+            stream.height, stream.width = self.stored_size
+            stream.pix_fmt = self.pix_fmt
             stream.codec_context.time_base = 1 / self.fps
             if self.codec in _CRF_CODECS:
                 stream.options = {"crf": str(self.crf)}
@@ -614,6 +619,9 @@ class VideoWriter(AtomicWriter):
             )
         if self._container is None:
             self._open()
+        pad_h, pad_w = self.stored_size[0] - self.height, self.stored_size[1] - self.width
+        if pad_h or pad_w:  # odd sides to even for yuv420p: repeat the last row / column
+            arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         try:
             for rgb in arr:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")

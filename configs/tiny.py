@@ -1,5 +1,6 @@
-# The s1024_effn_f32 architecture at toy size: runs end to end on a CPU in seconds, for smoke tests and
-# CI. Frames are 64x64 per tile (latent 8x8), windows of 4 frames. With --random-init it needs no weights.
+# The s1024_effn_f32 architecture at toy size, end to end (DiT, compressor backbone, previewer, VAE): for
+# smoke tests and CI on a CPU. Frames are 64x64 per tile (latent 8x8), windows of 4 frames. With
+# --random-init it needs no weights.
 _base_ = ['./s1024_effn_f32.py']
 
 image_size = 64
@@ -13,6 +14,7 @@ model = dict(
     attn_strides=[[1, 2], [2, 1], None, [1, 2]],
     lats_per_vid=4,
 )
+compressor = dict(backbone='mobilenet_v3_small')  # 1/32 like EfficientNetV2-S, 0.9M instead of 20M parameters
 previewer = dict(c_hidden=32)
 vae = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, sample_size=64)
 weights = dict(dit=['tiny.safetensors'])

@@ -3,8 +3,10 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -39,8 +41,8 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     out = tmp_path / "out"
     code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet", "--crf", 0)
     assert code == 0, err
-    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "preview.mp4", "recon.mp4"]
-    for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("compare.mp4", 300)]:
+    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4"]
+    for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("original.mp4", 100), ("compare.mp4", 300)]:
         video = VideoReader(out / name)
         assert (video.num_frames, video.height, video.width) == (7, 70, width)
         assert abs(video.fps - 25.0) < 1e-3
@@ -50,11 +52,17 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     assert (meta.height, meta.width, meta.source_height, meta.source_width, meta.start) == (70, 100, 70, 100, 0)
     from PIL import Image
 
-    assert Image.open(out / "compare.png").size == (300, 4 * 70)
-    # The left third of the comparison is the original clip.
+    from cascadev.pictures import sheet_size, tile_origin
+
+    sheet = np.asarray(Image.open(out / "compare.png"))
+    assert sheet.shape == (*sheet_size(4, 3, 70, 100), 3)  # 4 frames x (original | preview | recon), labelled
+    top, left = tile_origin(1, 1, 70, 100)
+    assert (sheet[top - 16:top] < 128).any() and (sheet[top:top + 70, left - 4:left] == 255).all()
+    # The left third of the comparison is the original clip, and original.mp4 is that clip.
     original = VideoReader(clip).read([0])[0].astype(int)
     compare = VideoReader(out / "compare.mp4").read([0])[0].astype(int)
     assert np.abs(compare[:, :100] - original).mean() < 6
+    assert np.abs(VideoReader(out / "original.mp4").read([0])[0].astype(int) - original).mean() < 6
     for name in ("recon.mp4", "preview.mp4", "compare.mp4"):  # x264 records its settings in the stream
         assert b" qp=0" in (out / name).read_bytes()  # crf 0: x264 goes lossless
 
@@ -75,7 +83,7 @@ def test_encode_then_decode_with_weight_files(tmp_path, capsys, clip, tiny_weigh
     code, err = run_cli(capsys, *decode, "-o", video)
     assert code == 0, err
     decoded = VideoReader(video)
-    assert (decoded.num_frames, decoded.height, decoded.width) == (5, 40, 57)
+    assert (decoded.num_frames, decoded.height, decoded.width) == (5, 40, 58)  # 57 padded to even for yuv420p
 
     again = tmp_path / "again.mp4"
     assert run_cli(capsys, *decode, "-o", again)[0] == 0
@@ -172,14 +180,22 @@ def test_unwritable_outputs(tmp_path, capsys, clip):
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, err = run_cli(capsys, "encode", clip, "-o", blocker / "l.safetensors", "--config", TINY, "--random-init")
-    assert_one_line_error(code, err, "l.safetensors")
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
     code, err = run_cli(capsys, "recon", clip, "-o", blocker / "out", "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "out")
-    latent = tmp_path / "l.safetensors"
-    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "missing" / "v.mp4", "--config", TINY, "--random-init")
-    assert_one_line_error(code, err, "v.mp4")
-    assert leftovers(tmp_path) == ["file", "l.safetensors"]
+    code, err = run_cli(capsys, "decode", clip, "-o", blocker / "v.mp4", "--config", TINY, "--random-init")
+    assert_one_line_error(code, err, "clip.mp4")  # the input is checked first
+    assert leftovers(tmp_path) == ["file"]
+
+
+def test_every_command_creates_a_missing_output_folder_and_says_what_it_wrote(tmp_path, capsys, clip):
+    latent = tmp_path / "a" / "b" / "l.safetensors"
+    fast = ["--config", TINY, "--random-init", "--quiet", "--steps", 1]
+    assert main([str(a) for a in ["encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet"]]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {latent} (latent 16x7x3x4 of 7 frames, 100x70, 25 fps)"]
+    video = tmp_path / "c" / "d" / "v.mp4"
+    assert main([str(a) for a in ["decode", latent, "-o", video, *fast]]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {video} (7 frames, 100x70, 25 fps)"]
 
 
 def test_corrupt_latent(tmp_path, capsys):
@@ -201,15 +217,17 @@ def test_missing_config(tmp_path, capsys, clip):
     assert_one_line_error(code, err, "none.py")
 
 
-def test_recon_sh_runs_cascadev_recon(tmp_path):
+def test_recon_sh_runs_cascadev_recon_on_the_users_relative_paths(tmp_path):
+    """Run from the user's own folder: relative paths are theirs and the outputs land there, not in the repo."""
     video = tmp_path / "nine.mp4"
     write_test_video(video, 9, 48, 64)
-    out = tmp_path / "out"
     env = dict(os.environ, CASCADEV=str(Path(sys.executable).with_name("cascadev")))
-    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), str(video), str(out), "--config", TINY,
-                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True)
+    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), "nine.mp4", "out/nine", "--config", TINY,
+                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert VideoReader(out / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
+    assert VideoReader(tmp_path / "out" / "nine" / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
+    assert result.stdout.startswith("cascadev: wrote out/nine/ (latent.safetensors, original.mp4")
 
 
 def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
@@ -221,3 +239,101 @@ def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
     assert VideoReader(tmp_path / "v.mp4").num_frames == 7
     code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "w.mp4", "--config", TINY, "--random-init", "--dtype", "fp16")
     assert_one_line_error(code, err, "fp16 needs a CUDA device")
+
+
+def test_explicit_ckpt_is_loaded_under_random_init(tmp_path, capsys, clip, tiny_weights):
+    from safetensors.torch import load_file
+
+    from cascadev.loading import build_pipeline, load_config
+
+    ckpt = tiny_weights / "tiny.safetensors"
+    pipe = build_pipeline(load_config(TINY), ["dit", "vae"], random_init=True, ckpt=ckpt)
+    saved = load_file(ckpt)
+    assert all(torch.equal(p, saved[k]) for k, p in pipe.dit.state_dict().items())
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
+                        "--ckpt", tmp_path / "mine.safetensors")
+    assert_one_line_error(code, err, "mine.safetensors", "--ckpt")
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_each_missing_weight_file_names_its_own_option(tmp_path, capsys, clip, tiny_weights):
+    only_dit = tmp_path / "weights"
+    only_dit.mkdir()
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit,
+                        "--ckpt", tiny_weights / "tiny.safetensors")
+    assert_one_line_error(code, err, "svd_vae (", "--weights-dir, config key weights.vae",
+                          "config key weights.compressor", "config key weights.previewer")
+    assert "--ckpt" not in err  # the DiT was found; nothing missing is the --ckpt file's business
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit)
+    assert_one_line_error(code, err, "tiny.safetensors (", "--ckpt or --weights-dir, config key weights.dit")
+
+
+def test_recon_keeps_the_inputs_audio_from_start(tmp_path, capsys):
+    video = tmp_path / "tone.mp4"
+    write_test_video(video, 12, 32, 32, fps=10.0, audio=True)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "recon", video, "-o", out, "--start", 2, "--num-frames", 5, "--config", TINY,
+                        "--random-init", "--quiet", "--steps", 1)
+    assert code == 0, err
+    for name in ("recon.mp4", "original.mp4"):
+        with av.open(str(out / name)) as container:
+            stream = container.streams.audio[0]
+            assert float(stream.duration * stream.time_base) == pytest.approx(0.5, abs=0.06)
+    with av.open(str(out / "preview.mp4")) as container:
+        assert not container.streams.audio
+
+
+def test_version_descriptions_and_help(capsys):
+    from cascadev import __version__
+    from cascadev.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"cascadev {__version__}"
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.description, name
+        options = [a for a in sub._actions if a.option_strings and a.dest != "help"]
+        assert options[0].option_strings[0] in ("-o", "--work-dir"), (name, options[0].option_strings)
+        for action in sub._actions:
+            if not action.option_strings:
+                assert action.help, (name, action.dest)
+    recon_help = commands["recon"].format_help()
+    for produced in ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png"):
+        assert produced in recon_help
+    crf = next(a for a in commands["decode"]._actions if a.dest == "crf")
+    assert "libx265" in crf.help and "x264 quality" not in crf.help
+
+
+def test_help_never_breaks_a_metric_name(monkeypatch, capsys):
+    from cascadev.evaluation import ALL_METRICS
+
+    monkeypatch.setenv("COLUMNS", "70")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for metric in ALL_METRICS:
+        assert metric in text, metric
+
+
+def test_a_typo_fails_before_the_heavy_imports(tmp_path):
+    """A missing input costs well under a second, not the ~10 s torch and diffusers take to import."""
+    exe = str(Path(sys.executable).with_name("cascadev"))
+    env = dict(os.environ, PYTHONPATH=str(Path(TINY).parents[1]))
+    for argv in (["recon", "nope.mp4", "-o", "out"], ["decode", "nope.safetensors", "-o", "v.mp4"],
+                 ["train", "nope.py", "--work-dir", "w"]):
+        start = time.perf_counter()
+        result = subprocess.run([exe, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert time.perf_counter() - start < 3.0, argv
+        assert_one_line_error(result.returncode, result.stderr, "nope.")
+        assert "torch" not in result.stderr
+
+
+def test_one_progress_bar_per_stage_counting_frames(tmp_path, capsys, clip):
+    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--random-init", "--steps", 1)
+    assert code == 0, err
+    assert "encoding: 100%" in err and "7/7" in err and "decoding: 100%" in err
+    assert "sampling" not in err  # no step bar whose rate also covers encoding and decoding

@@ -119,3 +119,13 @@ def test_previewer_rejects_wrong_channel_count():
     previewer = Previewer(c_hidden=32)
     with pytest.raises(CascadeVError, match="previewer"):
         previewer.decode_frames(torch.zeros(1, 4, 2, 2))
+
+
+def test_a_small_backbone_for_toy_configs_and_a_clear_error_for_an_unknown_one():
+    small = EfficientNetEncoder(backbone="mobilenet_v3_small")
+    assert small.mapper[0].in_channels == 576  # the backbone's own output channels
+    assert sum(p.numel() for p in small.parameters()) < 1_500_000
+    with torch.no_grad():
+        assert small.encode_frames(torch.zeros(1, 3, 64, 96)).shape == (1, 16, 2, 3)
+    with pytest.raises(CascadeVError, match="resnet_nope"):
+        EfficientNetEncoder(backbone="resnet_nope")

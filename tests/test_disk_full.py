@@ -98,7 +98,7 @@ def test_decode(tmp_path, capsys, video_disk_full):
 def test_recon_leaves_nothing_behind(tmp_path, capsys, clip, video_disk_full):
     out = tmp_path / "out"
     code, err = run_cli(capsys, "recon", clip, "-o", out, *FAST)
-    assert_one_line_error(code, err, "disk is full", str(out / "preview.mp4"))
+    assert_one_line_error(code, err, "disk is full", str(out / "original.mp4"))  # recon's first video
     assert not out.exists()  # the latent it wrote first and the folder it made are gone too
 
 

@@ -20,6 +20,7 @@ from cascadev.enhance import ConditionStream, interpolate_in_time, target_size
 from cascadev.errors import CascadeVError
 from cascadev.loading import build_pipeline, load_config
 from cascadev.models.dit import CascadeDiT
+from cascadev.pictures import sheet_size, tile_origin
 from cascadev.pipeline import CascadeVPipeline, SamplingPlan
 from cascadev.reconstruct import READ_CHUNK
 from cascadev.tiling import window_starts
@@ -69,7 +70,8 @@ def test_upscale_sizes_frame_counts_rates_and_audio(tmp_path, capsys, clips, fra
     code, err = run_cli(capsys, "upscale", clips[frames], "-o", out, *extra, *FAST)
     assert code == 0, err
     info = probe_video(out)
-    assert (info.num_frames, info.height, info.width) == (frames, *size)
+    even = tuple(n + n % 2 for n in size)  # odd sides are padded to even for yuv420p (the picture is `size`)
+    assert (info.num_frames, info.height, info.width) == (frames, *even)
     assert info.fps == pytest.approx(10.0, abs=1e-3)
     assert info.has_audio
     assert audio_seconds(out)[1] == pytest.approx(frames / 10.0, abs=0.06)
@@ -175,7 +177,7 @@ def test_interpolate_frame_counts_rates_and_audio(tmp_path, capsys, clips, frame
     code, err = run_cli(capsys, "interpolate", clips[frames], "-o", out, "--factor", factor, *FAST)
     assert code == 0, err
     info = probe_video(out)
-    assert (info.num_frames, info.height, info.width) == ((frames - 1) * factor + 1, 17, 23)
+    assert (info.num_frames, info.height, info.width) == ((frames - 1) * factor + 1, 18, 24)  # 23x17 padded to even
     assert info.fps == pytest.approx(10.0 * factor, abs=1e-3)
     assert info.has_audio
 
@@ -386,8 +388,11 @@ def test_impossible_options(tmp_path, capsys, clips, argv, needle):
 
 @pytest.mark.parametrize("command", ["upscale", "interpolate"])
 def test_unwritable_outputs(tmp_path, capsys, clips, command):
-    code, err = run_cli(capsys, command, clips[2], "-o", tmp_path / "missing" / "out.mp4", *FAST)
-    assert_one_line_error(code, err, "out.mp4")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run_cli(capsys, command, clips[2], "-o", blocker / "out.mp4", *FAST)
+    assert_one_line_error(code, err, f"{blocker} is a file, not a folder")
+    blocker.unlink()
     code, err = run_cli(capsys, command, clips[2], "-o", tmp_path / "out.txt", *FAST)
     assert_one_line_error(code, err, "out.txt")
     clip = tmp_path / "same.mp4"
@@ -416,10 +421,13 @@ def test_compare_tool_puts_the_resized_input_beside_the_output(tmp_path, clips, 
     png = tmp_path / "cmp.png"
     assert tool.main([str(clips[3]), str(big), "-o", str(png), "--frames", "3"]) == 0
     image = np.asarray(Image.open(png))
-    assert image.shape == (3 * 34, 2 * 46, 3)
+    assert image.shape == (*sheet_size(3, 2, 34, 46), 3)  # titled columns, separators, numbered rows
     assert tool.matching_indices(3, 9, 3) == ([0, 1, 2], [0, 4, 8])  # frames at the same moments
     first = VideoReader(clips[3]).read([0])[0]
-    assert np.array_equal(image[:34:2, :46:2], first)  # nearest: every input pixel is a 2x2 block
-    assert np.array_equal(image[:34, 46:], VideoReader(big).read([0])[0])
+    (top, left), (_, right) = tile_origin(0, 0, 34, 46), tile_origin(0, 1, 34, 46)
+    assert np.array_equal(image[top:top + 34:2, left:left + 46:2], first)  # nearest: each input pixel a 2x2 block
+    assert np.array_equal(image[top:top + 34, right:right + 46], VideoReader(big).read([0])[0])
+    assert (image[top:top + 34, left + 46:right] == 255).all()  # a white separator between the columns
+    assert (image[:top] < 128).any()  # text (titles, frame number) above the first row
     assert tool.main([str(tmp_path / "none.mp4"), str(big), "-o", str(png)]) == 2
     assert "none.mp4" in capsys.readouterr().err

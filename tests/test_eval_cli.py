@@ -216,7 +216,7 @@ def test_other_frame_size_is_an_error_or_resized(tmp_path, capsys, mismatch):
     lossless(rec / "a.mp4", small)
     out = tmp_path / "r.json"
     code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out)
-    assert_one_line_error(code, err, "Video a", "24x32", "48x64", "--resize")
+    assert_one_line_error(code, err, "Video a", "32x24", "64x48", "--resize")  # WxH, as video tools write sizes
     assert not out.exists()
     code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out, "--resize", "--metrics", "psnr,ssim,temporal_flickering")
     assert code == 0, err
@@ -403,3 +403,20 @@ def test_vbench_scores_join_the_results_when_installed(tmp_path, capsys, folders
     assert "ViT-L-14.pt" in results["unavailable"]["aesthetic_quality"]
     assert parse_tables(stdout)["CascadeV"]["subject_consistency"] == "0.2500"
     assert results["measured_on"]["vbench_cache_dir"] == str(cache)
+
+
+def test_flickering_is_explained_not_bolded_and_the_figure_is_readable():
+    """A frozen previewer 'wins' flickering: the tables say what it means instead of bolding it; the
+    figure's flicker axis has no offset notation and an unmeasured metric gets a 'not measured' panel."""
+    frozen = {"label": "previewer", "mean": {"psnr": 20.0, "temporal_flickering": 0.9999999},
+              "videos": {"a": {"psnr": 20.0, "temporal_flickering": 0.9999999}, "b": {"psnr": 20.0, "temporal_flickering": 0.9999998}}}
+    model = {"label": "model", "mean": {"psnr": 25.0, "temporal_flickering": 0.95}, "videos": {}}
+    text = report.markdown_tables([("previewer", frozen), ("model", model)])
+    assert "**1.0000**" not in text and "**25.0000**" in text
+    assert report.FLICKER_NOTE in text and "higher means less change between frames" in text
+    fig = report.build_figure(dict(frozen, unavailable={"lpips": "no AlexNet weights"}))
+    fig.canvas.draw()
+    flicker = next(ax for ax in fig.axes if ax.get_title().startswith("Temporal Flickering"))
+    assert flicker.yaxis.get_major_formatter().get_offset() == ""
+    lpips = next(ax for ax in fig.axes if ax.get_title() == "LPIPS")
+    assert [t.get_text() for t in lpips.texts] == ["not measured"]

@@ -31,8 +31,8 @@ prep = load_tool("prepare_inter4k")
 
 def test_source_indices_select_frames_by_time():
     assert prep.source_indices(60.0, 30.0, 5) == [0, 2, 4, 6, 8]
-    assert prep.source_indices(24.0, 30.0, 8) == [0, 0, 1, 2, 3, 4, 4, 5]
-    assert prep.source_indices(30000 / 1001, 30.0, 4) == [0, 0, 1, 2]
+    assert prep.source_indices(24.0, 30.0, 8) == [0, 1, 2, 2, 3, 4, 5, 6]  # nearest in time
+    assert prep.source_indices(30000 / 1001, 30.0, 4) == [0, 1, 2, 3]  # no repeated frame 0 at 29.97 fps
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,14 @@ def test_prepare_writes_the_first_videos_resized_cropped_resampled(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("prepare_inter4k: error:") and "2.mp4" in err[-1] and "8 frames" in err[-1]
 
+    fresh = tmp_path / "fresh"
+    assert prep.main([str(src), "-o", str(fresh), "-n", "5", *argv[5:]]) == 2  # 4 exist: stop before any work
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds 4 videos, fewer than the 5" in err[0] and not fresh.exists()
+    assert prep.main([*argv[:4], "4", *argv[5:], "--skip-short"]) == 2  # 2.mp4 too short: 3 of 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["videos"]) == ["1", "10", "3"] and "manifest.json" in capsys.readouterr().err
+    shutil.rmtree(out)
     assert prep.main(argv + ["--skip-short"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["1.mp4", "3.mp4", "manifest.json"]  # natural order
     manifest = json.loads((out / "manifest.json").read_text())
@@ -107,6 +115,7 @@ def test_eval_recon_script_with_baselines(tmp_path):
         "    out = work / video.stem\n"
         "    out.mkdir(parents=True, exist_ok=True)\n"
         "    shutil.copy(video, out / 'recon.mp4')\n"
+        "    shutil.copy(video, out / 'original.mp4')\n"
         "    bicubic_video(video, out / 'preview.mp4', 4)\n"
         "    (out / 'compare.png').write_bytes(b'')\n"
     )
@@ -136,3 +145,9 @@ def test_eval_recon_script_with_baselines(tmp_path):
     assert bicubic["mean"]["psnr"] < preview["mean"]["psnr"] < 100.0  # x32 loses more than x4
     assert (out / "bicubic" / "clip.mp4").is_file() and (out / "preview" / "clip.mp4").exists()
     assert "**100.0000**" in table
+    links = [out / "original" / "clip.mp4", out / "recon" / "clip.mp4", out / "preview" / "clip.mp4"]
+    assert [os.readlink(link) for link in links] == [
+        "../work/clip/original.mp4", "../work/clip/recon.mp4", "../work/clip/preview.mp4"]
+    moved = tmp_path / "moved"
+    out.rename(moved)  # relative links survive a move
+    assert all((moved / link.relative_to(out)).is_file() for link in links)

@@ -91,7 +91,13 @@ def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips
     work = tmp_path / "w"
     assert train(work, clips / "four.txt", "--max-steps", 2, options=["validation.video=" + str(clips / "v3.mp4"), "validation.interval=2"]) == 0
     ckpt = work / "checkpoint-00000002" / "model.safetensors"
-    assert (work / "validation" / "step_00000002.png").is_file()
+    from PIL import Image
+
+    from cascadev.pictures import sheet_size
+
+    picture = np.asarray(Image.open(work / "validation" / "step_00000002.png"))
+    assert picture.shape[:2] == sheet_size(4, 3, 64, 64)  # 4 frames x (original | preview | step 2), labelled
+    assert (picture[:16] < 128).any()  # the column titles
     latent = tmp_path / "l.safetensors"
     common = ["--config", TINY, "--weights-dir", str(tiny_weights), "--quiet"]
     assert main(["encode", str(clips / "v0.mp4"), "-o", str(latent), *common]) == 0
@@ -153,3 +159,26 @@ def test_resize_condition_adamw_accumulation_bf16_and_warmup(tmp_path, clips):
     assert state["micro_step"] == 4
     weights = load_file(work / "checkpoint-00000002" / "model.safetensors")
     assert weights["x_embedder.proj.weight"].shape[1] == 8
+
+
+def test_a_one_video_list_fills_the_batch_with_several_clips(tmp_path, clips):
+    """A one-line list (the README's smoke run, example/train.demo.txt) trains: its video gives both clips."""
+    single = tmp_path / "single.txt"
+    single.write_text(f"{clips / 'v3.mp4'}\n")
+    assert train(tmp_path / "w", single, "--max-steps", 2) == 0
+    records = metrics(tmp_path / "w")
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(sorted(r["indices"]) == [0, 1] for r in records)  # two clips of the one video per batch
+
+
+def test_clips_per_video_draws_distinct_clips_of_each_video(clips):
+    from cascadev.data import VideoClipDataset
+
+    data = VideoClipDataset([str(clips / "v3.mp4")], 4, 1, 32, clips_per_video=3)
+    assert len(data) == 3
+    items = [data[i] for i in range(3)]
+    assert [item["source_index"] for item in items] == [0, 0, 0]
+    assert not any(item["substituted"] for item in items)
+    assert not torch.equal(items[0]["video"], items[1]["video"]) or not torch.equal(items[1]["video"], items[2]["video"])
+    with pytest.raises(IndexError):
+        data[3]

@@ -165,7 +165,7 @@ def test_unreadable_inputs_raise_cascadev_error(tmp_path, kind):
 def test_writer_roundtrip_sizes_fps_and_pixel_format(tmp_path, height, width, pix_fmt):
     frames = make_frames(15, height, width)
     path = tmp_path / "out.mp4"
-    with VideoWriter(path, 29.97, height, width, crf=0) as writer:
+    with VideoWriter(path, 29.97, height, width, crf=0, pix_fmt=pix_fmt) as writer:
         writer.write(frames[:4])
         writer.write(frames[4:11])
         writer.write(frames[11])  # a single (H, W, 3) frame is accepted too
@@ -180,6 +180,18 @@ def test_writer_roundtrip_sizes_fps_and_pixel_format(tmp_path, height, width, pi
         assert _max_diff(decoded, frames) <= 3
     # Nothing else is left in the folder (the temporary file was renamed).
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_odd_sizes_are_padded_to_even_yuv420p_by_default(tmp_path):
+    """Players refuse yuv444p H.264: an odd side becomes even (last row/column repeated), yuv420p."""
+    frames = make_frames(5, 47, 65)
+    path = tmp_path / "odd.mp4"
+    write_video(path, frames, 24, crf=0)
+    with av.open(str(path)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.pix_fmt, ctx.height, ctx.width) == ("yuv420p", 48, 66)
+    decoded = VideoReader(path).read(range(5))[:, :47, :65]  # the picture itself sits top-left
+    assert [_nearest(f, frames) for f in decoded] == list(range(5))
 
 
 def test_writer_lossless_rgb_is_exact(tmp_path):

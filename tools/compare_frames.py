@@ -5,7 +5,8 @@
 ``--frames`` frames are picked evenly in time from the right-hand video; the left-hand video's frame
 at the same moment is taken (so a clip and its frame-interpolated version line up too) and resized
 to the right one's size: ``nearest`` (default; every input pixel becomes a visible block) or
-``bicubic``. Each row is left | right; rows are stacked top to bottom into one PNG.
+``bicubic``. Each row is left | right; rows are stacked top to bottom into one PNG, under column
+titles (the two file names), with white separators and each row's frame numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.pictures import contact_sheet  # noqa: E402
 from cascadev.video_io import (  # noqa: E402
     VideoReader,
     save_image,
@@ -51,7 +53,7 @@ def resize_uint8(frames: np.ndarray, height: int, width: int, resample: str = "n
 
 def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: str | os.PathLike, *, frames: int = 4,
                    resample: str = "nearest") -> np.ndarray:
-    """Write (and return) the picture: uint8 (k * H, 2 * W, 3), (H, W) the right-hand video's size."""
+    """Write (and return) the labelled picture of k rows left | right, at the right-hand video's size."""
     if frames < 1:
         raise CascadeVError(f"The --frames option must be at least 1, got {frames}.")
     if resample not in FILTERS:
@@ -61,7 +63,9 @@ def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: st
     with torch.no_grad():
         before = resize_uint8(a.read(left_idx), b.height, b.width, resample)
     rows = side_by_side(before, b.read(right_idx))
-    picture = np.concatenate(list(rows), axis=0)
+    titles = [f"{Path(left).name} ({a.width}x{a.height})", f"{Path(right).name} ({b.width}x{b.height})"]
+    numbers = [f"{i}" if i == j else f"{i} | {j}" for i, j in zip(left_idx, right_idx)]
+    picture = contact_sheet(list(rows), titles, numbers)
     save_image(output, picture)
     return picture
 

@@ -5,14 +5,18 @@
 #   tools/eval_recon.sh REF_DIR OUT_DIR [--baselines] [--metrics LIST] [--device DEV] [--resize]
 #                       [--max-frames N] [--label TEXT] [RECON OPTIONS...]
 #
-# RECON OPTIONS (--config, --ckpt, --weights-dir, --steps, --seed, ...) go to `cascadev recon`
+# RECON OPTIONS (--config, --ckpt, --weights-dir, --size, --steps, --seed, ...) go to `cascadev recon`
 # unchanged; --device goes to both recon and eval, and recon's --num-frames N also makes eval compare
-# the first N frames (--max-frames N). With recon's --size, pass --resize too. OUT_DIR receives:
-#   work/<name>/          recon's outputs for each video (latent, preview.mp4, recon.mp4, compare.*)
-#   recon/<name>.mp4      links to the LDM-VAE reconstructions  -> cascadev.{json,md,png}
+# the first N frames (--max-frames N). Eval compares against recon's original.mp4 (the frames the
+# model saw, after --size), so it needs no --resize. OUT_DIR receives (links are relative, so OUT_DIR
+# can be moved):
+#   work/<name>/          recon's outputs for each video (latent.safetensors, original.mp4,
+#                         preview.mp4, recon.mp4, compare.mp4, compare.png)
+#   original/<name>.mp4   links to work/<name>/original.mp4: the references
+#   recon/<name>.mp4      links to work/<name>/recon.mp4     -> cascadev.json, cascadev.md, cascadev.png
 # and with --baselines also
-#   preview/<name>.mp4    links to the previewer-only decodings (no LDM) -> previewer.{json,md,png}
-#   bicubic/<name>.mp4    bicubic upsampling of the 1/32 frames          -> bicubic.{json,md,png}
+#   preview/<name>.mp4    links to work/<name>/preview.mp4 (no LDM) -> previewer.json, .md, .png
+#   bicubic/<name>.mp4    bicubic upsampling of the 1/32 frames     -> bicubic.json, .md, .png
 #   table.md              the three rows in one table (bicubic, previewer, CascadeV)
 # The videos are reconstructed by one batch `cascadev recon REF_DIR -o OUT_DIR/work`: a video whose outputs
 # are complete is not reconstructed again, so an interrupted run resumes (work/manifest.jsonl records
@@ -75,7 +79,7 @@ done < <(find "$REF" -maxdepth 1 -type f \( -iname '*.mp4' -o -iname '*.m4v' -o 
             -o -iname '*.mkv' -o -iname '*.avi' -o -iname '*.webm' \) ! -name '.*' -print0 | sort -z)
 [[ ${#VIDEOS[@]} -gt 0 ]] || die "the reference folder $REF holds no videos."
 
-mkdir -p "$OUT/work" "$OUT/recon" || die "cannot create $OUT."
+mkdir -p "$OUT/work" "$OUT/original" "$OUT/recon" || die "cannot create $OUT."
 OUT_ABS=$(cd "$OUT" && pwd)
 if [[ $BASELINES == 1 ]]; then mkdir -p "$OUT/preview"; fi
 
@@ -86,20 +90,21 @@ echo "eval_recon: reconstructing the videos of $REF into $OUT/work" >&2
 for video in "${VIDEOS[@]}"; do
     file=$(basename "$video")
     name=${file%.*}
-    work="$OUT_ABS/work/$name"
-    ln -sfn "$work/recon.mp4" "$OUT_ABS/recon/$name.mp4"
-    if [[ $BASELINES == 1 ]]; then ln -sfn "$work/preview.mp4" "$OUT_ABS/preview/$name.mp4"; fi
+    # Relative links: they still resolve when OUT_DIR is moved or copied elsewhere.
+    ln -sfn "../work/$name/original.mp4" "$OUT_ABS/original/$name.mp4"
+    ln -sfn "../work/$name/recon.mp4" "$OUT_ABS/recon/$name.mp4"
+    if [[ $BASELINES == 1 ]]; then ln -sfn "../work/$name/preview.mp4" "$OUT_ABS/preview/$name.mp4"; fi
 done
 
 evaluate() {  # evaluate REC_DIR NAME LABEL
-    "$PYTHON" -m cascadev.cli eval --ref "$REF" --rec "$1" -o "$OUT/$2.json" --label "$3" --quiet \
+    "$PYTHON" -m cascadev.cli eval --ref "$OUT/original" --rec "$1" -o "$OUT/$2.json" --label "$3" --quiet \
         "${EVAL_ARGS[@]}" || die "cascadev eval failed on $1."
 }
 
 evaluate "$OUT/recon" cascadev "$LABEL"
 if [[ $BASELINES == 1 ]]; then
     evaluate "$OUT/preview" previewer "Previewer only (w/o LDM)/1x32x32"
-    "$PYTHON" -m cascadev.evaluation.baselines "$REF" -o "$OUT/bicubic" --quiet \
+    "$PYTHON" -m cascadev.evaluation.baselines "$OUT/original" -o "$OUT/bicubic" --quiet \
         || die "the bicubic baseline failed."
     evaluate "$OUT/bicubic" bicubic "Bicubic x32/1x32x32"
     "$PYTHON" -m cascadev.evaluation.report "$OUT/bicubic.json" "$OUT/previewer.json" \

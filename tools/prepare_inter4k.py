@@ -7,17 +7,19 @@
 Takes the first N videos of INTER4K_DIR (a folder of videos, or a list file) in natural name order
 (``2.mp4`` before ``10.mp4``), and for each writes ``OUT/<name>.mp4``:
 
-* frame rate ``--fps`` by frame selection: output frame i shows source frame
-  ``floor(i * source_fps / fps)`` (frames are dropped or repeated, never blended);
+* frame rate ``--fps`` by frame selection: output frame i shows the source frame nearest its time,
+  ``round(i * source_fps / fps)`` (halves up; frames are dropped or repeated, never blended, and a
+  29.97 fps source gives frames 0, 1, 2, ... at 30 fps, not 0, 0, 1, ...);
 * the short side resized to ``--size`` (bilinear, antialiased), then a centred ``size x size`` crop
   (``--no-crop`` keeps the aspect ratio);
 * exactly ``--num-frames`` frames (the release does not state a length; 64 frames, about 2 s, is the
   default). A video too short for that is an error naming it, or skipped with ``--skip-short`` (then
   the next videos are taken so that N videos are still written).
 
-Frames are read and written a few at a time (4K frames are large), each output is written atomically,
-and ``OUT/manifest.json`` records the source and the source frames of every output. Errors print one
-line ``prepare_inter4k: error: ...`` and exit with status 2.
+A ``--num-videos`` larger than the source holds fails before any work. Frames are read and written a
+few at a time (4K frames are large), each output is written atomically, and ``OUT/manifest.json``
+records the source and the source frames of every output written (also when ``--skip-short`` leaves
+fewer than asked for). Errors print one line ``prepare_inter4k: error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations
@@ -73,10 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def source_indices(source_fps: float, fps: float, num_frames: int) -> list[int]:
-    """Source frame shown at each output frame time ``i / fps``: ``floor(i * source_fps / fps)``."""
+    """Source frame nearest each output frame time ``i / fps``: ``round(i * source_fps / fps)``, halves up.
+
+    Flooring would show frame 0 twice for a 29.97 fps source at 30 fps (1 * 0.999 floors to 0).
+    """
     ratio = source_fps / fps
-    # The small epsilon keeps exact ratios (60 -> 30) from flooring 2.9999999 to 2.
-    return [int(math.floor(i * ratio + 1e-9)) for i in range(num_frames)]
+    # The small epsilon keeps exact halves (24 -> 48 fps: 0.5, 1.5, ...) from rounding down by float error.
+    return [int(math.floor(i * ratio + 0.5 + 1e-9)) for i in range(num_frames)]
 
 
 def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -131,6 +136,8 @@ def prepare(
 ) -> list[Path]:
     """Write the first ``num_videos`` videos of ``src`` (see the module docstring); return the outputs."""
     videos = list_videos(src, "the Inter4K source")
+    if len(videos) < num_videos:
+        raise CascadeVError(f"{src} holds {len(videos)} videos, fewer than the {num_videos} asked for (--num-videos).")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -142,7 +149,7 @@ def prepare(
         "crop": crop,
         "fps": fps,
         "num_frames": num_frames,
-        "frame_selection": "output frame i = source frame floor(i * source_fps / fps)",
+        "frame_selection": "output frame i = source frame round(i * source_fps / fps), halves up",
         "videos": {},
     }
     for name, path in videos.items():
@@ -163,13 +170,13 @@ def prepare(
         written.append(dst)
         if log:
             log(f"{PROG}: wrote {dst} ({len(written)}/{num_videos})")
+    with atomic_output(out_dir / "manifest.json", "manifest") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     if len(written) < num_videos:
         raise CascadeVError(
             f"{src} gave only {len(written)} usable videos of the {num_videos} asked for "
-            f"(the {len(written)} written are in {out_dir})."
+            f"(the {len(written)} written, and their manifest.json, are in {out_dir})."
         )
-    with atomic_output(out_dir / "manifest.json", "manifest") as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return written
 
 

@@ -23,14 +23,14 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
             "write results.json with results.md (the release README's tables) and results.png beside it."
         ),
     )
+    p.add_argument("-o", "--output", required=True, help="results file to write (.json)")
     p.add_argument("--ref", required=True, help="original videos: a folder, a list file or one video")
     p.add_argument("--rec", required=True, help="reconstructions: a folder, a list file or one video")
     p.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all that can run here)",
+        help=f"comma-separated subset of: {', '.join(ALL_METRICS)} (default: all that can run here)",
     )
-    p.add_argument("-o", "--output", required=True, help="results file to write (.json)")
     p.add_argument(
         "--resize",
         action="store_true",
@@ -50,7 +50,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run ``cascadev eval`` from parsed ``args``; return the exit status (0, or 2 for bad input).
 
     Prints the markdown tables on stdout and one ``cascadev: note:`` line per metric that could not
-    run on stderr; bad input prints one ``cascadev: error: ...`` line.
+    run on stderr, then ``cascadev: wrote ...`` on stdout; bad input prints one ``cascadev: error: ...`` line.
     """
     from . import report
     from .runner import EvalOptions, run_evaluation
@@ -77,5 +77,5 @@ def run_eval(args: argparse.Namespace) -> int:
     print(report.markdown_tables([(results["label"], results)]), end="")
     for metrics, reason in report.group_unavailable(results["unavailable"]):
         print(f"cascadev: note: not measured: {', '.join(metrics)}: {reason}", file=sys.stderr)
-    print(f"wrote {paths['json']}, {paths['md'].name} and {paths['png'].name}", file=sys.stderr)
+    print(f"cascadev: wrote {paths['json']} ({paths['md'].name} and {paths['png'].name} beside it)")
     return 0

@@ -24,6 +24,7 @@ from cascadev.errors import CascadeVError
 __all__ = [
     "RECON_COLUMNS",
     "VBENCH_COLUMNS",
+    "build_figure",
     "group_unavailable",
     "load_results",
     "main",
@@ -45,6 +46,13 @@ VBENCH_COLUMNS = (
     ("aesthetic_quality", "Aesthetic Quality"),
 )
 LOWER_IS_BETTER = frozenset({"lpips"})
+# Not ranked: a frozen or blurry video scores high on flickering without being better (see FLICKER_NOTE).
+NOT_RANKED = frozenset({"temporal_flickering"})
+FLICKER_NOTE = (
+    "Temporal Flickering = 1 - (mean absolute change between consecutive frames) / 255: higher means less "
+    "change between frames, which a static or blurry output (e.g. the previewer's) also gets, so no value "
+    "of it is bolded as best."
+)
 TITLES = {key: title.rstrip("↑↓") for key, title in RECON_COLUMNS + VBENCH_COLUMNS}
 NOT_AVAILABLE = "n/a"
 
@@ -75,7 +83,7 @@ def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], columns) -> str:
     best: list[float | None] = []
     for j, (key, _) in enumerate(columns):
         column = [v[j] for v in values if v[j] is not None]
-        if len(rows) < 2 or len(column) < 2:
+        if len(rows) < 2 or len(column) < 2 or key in NOT_RANKED:
             best.append(None)
         else:
             best.append(min(column) if key in LOWER_IS_BETTER else max(column))
@@ -98,12 +106,14 @@ def markdown_tables(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         if shown:
             heading = heading or "/".join(TITLES[key] for key, _ in shown)  # e.g. PSNR/SSIM/LPIPS
             parts.append(f"### {heading}\n\n{_table(rows, shown)}")
+            if any(key in NOT_RANKED for key, _ in shown):
+                parts.append(FLICKER_NOTE)
     return "\n\n".join(parts) + "\n"
 
 
 def _describe(results: Mapping[str, Any]) -> str:
     on = results.get("measured_on", {})
-    sizes = sorted({f"{h}x{w}" for h, w in on.get("sizes", {}).values()})
+    sizes = sorted({f"{w}x{h}" for h, w in on.get("sizes", {}).values()})
     text = (
         f"{on.get('videos', 0)} videos, {on.get('frames', 0)} frames compared"
         f" (frame size {', '.join(sizes) or 'n/a'}); per-frame values averaged per video, then over videos."
@@ -144,15 +154,17 @@ def markdown_report(results: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def render_figure(results: Mapping[str, Any], path: str | Path) -> None:
-    """PNG: a panel per metric with its per-video distribution (box and points), and the per-frame
-    PSNR curve of every video underneath. Written to ``path`` directly (callers make it atomic)."""
+def build_figure(results: Mapping[str, Any]):
+    """The figure: a panel per metric with its per-video distribution (box and points), a panel saying
+    "not measured" for each metric that did not run, and the per-frame PSNR curve of every video underneath."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     mean = results.get("mean", {})
     videos = results.get("videos", {})
+    unavailable = results.get("unavailable", {})
     shown = [m for m in mean if any(m in v for v in videos.values())]
+    shown += [m for m in unavailable if m not in shown]
     ncols = max(1, min(4, len(shown)))
     nrows = max(1, math.ceil(len(shown) / ncols))
     fig = Figure(figsize=(3.4 * ncols + 0.6, 2.8 * nrows + 3.2), layout="constrained")
@@ -160,12 +172,19 @@ def render_figure(results: Mapping[str, Any], path: str | Path) -> None:
     grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[1.0] * nrows + [1.25])
     for i, metric in enumerate(shown):
         ax = fig.add_subplot(grid[i // ncols, i % ncols])
+        if metric not in mean:  # asked for but not run: say so instead of leaving it out
+            ax.set_axis_off()
+            ax.set_title(TITLES.get(metric, metric), fontsize=9)
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", fontsize=10, color="tab:gray")
+            continue
         values = [v[metric] for v in videos.values() if metric in v]
         ax.boxplot(values, widths=0.5, showfliers=False)
         offsets = [0.0] if len(values) == 1 else [-0.18 + 0.36 * k / (len(values) - 1) for k in range(len(values))]
         ax.scatter([1 + o for o in offsets], values, s=12, alpha=0.7, color="tab:blue", zorder=3)
         ax.set_xticks([])
         ax.set_title(f"{TITLES.get(metric, metric)}\nmean {mean[metric]:.4f}", fontsize=9)
+        # Plain numbers: values like 0.9250001 would otherwise get an offset label ("1e-6+9.25e-1").
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         ax.tick_params(labelsize=8)
     curves = fig.add_subplot(grid[nrows, :])
     per_frame = results.get("per_frame", {})
@@ -185,7 +204,12 @@ def render_figure(results: Mapping[str, Any], path: str | Path) -> None:
         curves.set_axis_off()
         curves.text(0.5, 0.5, "per-frame PSNR was not computed", ha="center", va="center")
     fig.suptitle(f"Evaluation: {results.get('label', '')}", fontsize=11)
-    fig.savefig(str(path), format="png", dpi=100)
+    return fig
+
+
+def render_figure(results: Mapping[str, Any], path: str | Path) -> None:
+    """:func:`build_figure` as a PNG written to ``path`` directly (callers make it atomic)."""
+    build_figure(results).savefig(str(path), format="png", dpi=100)
 
 
 # --------------------------------------------------------------------------------------------

@@ -244,8 +244,8 @@ def plan_pairs(
         ref_size, rec_size = (ref.height, ref.width), (rec.height, rec.width)
         if ref_size != rec_size and not resize:
             raise CascadeVError(
-                f"Video {pair.name}: --rec is {rec.height}x{rec.width} but --ref is "
-                f"{ref.height}x{ref.width}; pass --resize to resize the reconstruction to the reference's size."
+                f"Video {pair.name}: --rec is {rec.width}x{rec.height} but --ref is "
+                f"{ref.width}x{ref.height}; pass --resize to resize the reconstruction to the reference's size."
             )
         limit = ref.num_frames + rec.num_frames if max_frames is None else int(max_frames)
         if min(ref.num_frames, limit) != min(rec.num_frames, limit) and not resize:
@@ -307,7 +307,7 @@ def _score_pair(
                 values = lpips_metric(ref_frames, rec_frames)
             except RuntimeError as exc:  # e.g. frames too small for AlexNet's pooling
                 raise CascadeVError(
-                    f"LPIPS failed on video {plan.pair.name} ({height}x{width} frames): "
+                    f"LPIPS failed on video {plan.pair.name} ({width}x{height} frames): "
                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}."
                 ) from exc
             per_frame["lpips"].extend(values.tolist())
@@ -369,7 +369,7 @@ def evaluate(
         if small:
             h, w = small[0].ref_size
             raise CascadeVError(
-                f"Video {small[0].pair.name} is {h}x{w} pixels; SSIM needs frames at least "
+                f"Video {small[0].pair.name} is {w}x{h} pixels; SSIM needs frames at least "
                 f"{SSIM_MIN_SIDE} pixels high and wide (leave ssim out with --metrics)."
             )
 

@@ -37,8 +37,13 @@ def _check_images(x: torch.Tensor, channels: int, what: str, multiple: int = 1) 
     h, w = x.shape[-2:]
     if h % multiple or w % multiple or h == 0 or w == 0:
         raise CascadeVError(
-            f"{what} height and width must be positive multiples of {multiple}, got {h}x{w}."
+            f"{what} height and width must be positive multiples of {multiple}, got {w}x{h}."
         )
+
+
+def _last_conv_channels(module: nn.Module) -> int:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
 
 
 class EfficientNetEncoder(nn.Module):
@@ -51,14 +56,24 @@ class EfficientNetEncoder(nn.Module):
 
     Args:
         c_latent: channels of the semantic latent (16 in StableCascade and CascadeV).
+        backbone: name of a torchvision model constructor whose ``.features`` reduce 32x, e.g.
+            ``"efficientnet_v2_s"`` (the released layout) or ``"mobilenet_v3_small"`` (toy configs);
+            the mapper takes that backbone's output channels.
     """
 
-    def __init__(self, c_latent: int = 16) -> None:
+    def __init__(self, c_latent: int = 16, backbone: str = "efficientnet_v2_s") -> None:
         super().__init__()
         self.c_latent = c_latent
-        self.backbone = torchvision.models.efficientnet_v2_s(weights=None).features
+        constructor = getattr(torchvision.models, backbone, None) if isinstance(backbone, str) else None
+        model = constructor(weights=None) if callable(constructor) else None
+        if model is None or not isinstance(getattr(model, "features", None), nn.Module):
+            raise CascadeVError(
+                f"compressor backbone {backbone!r} is not a torchvision model with .features "
+                "(e.g. efficientnet_v2_s, mobilenet_v3_small)."
+            )
+        self.backbone = model.features
         self.mapper = nn.Sequential(
-            nn.Conv2d(1280, c_latent, kernel_size=1, bias=False),
+            nn.Conv2d(_last_conv_channels(self.backbone), c_latent, kernel_size=1, bias=False),
             nn.BatchNorm2d(c_latent, affine=False),
         )
         self.eval()

@@ -28,6 +28,7 @@ from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
 from ..loading import build_pipeline
 from ..models import build_model
+from ..pictures import contact_sheet
 from ..pipeline import CascadeVPipeline
 from ..video_io import save_image, side_by_side, to_uint8
 from . import checkpoints, metrics_log
@@ -133,18 +134,16 @@ class Trainer:
             cfg.dump(str(self.work_dir / "config.py"))
         acc.wait_for_everyone()
 
-        self.dataset = VideoClipDataset(
-            read_video_list(cfg.video_list), int(cfg.num_frames_per_video), int(cfg.time_stride),
-            int(cfg.sample_size), seed=self.seed, **dict(cfg.get("data", {})),
-        )
+        videos = read_video_list(cfg.video_list)
         self.batch_size = int(cfg.train_batch_size)
-        per_epoch = len(self.dataset) // (self.batch_size * acc.num_processes)
-        if per_epoch < 1:
-            raise CascadeVError(
-                f"video_list has {len(self.dataset)} videos, fewer than one global batch "
-                f"({self.batch_size} per process x {acc.num_processes} processes)"
-            )
-        self.batches_per_epoch = per_epoch
+        global_batch = self.batch_size * acc.num_processes
+        # A list smaller than one global batch (a smoke run on one video) draws several clips per video
+        # per epoch; real lists keep the release's one clip per video per epoch.
+        self.dataset = VideoClipDataset(
+            videos, int(cfg.num_frames_per_video), int(cfg.time_stride), int(cfg.sample_size), seed=self.seed,
+            clips_per_video=-(-global_batch // len(videos)), **dict(cfg.get("data", {})),
+        )
+        self.batches_per_epoch = len(self.dataset) // global_batch
         self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
 
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
@@ -452,15 +451,17 @@ class Trainer:
             with acc.autocast():
                 recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
                                                    steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
-            columns = [to_uint8(clip)]
+            columns, titles = [to_uint8(clip)], ["original"]
             if pipe.previewer is not None:
                 preview = torch.nn.functional.interpolate(pipe.preview(cond.cpu()), size=recon.shape[-2:], mode="bilinear")
                 columns.append(to_uint8(preview.transpose(0, 1)))
+                titles.append("preview (no LDM)")
             columns.append(to_uint8(recon.transpose(0, 1)))
+            titles.append(f"step {step}")
             rows = side_by_side(*columns)[:4]
             out = self.work_dir / "validation" / f"step_{step:08d}.png"
             out.parent.mkdir(exist_ok=True)
-            save_image(out, np.concatenate(list(rows), axis=0))
+            save_image(out, contact_sheet(list(rows), titles, range(len(rows))))
             for tracker in acc.trackers:
                 if tracker.name == "tensorboard":
                     tracker.writer.add_images("validation", np.stack(list(rows)), step, dataformats="NHWC")
