@@ -288,7 +288,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.command == "train":
         files = [(args.config, "config")]
     else:
-        files = [(getattr(args, "latent", None) or args.video, "input"), (args.config or _default_config(), "config")]
+        files = [(args.config or _default_config(), "config")]
+        inputs = getattr(args, "latent", None) or args.video
+        if len(inputs) == 1 and not any(c in inputs[0] for c in "*?["):  # one path (a file, folder or list)
+            if not Path(inputs[0]).exists():
+                raise CascadeVError(f"The input file {inputs[0]} does not exist.")
     for path, what in files:
         path = Path(path)
         if not path.exists():
@@ -346,7 +350,8 @@ def run(args: argparse.Namespace) -> None:
         batch.on_main_process(args, lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
                               everyone=args.command in ("decode", "recon"))
         if batch.distributed_state().is_main_process:
-            _wrote(args.output, _summary(args.command, args.output))
+            written = os.path.join(args.output, "") if args.command == "recon" else args.output  # a folder: "out/"
+            _wrote(written, _summary(args.command, args.output))
 
 
 def _summary(command: str, output: str) -> str:

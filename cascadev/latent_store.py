@@ -156,7 +156,7 @@ def encode_store(args: argparse.Namespace, cfg, make_loader) -> None:
     import functools
 
     from . import batch
-    from .reconstruct import _prepare
+    from .reconstruct import prepare_frames
     from .video_io import VideoReader, select_frames
 
     from .presets import PRESETS
@@ -186,7 +186,7 @@ def encode_store(args: argparse.Namespace, cfg, make_loader) -> None:
         pipe = load()
         shards = []
         for i, (s0, n) in enumerate(clips):
-            frames, (height, width) = _prepare(reader.read(range(s0, s0 + n)), args.size, preset)
+            frames, (height, width) = prepare_frames(reader.read(range(s0, s0 + n)), args.size, preset)
             latent = pipe.encode(frames)
             record = {"video": job.name, "clip": i, "num_clips": len(clips), "start": s0, "frames": n,
                       "fps": reader.fps or 30.0, "height": height, "width": width,

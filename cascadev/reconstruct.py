@@ -108,6 +108,7 @@ def decode_frames(pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tenso
         for frames in pipe.decode(read, total, **dict(sampling.decode_options(), progress=False), **options):
             yield frames
             bar.update(frames.shape[0])
+        bar.refresh()  # show 100% even when the last update came within tqdm's refresh interval
 
 
 def _iter_model_frames(
@@ -147,6 +148,7 @@ def encode_video(
                 writer.write(done, pipe.encode(frames))
                 done += frames.shape[0]
                 bar.update(frames.shape[0])
+            bar.refresh()  # show 100% even when the last update came within tqdm's refresh interval
     return meta
 
 

@@ -40,7 +40,7 @@ def fresh(tmp_path_factory):
 
 
 def test_the_readme_has_the_blocks_this_test_runs():
-    assert len(PYTHON_BLOCKS) == 1 and "random_init=True" in PYTHON_BLOCKS[0]
+    assert len(PYTHON_BLOCKS) == 2 and "LatentStore" in PYTHON_BLOCKS[0] and "random_init=True" in PYTHON_BLOCKS[1]
     runnable = "\n".join(SHELL_BLOCKS)
     for command in ("cascadev recon", "cascadev upscale", "cascadev train", "tools/compare_frames.py"):
         assert command in runnable, command
@@ -52,7 +52,8 @@ def test_python_block_runs(fresh, index):
     result = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=folder, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (folder / "outputs" / "api.mp4").is_file()
+    made = "outputs/store/index.jsonl" if "LatentStore" in PYTHON_BLOCKS[index] else "outputs/api.mp4"  # what it writes
+    assert (folder / made).is_file()
 
 
 @pytest.mark.parametrize("index", range(len(SHELL_BLOCKS)))
