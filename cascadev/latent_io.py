@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cascadev.atomic import AtomicWriter, check_output_path, remove_quietly, temp_path, write_error
+from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -266,7 +266,7 @@ class LatentWriter(AtomicWriter):
             )
         try:
             self._file.close()
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from exc

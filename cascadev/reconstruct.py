@@ -22,6 +22,7 @@ from .argtypes import SEED_LIMIT
 from .atomic import remove_quietly
 from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
+from .outlock import output_lock
 from .overwrite import check_not_inputs
 from .pipeline import CascadeVPipeline
 from .presets import PRESETS, Preset, blur_resize, center_square
@@ -179,7 +180,6 @@ def reconstruct_video(
     check_encoder_options(writer_options.get("codec", "libx264"), writer_options.get("crf", 18),
                           writer_options.get("pix_fmt"))  # so do bad output options
     made_dir = not out_dir.exists()
-    existed = {name for name, path in paths.items() if path.exists()}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -187,14 +187,19 @@ def reconstruct_video(
     if not os.access(out_dir, os.W_OK):
         raise CascadeVError(f"output folder {out_dir} is not writable")
     try:
-        _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
-                     writer_options)
+        with output_lock(out_dir, folder=True):  # two runs into one folder would mix their outputs
+            existed = {name for name, path in paths.items() if path.exists()}
+            try:
+                _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
+                             writer_options)
+            except BaseException:
+                # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
+                for name, path in paths.items():
+                    if name not in existed:
+                        remove_quietly(path)
+                raise
     except BaseException:
-        # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
-        for name, path in paths.items():
-            if name not in existed:
-                remove_quietly(path)
-        if made_dir:
+        if made_dir:  # after the lock file is gone
             try:
                 out_dir.rmdir()
             except OSError:

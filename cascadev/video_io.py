@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, remove_quietly, temp_path, write_error
+from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -642,7 +642,7 @@ class VideoWriter(AtomicWriter):
                 self._audio.close()
             self._container.close()
             self._container = None
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
             self._tmp = None
         except Exception as exc:
             self.abort()
