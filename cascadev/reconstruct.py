@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import frame_times
 from .argtypes import SEED_LIMIT
 from .atomic import remove_quietly
 from .errors import CascadeVError
@@ -118,9 +119,11 @@ def encode_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     first, (height, width) = _prepare(reader.read([start]), size, preset)
+    times = frame_times.select(reader.frame_times, start, count)  # variable frame rate: kept in the latent
     meta = LatentMeta(
-        fps=reader.fps or 30.0, height=height, width=width,
+        fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times), height=height, width=width,
         source_height=reader.height, source_width=reader.width, start=start,
+        frame_times=None if times is None else tuple(times),
     )
     shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
     with LatentWriter(output, shape, meta) as writer:
@@ -146,7 +149,8 @@ def decode_latent(
     check_not_inputs({"input latent": latent}, {"output": output})
     reader = LatentReader(latent)
     meta = reader.meta
-    with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
+    with VideoWriter(output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times,
+                     **writer_options) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
         for frames in pipe.decode(reader.read, reader.num_frames, **sampling.decode_options()):
@@ -223,7 +227,8 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options)
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), frame_times=meta.frame_times,
+                           **writer_options)
                for n in ("preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as preview_out, writers[1] as recon_out, writers[2] as compare_out:
         done = 0
