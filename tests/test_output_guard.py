@@ -99,8 +99,8 @@ def test_stale_partials_of_dead_runs_are_removed_and_reported(tmp_path, capsys, 
     alive = tmp_path / f".x.mp4.partial-{os.getpid()}.{HOST_TAG}-abcd1234.mp4"  # a live run's
     for p in (stale, foreign, alive):
         p.write_bytes(b"half")
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
-                        "--quiet")
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--num-frames", 1, "--config", TINY,
+                        "--random-init", "--quiet")
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cascadev: removed 1 partial file"), err
