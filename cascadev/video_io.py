@@ -221,7 +221,10 @@ class VideoReader:
         """Variable frame rate: the start of every frame and the end of the last (n + 1 values, seconds
         from frame 0), from the container's timestamps. None for constant-rate video."""
         if self._frame_times is False:
-            starts = self._vr.get_frame_timestamp(list(range(self._num_frames)))[:, 0]
+            try:
+                starts = self._vr.get_frame_timestamp(list(range(self._num_frames)))[:, 0]
+            except Exception:  # no timestamps: the frames are taken as evenly spaced, as before
+                starts = []
             times = variable_times(starts, None)
             if times is not None:  # only variable-rate video pays for a pass over the packets
                 times = variable_times(starts, stream_end(self.path))
@@ -719,7 +722,7 @@ class VideoWriter(AtomicWriter):
         for packet in packets:
             if packet.pts in self._durations:  # the encoder knows only the nominal rate
                 packet.duration = self._durations.pop(packet.pts)
-            self._container.mux(packet)
+        self._container.mux(packets)
 
     def close(self) -> None:
         """Finish encoding and move the file into place. Raises if no frame was written."""
