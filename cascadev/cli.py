@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _main(args)
         return code
     finally:
-        if code < 128:  # after an interruption the process is ending: signals stay ignored
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # after our cleanup the process ends: stay ignored
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
