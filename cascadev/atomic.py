@@ -1,12 +1,19 @@
 """Writing outputs atomically: a temporary file beside the destination, renamed when complete.
 
 A failed or interrupted run never leaves a half-written file under the name the user asked for.
+Temporary files are named ``.NAME.partial-PID.HOST-XXXXXXXX.SUFFIX`` and registered while they exist, so
+a signal handler can remove this process's (:func:`remove_partials`) and a later run can tell the ones
+left by a run that died (:func:`sweep_stale_partials`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
+import socket
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +24,14 @@ from .errors import CascadeVError
 # Files made by mkstemp are private (0600); finished outputs get the usual 0666 & ~umask.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+# Partial files this process has made and not yet renamed or removed (see remove_partials).
+_LIVE: set[Path] = set()
+# A short tag of this machine's name, so that a PID in a shared (network) folder is only judged here.
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_PARTIAL = re.compile(r"^\..+\.partial-(?:(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})-)?[^/]*$")
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))
 
 
 # A full disk or quota shows up as an OSError, or only as text: safetensors' Rust "StorageFull", torch's
@@ -64,6 +79,13 @@ def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
         raise CascadeVError(f"Cannot write {path}: the folder {parent} is not writable.")
     if path.is_dir():
         raise CascadeVError(f"Cannot write {path}: it is a folder.")
+    try:
+        mode = path.stat().st_mode  # follows symlinks: a link to /dev/null is refused like /dev/null
+    except OSError:
+        return path  # a new path (or a dangling link, which the rename replaces)
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+        raise CascadeVError(f"Cannot write {path}: it is {kind}; outputs go only to regular files or new paths.")
     return path
 
 
@@ -85,18 +107,80 @@ def make_folder(folder: str | os.PathLike) -> Path:
 def temp_path(path: str | os.PathLike) -> Path:
     """Create (empty) and return a unique temporary file beside ``path`` with the same suffix."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=path.parent)
+    prefix = f".{path.name}.partial-{os.getpid()}.{HOST_TAG}-"
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+    _LIVE.add(Path(name))
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     return Path(name)
 
 
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename a finished temporary file into place."""
+    os.replace(tmp, path)
+    _LIVE.discard(Path(tmp))
+
+
 def remove_quietly(path: str | os.PathLike | None) -> None:
     if path is not None:
+        _LIVE.discard(Path(path))
         try:
             Path(path).unlink()
         except FileNotFoundError:
             pass
+
+
+def remove_partials() -> int:
+    """Remove every partial file this process still has (on SIGTERM/SIGINT); returns how many."""
+    live = list(_LIVE)
+    for tmp in live:
+        remove_quietly(tmp)
+    return len(live)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def sweep_stale_partials(folder: str | os.PathLike) -> str | None:
+    """Remove partial files in ``folder`` left by dead cascadev runs on this machine; say what was done.
+
+    A partial file is removed only when its name carries this machine's tag and the PID of a process
+    that no longer exists. Others that are not a live run's (older names without a PID, other machines)
+    are reported and left. Returns one sentence, or None when there was nothing to say.
+    """
+    folder = Path(folder)
+    removed, unknown = [], []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    for entry in entries:
+        match = _PARTIAL.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = match.group("pid")
+        if pid is None or match.group("host") != HOST_TAG:
+            unknown.append(entry.name)
+        elif int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                unknown.append(entry.name)
+    parts = []
+    if removed:
+        parts.append(f"removed {len(removed)} partial file(s) left in {folder} by runs that died ({', '.join(removed[:3])})")
+    if unknown:
+        parts.append(f"{len(unknown)} partial file(s) in {folder} may belong to another run and were left "
+                     f"({', '.join(unknown[:3])})")
+    return "; ".join(parts) + "." if parts else None
 
 
 @contextmanager
@@ -106,7 +190,7 @@ def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[Pat
     tmp = temp_path(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        commit(tmp, path)
     except BaseException as exc:
         remove_quietly(tmp)
         if not isinstance(exc, CascadeVError) and is_disk_full(exc):

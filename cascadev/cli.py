@@ -4,15 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
 from .argtypes import frame_size, non_negative_int, positive_int, seed
-from .atomic import disk_full_error, is_disk_full
+from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted
+from .outlock import output_lock
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -404,23 +409,69 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
         **video_options, **count)
 
 
+def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
+    """One writer per output file; recon locks its folder itself, once the folder exists."""
+    if args.command in ("encode", "decode", "upscale", "interpolate"):
+        return output_lock(args.output)
+    return nullcontext()
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGINT, raised in the main thread so that ``finally`` blocks and writers clean up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore_signals() -> None:
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _on_signal(signum: int, frame) -> None:
+    # Later signals are ignored: a second Ctrl-C must not interrupt the cleanup (or decord's __del__).
+    _ignore_signals()
+    raise Signalled(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # a signal the shell ignores stays ignored
+                previous[sig] = signal.signal(sig, _on_signal)
+    code = 1
+    try:
+        code = _main(args)
+        return code
+    finally:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # after our cleanup the process ends: stay ignored
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _main(args: argparse.Namespace) -> int:
+    interrupted = 0
     try:
         if args.command == "eval":
             from .evaluation.cli import run_eval
 
             return run_eval(args)
-        run(args)
+        with _output_lock(args):
+            run(args)
     except CascadeVError as exc:
         print(f"cascadev: error: {exc}", file=sys.stderr)
         return 2
-    except Interrupted as exc:
+    except Interrupted as exc:  # training saved its state and stopped
         print(f"cascadev: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("cascadev: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        interrupted = getattr(exc, "signum", signal.SIGINT)
     except Exception as exc:
         if os.environ.get("CASCADEV_DEBUG"):
             raise
@@ -431,6 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    if interrupted:
+        # Out of the except block the traceback (holding readers and writers) is gone: with signals
+        # ignored, collect them now and remove any partial file a writer did not.
+        _ignore_signals()
+        gc.collect()
+        remove_partials()
+        print("cascadev: interrupted", file=sys.stderr)
+        return 128 + interrupted
     return 0
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import frame_times
 from .argtypes import size_limit_problem
 from .atomic import make_folder
 from .conditioning import low_res_frames
@@ -193,11 +194,13 @@ def _check_mode(mode: str) -> str:
 
 
 def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
-                 codec: str, crf: int, pix_fmt: str | None, audio: bool) -> VideoWriter:
-    audio_start = start / video.fps if video.fps else 0.0
+                 codec: str, crf: int, pix_fmt: str | None, audio: bool, times: np.ndarray | None = None) -> VideoWriter:
+    audio_start = video.start_time(start)  # variable frame rate: the frames keep their times, audio follows
+    if video.frame_times is not None:
+        fps = frame_times.average_fps(times) if len(times) > 1 else fps
     make_folder(Path(output).parent)
     return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
-                       audio_from=video.path if audio else None, audio_start=audio_start)
+                       audio_from=video.path if audio else None, audio_start=audio_start, frame_times=times)
 
 
 def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoReader, start: int, count: int,
@@ -239,7 +242,8 @@ def upscale_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, scale=None if size is not None else scale, size=size)
-    writer = _open_writer(output, reader, reader.fps or 30.0, out_size, start, codec, crf, pix_fmt, audio)
+    writer = _open_writer(output, reader, reader.fps or 30.0, out_size, start, codec, crf, pix_fmt, audio,
+                          frame_times.select(reader.frame_times, start, count))
     _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, None)
     return out_size
 
@@ -270,6 +274,8 @@ def interpolate_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, size=size)
-    writer = _open_writer(output, reader, (reader.fps or 30.0) * factor, out_size, start, codec, crf, pix_fmt, audio)
+    times = frame_times.select(reader.frame_times, start, count)
+    writer = _open_writer(output, reader, (reader.fps or 30.0) * factor, out_size, start, codec, crf, pix_fmt, audio,
+                          None if times is None else frame_times.interpolated_times(times, factor))
     _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, factor)
     return writer.frames_written

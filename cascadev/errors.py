@@ -15,3 +15,10 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something the user should know while the run goes on."""
+    import sys
+
+    print(f"cascadev: warning: {message}", file=sys.stderr)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cascadev.atomic import AtomicWriter, check_output_path, remove_quietly, temp_path, write_error
+from cascadev import frame_times as times_io
+from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
 
 __all__ = [
@@ -49,6 +50,7 @@ KEY_SOURCE_HEIGHT = "source_height"  # size of the video file the frames came fr
 KEY_SOURCE_WIDTH = "source_width"
 KEY_START = "start"  # index of the first encoded frame in the source video
 KEY_NUM_FRAMES = "num_frames"  # always the latent's T
+KEY_FRAME_TIMES = "frame_times"  # variable frame rate only: JSON list of T + 1 times (cascadev.frame_times)
 KEY_FORMAT = "cascadev_latent_version"
 FORMAT_VERSION = "1"
 
@@ -76,6 +78,8 @@ class LatentMeta:
     ``height``/``width``: the content size in pixels the latent decodes to (crop the decoded, padded
     frames to it). ``source_height``/``source_width``: the input video's size before any resizing.
     ``start``: the first encoded frame's index in the input video. ``fps``: frames per second.
+    ``frame_times``: for variable-frame-rate input, each frame's start and the last one's end in seconds
+    (T + 1 values); None for constant-rate video.
     """
 
     fps: float
@@ -84,6 +88,7 @@ class LatentMeta:
     source_height: int
     source_width: int
     start: int = 0
+    frame_times: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -96,8 +101,12 @@ class LatentMeta:
         if self.start < 0:
             raise CascadeVError(f"The latent's start frame must be 0 or more, got {self.start}.")
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | int | str]:
+        data = asdict(self)
+        times = data.pop(KEY_FRAME_TIMES)
+        if times is not None:
+            data[KEY_FRAME_TIMES] = times_io.dumps(times)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentMeta:
@@ -114,6 +123,9 @@ class LatentMeta:
             for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
         }
         values[KEY_START] = _parse_value(KEY_START, data.get(KEY_START, 0))
+        if data.get(KEY_FRAME_TIMES) is not None:
+            count = data.get(KEY_NUM_FRAMES)
+            values[KEY_FRAME_TIMES] = times_io.loads(str(data[KEY_FRAME_TIMES]), None if count is None else int(count))
         return cls(**values)
 
 
@@ -266,7 +278,7 @@ class LatentWriter(AtomicWriter):
             )
         try:
             self._file.close()
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
         except OSError as exc:
             self.abort()
             raise write_error(self.path, exc) from exc

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import frame_times
 from .argtypes import SEED_LIMIT
 from .atomic import make_folder, remove_quietly
 from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
+from .outlock import output_lock
 from .overwrite import check_not_inputs
 from .pictures import contact_sheet
 from .pipeline import CascadeVPipeline
@@ -134,9 +136,11 @@ def encode_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     first, (height, width) = prepare_frames(reader.read([start]), size, preset)
+    times = frame_times.select(reader.frame_times, start, count)  # variable frame rate: kept in the latent
     meta = LatentMeta(
-        fps=reader.fps or 30.0, height=height, width=width,
+        fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times), height=height, width=width,
         source_height=reader.height, source_width=reader.width, start=start,
+        frame_times=None if times is None else tuple(times),
     )
     shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
     make_folder(Path(output).parent)
@@ -164,7 +168,8 @@ def decode_latent(
     reader = LatentReader(latent)
     meta = reader.meta
     make_folder(Path(output).parent)
-    with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
+    with VideoWriter(output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times,
+                     **writer_options) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
         for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
@@ -202,17 +207,21 @@ def reconstruct_video(
     check_encoder_options(writer_options.get("codec", "libx264"), writer_options.get("crf", 18),
                           writer_options.get("pix_fmt"))  # so do bad output options
     made_dir = not out_dir.exists()
-    existed = {name for name, path in paths.items() if path.exists()}
     make_folder(out_dir)
     try:
-        _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
-                     writer_options, share_segments)
+        with output_lock(out_dir, folder=True):  # two runs into one folder would mix their outputs
+            existed = {name for name, path in paths.items() if path.exists()}
+            try:
+                _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
+                             writer_options, share_segments)
+            except BaseException:
+                # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
+                for name, path in paths.items():
+                    if name not in existed:
+                        remove_quietly(path)
+                raise
     except BaseException:
-        # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
-        for name, path in paths.items():
-            if name not in existed:
-                remove_quietly(path)
-        if made_dir:
+        if made_dir:  # after the lock file is gone
             try:
                 out_dir.rmdir()
             except OSError:
@@ -237,9 +246,9 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
-    audio = {"audio_from": source.path, "audio_start": meta.start / source.fps if source.fps else 0.0}
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), **writer_options,
-                           **(audio if n in ("original.mp4", "recon.mp4") else {}))
+    audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
+    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), frame_times=meta.frame_times,
+                           **writer_options, **(audio if n in ("original.mp4", "recon.mp4") else {}))
                for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")]
     with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
         done = 0

@@ -14,6 +14,7 @@ time and :class:`VideoWriter` encodes frames as they arrive. Every problem with 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
 import os
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, remove_quietly, temp_path, write_error
-from cascadev.errors import CascadeVError
+from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, commit, remove_quietly, temp_path, write_error
+from cascadev.errors import CascadeVError, warn
+from cascadev.frame_times import announced_frames, stream_end, variable_times
 
 __all__ = [
     "VideoInfo",
@@ -56,6 +58,8 @@ _OUTPUT_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 _COPYABLE_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac"})
 # Encoders that take x264-style constant-quality options.
 _CRF_CODECS = frozenset({"libx264", "libx264rgb", "libx265"})
+# Damaged files already reported in this process (recon opens its input twice).
+_LOST_REPORTED: set[str] = set()
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,6 +120,31 @@ def quiet_native_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+AV_LOG_QUIET = -8
+_decord_quieted = False
+
+
+def quiet_decord_ffmpeg() -> None:
+    """Set the log level of the ffmpeg copy that decord loaded (its own libavutil) to quiet, once.
+
+    decord decodes ahead in its own threads, so some of ffmpeg's messages about a damaged stream are
+    written outside any call of ours; only ffmpeg's own log level reaches them. PyAV's copy is a
+    different library (``av.logging``, silent by default). Where decord's libavutil cannot be found
+    (not Linux, an unusual build), :func:`quiet_native_stderr` still covers the calls themselves.
+    """
+    global _decord_quieted
+    if _decord_quieted or os.environ.get("CASCADEV_DEBUG"):
+        return
+    _decord_quieted = True
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "decord" in line and "libavutil" in line}
+        for path in paths:
+            ctypes.CDLL(path).av_log_set_level(AV_LOG_QUIET)  # already loaded: dlopen returns it
+    except (OSError, AttributeError, IndexError):
+        pass
+
+
 def _to_numpy(batch: Any) -> np.ndarray:
     """decord returns its own NDArray, or a torch tensor when someone switched its bridge."""
     if hasattr(batch, "asnumpy"):
@@ -142,6 +171,7 @@ class VideoReader:
                 "Reading videos needs the 'decord' package (pip install decord)."
             ) from exc
         try:
+            quiet_decord_ffmpeg()
             with quiet_native_stderr():  # a damaged file's reasons are summed up in one line below
                 self._vr = decord.VideoReader(
                     str(self.path), ctx=decord.cpu(0), num_threads=num_threads
@@ -170,6 +200,42 @@ class VideoReader:
             if first.shape[1] * first.shape[2] < 3 * self._width:
                 raise _unreadable(self.path, f"decoded frames have shape {tuple(first.shape)}")
         self._fps = fps if math.isfinite(fps) and fps > 0 else 0.0
+        self._frame_times: np.ndarray | None | bool = False  # not looked at yet
+        self._report_lost_frames()
+
+    def _report_lost_frames(self) -> None:
+        """One warning (once per file and process) when fewer frames decode than the container announces."""
+        announced = announced_frames(self.path)
+        key = str(self.path.resolve())
+        if announced is None or key in _LOST_REPORTED:
+            return
+        count, exact = announced
+        lost = count - self._num_frames
+        if lost > (0 if exact else max(1, round(0.02 * count))):  # estimated counts are good to about a frame
+            _LOST_REPORTED.add(key)
+            warn(f"{self.path} is damaged: only {self._num_frames} of the {count} frames its container "
+                 f"announces could be decoded ({lost} lost); going on with those.")
+
+    def start_time(self, index: int) -> float:
+        """Seconds from frame 0 to frame ``index``: its own timestamp for variable frame rate."""
+        if self.frame_times is not None:
+            return float(self.frame_times[index])
+        return index / self.fps if self.fps else 0.0
+
+    @property
+    def frame_times(self) -> np.ndarray | None:
+        """Variable frame rate: the start of every frame and the end of the last (n + 1 values, seconds
+        from frame 0), from the container's timestamps. None for constant-rate video."""
+        if self._frame_times is False:
+            try:
+                starts = self._vr.get_frame_timestamp(list(range(self._num_frames)))[:, 0]
+            except Exception:  # no timestamps: the frames are taken as evenly spaced, as before
+                starts = []
+            times = variable_times(starts, None)
+            if times is not None:  # only variable-rate video pays for a pass over the packets
+                times = variable_times(starts, stream_end(self.path))
+            self._frame_times = times
+        return self._frame_times
 
     def _container_width(self) -> int:
         try:
@@ -179,6 +245,10 @@ class VideoReader:
             raise _unreadable(self.path) from exc
 
     def _decode(self, idx: list[int]) -> np.ndarray:
+        with quiet_native_stderr():  # ffmpeg's complaints about a damaged stream
+            return self._decode_frames(idx)
+
+    def _decode_frames(self, idx: list[int]) -> np.ndarray:
         if not self._padded_rows:
             return _to_numpy(self._vr.get_batch(idx))
         row_bytes = 3 * self._width
@@ -385,6 +455,8 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 _NTSC_BASES = (24, 30, 48, 60, 120, 240)
+# Time base of variable-rate output (MPEG's 90 kHz clock); containers with a coarser one rescale.
+_FINE_TIME_BASE = Fraction(1, 90000)
 
 
 def fps_fraction(fps: float | Fraction) -> Fraction:
@@ -532,6 +604,10 @@ class VideoWriter(AtomicWriter):
     lossless for x264 (apart from the RGB->YUV conversion with YUV pixel formats). ``audio_from`` copies
     the first audio track of that file, starting ``audio_start`` seconds into it; a file without audio
     just gives a silent video.
+
+    ``frame_times`` (variable frame rate, see :mod:`cascadev.frame_times`): the start of each frame to
+    be written and the end of the last, in seconds; each frame keeps its time (``fps`` is then only the
+    stream's nominal rate) and the audio follows them. Without it frame i lies at i / fps.
     """
 
     def __init__(
@@ -545,6 +621,7 @@ class VideoWriter(AtomicWriter):
         pix_fmt: str | None = None,
         audio_from: str | os.PathLike[str] | None = None,
         audio_start: float = 0.0,
+        frame_times: Sequence[float] | None = None,
     ) -> None:
         self.path = Path(path)
         check_output_path(self.path, "output video")
@@ -573,6 +650,8 @@ class VideoWriter(AtomicWriter):
         self.fps = fps_fraction(fps)
         self.codec, self.crf, self.pix_fmt = codec, int(crf), pix_fmt
         self.frames_written = 0
+        self.frame_times = None if frame_times is None else [float(t) for t in frame_times]
+        self._durations: dict[int, int] = {}  # pts -> duration of frames sent to the encoder (frame_times)
         self._tmp: Path | None = None
         self._container: av.container.OutputContainer | None = None
         self._stream: Any = None
@@ -595,9 +674,13 @@ class VideoWriter(AtomicWriter):
             stream = self._container.add_stream(self.codec, rate=self.fps)
             stream.height, stream.width = self.stored_size
             stream.pix_fmt = self.pix_fmt
-            stream.codec_context.time_base = 1 / self.fps
-            if self.codec in _CRF_CODECS:
-                stream.options = {"crf": str(self.crf)}
+            stream.codec_context.time_base = 1 / self.fps if self.frame_times is None else _FINE_TIME_BASE
+            options = {"crf": str(self.crf)} if self.codec in _CRF_CODECS else {}
+            if self.frame_times is not None:
+                # B-frames make x264 invent decode times from the frame rate, which breaks uneven
+                # timestamps (mp4 then reports a wrong duration); without them dts = pts.
+                options["bf"] = "0"
+            stream.options = options
             self._stream = stream
             if self._audio is not None:
                 self._audio.add_output_stream(self._container)
@@ -625,15 +708,35 @@ class VideoWriter(AtomicWriter):
         try:
             for rgb in arr:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-                frame.pts = self.frames_written
-                frame.time_base = 1 / self.fps
-                self._container.mux(self._stream.encode(frame))
+                self._stamp(frame)
+                self._mux_video(self._stream.encode(frame))
                 self.frames_written += 1
                 if self._audio is not None:
-                    self._audio.feed(self._container, float(self.frames_written / self.fps))
+                    self._audio.feed(self._container, self._time(self.frames_written))
         except Exception as exc:
             self.abort()
             raise write_error(self.path, exc) from exc
+
+    def _time(self, index: int) -> float:
+        """When frame ``index`` starts (the end of frame ``index - 1``), in seconds."""
+        return float(index / self.fps) if self.frame_times is None else self.frame_times[index]
+
+    def _stamp(self, frame: av.VideoFrame) -> None:
+        i = self.frames_written
+        if self.frame_times is None:
+            frame.pts, frame.time_base = i, 1 / self.fps
+            return
+        if i + 1 >= len(self.frame_times):
+            raise CascadeVError(f"{self.path} was given times for {len(self.frame_times) - 1} frames; more came.")
+        frame.pts = round(self.frame_times[i] / _FINE_TIME_BASE)
+        frame.time_base = _FINE_TIME_BASE
+        self._durations[frame.pts] = round(self.frame_times[i + 1] / _FINE_TIME_BASE) - frame.pts
+
+    def _mux_video(self, packets: list) -> None:
+        for packet in packets:
+            if packet.pts in self._durations:  # the encoder knows only the nominal rate
+                packet.duration = self._durations.pop(packet.pts)
+        self._container.mux(packets)
 
     def close(self) -> None:
         """Finish encoding and move the file into place. Raises if no frame was written."""
@@ -643,14 +746,14 @@ class VideoWriter(AtomicWriter):
             self.abort()
             raise CascadeVError(f"No frames were written to {self.path}; nothing was saved.")
         try:
-            self._container.mux(self._stream.encode(None))
+            self._mux_video(self._stream.encode(None))
             if self._audio is not None:
-                self._audio.feed(self._container, float(self.frames_written / self.fps))
+                self._audio.feed(self._container, self._time(self.frames_written))
                 self._audio.finish(self._container)
                 self._audio.close()
             self._container.close()
             self._container = None
-            os.replace(self._tmp, self.path)
+            commit(self._tmp, self.path)
             self._tmp = None
         except Exception as exc:
             self.abort()
