@@ -323,6 +323,14 @@ def run_command(args, inputs: Sequence[str], make_loader: Callable[[Sequence[str
         n = max(1, n - start)
         return min(n, count) if count else n
 
-    result = run_batch(jobs, lambda job: task(job.source, job.target, load), out_dir, latent_inputs=latent,
+    def run_one(job: Job) -> None:
+        if args.command == "recon":  # recon locks its folder itself
+            return task(job.source, job.target, load)
+        from .outlock import output_lock
+
+        with output_lock(job.target):  # one writer per output, also across concurrent batches
+            return task(job.source, job.target, load)
+
+    result = run_batch(jobs, run_one, out_dir, latent_inputs=latent,
                        frames_limit=frames, progress=not args.quiet, desc=args.command)
     report(result, out_dir)

@@ -410,8 +410,21 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
 
 
 def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
-    """One writer per output file; recon locks its folder itself, once the folder exists."""
-    if args.command in ("encode", "decode", "upscale", "interpolate"):
+    """One writer per output file; recon locks its folder itself, once the folder exists, and a batch
+    locks each of its outputs (cascadev.batch)."""
+    from .batch import is_batch
+
+    inputs = getattr(args, "latent", None) or getattr(args, "video", None) or []
+    if args.command in ("encode", "decode", "upscale", "interpolate") and not is_batch(inputs):
+        # The input is checked first: a bad input is reported as such, whatever the output.
+        if args.command == "decode":
+            from .latent_io import LatentReader
+
+            LatentReader(inputs[0])
+        else:
+            from .video_io import probe_video
+
+            probe_video(inputs[0])
         return output_lock(args.output)
     return nullcontext()
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import check_output_path, sweep_stale_partials
+from .atomic import check_output_path, make_folder, sweep_stale_partials
 from .errors import CascadeVError
 
 FOLDER_LOCK = ".cascadev.lock"
@@ -56,10 +56,22 @@ def output_lock(output: str | os.PathLike, folder: bool = False) -> Iterator[Pat
     files left in the output's folder by runs that died are removed (and reported in one line).
     """
     output = Path(output)
+    created = None
     if not folder:
-        check_output_path(output)  # the usual one-line errors before a lock file is made
+        # Like every command, create a missing output folder; a run that fails removes what it created.
+        created = next((f for f in reversed([output.parent, *output.parent.parents]) if not f.exists()), None)
+        make_folder(output.parent)
+        try:
+            check_output_path(output)  # the usual one-line errors before a lock file is made
+        except CascadeVError:
+            _remove_created(created, output)
+            raise
     path = lock_path(output, folder)
-    fd = _acquire(path, output)
+    try:
+        fd = _acquire(path, output)
+    except BaseException:
+        _remove_created(created, output)
+        raise
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -73,3 +85,19 @@ def output_lock(output: str | os.PathLike, folder: bool = False) -> Iterator[Pat
         except OSError:
             pass
         os.close(fd)
+        _remove_created(created, output)
+
+
+def _remove_created(created: Path | None, output: Path) -> None:
+    """Remove the folders this run created for ``output`` when it did not write it (empty ones only)."""
+    if created is None or output.exists():
+        return
+    folder = output.parent
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
+        folder = folder.parent
