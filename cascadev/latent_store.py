@@ -156,10 +156,9 @@ def encode_store(args: argparse.Namespace, cfg, make_loader) -> None:
     import functools
 
     from . import batch
+    from .presets import PRESETS
     from .reconstruct import prepare_frames
     from .video_io import VideoReader, select_frames
-
-    from .presets import PRESETS
 
     batch._use_process_device(args)
     state = batch.distributed_state()

@@ -31,7 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascadev.atomic import AtomicWriter, atomic_output, check_output_path, commit, remove_quietly, temp_path, write_error
+from cascadev.atomic import (
+    AtomicWriter,
+    atomic_output,
+    check_output_path,
+    commit,
+    remove_quietly,
+    temp_path,
+    write_error,
+)
 from cascadev.errors import CascadeVError, warn
 from cascadev.frame_times import announced_frames, stream_end, variable_times
 

@@ -24,6 +24,7 @@ def tiny_weights(tmp_path_factory):
     VAE folder) is exercised.
     """
     import torch
+
     from cascadev.checkpoint import save_safetensors
     from cascadev.loading import load_config
     from cascadev.models import build_model

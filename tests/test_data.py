@@ -22,7 +22,6 @@ from cascadev.data import (
 from cascadev.errors import CascadeVError
 from cascadev.video_io import write_video
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
-from cascadev.loading import PRECISIONS, CUDA_PRECISION, load_config
+from cascadev.loading import CUDA_PRECISION, PRECISIONS, load_config
 from cascadev.models.dit import CascadeDiT
-from cascadev.pipeline import CascadeVPipeline
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

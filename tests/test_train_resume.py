@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import assert_one_line_error
+from videos import write_test_video
 
 from cascadev.cli import main
 from cascadev.training import checkpoints
 from cascadev.training.trainer import Trainer
-from cli_checks import assert_one_line_error
-from videos import write_test_video
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")

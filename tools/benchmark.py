@@ -177,7 +177,6 @@ def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.dev
         "mfu": flops / dit_seconds / 1e12 / peak if dit_seconds and peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    del pipe
     return report
 
 

@@ -17,9 +17,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
