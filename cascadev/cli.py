@@ -137,6 +137,15 @@ def _subparser(sub, name: str, summary: str, description: str, epilog: str | Non
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
+    p.add_argument("--work-dir", required=True, help="checkpoints, logs, metrics.jsonl and the effective config")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in all")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto (GPU when available) or cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or console log lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -186,14 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subparser(sub, "train", "train the DiT on a list of videos (accelerate; resumes from the work dir)",
                    "Train the LDM-VAE's DiT with the config's recipe; started again with the same --work-dir it resumes.")
-    p.add_argument("config", help="training config, e.g. configs/s1024_effn_f32.py")
-    p.add_argument("--work-dir", required=True, help="checkpoints, logs, metrics.jsonl and the effective config")
-    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in all")
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
+    _add_training_options(p)
     p.add_argument("--weights-dir", default=None, help="folder of the frozen networks' weights (default: the config's)")
     p.add_argument("--random-init", action="store_true", help="frozen VAE/compressor at random (smoke tests only)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu"], help="auto (GPU when available) or cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or console log lines")
+
+    p = _subparser(sub, "train-ae", "train the semantic compressor + previewer, or the video VAE (accelerate; resumes)",
+                   "Train the networks the DiT stands on with the same loop, logs, checkpoints and resume as train: "
+                   "--part compressor (compressor + previewer) or --part vae (AutoencoderKLTemporalDecoder).")
+    _add_training_options(p)
+    p.add_argument("--part", required=True, choices=["compressor", "vae"], help="compressor (with its previewer) or vae")
+    p.add_argument("--export", default=None, help="folder for the trained weights, under the config's weights names "
+                   "(default: WORK_DIR/weights; pass it to other commands as --weights-dir)")
 
     from .evaluation.cli import add_eval_parser
 
@@ -290,7 +302,7 @@ def _output_location(args: argparse.Namespace) -> str:
 def _check_inputs(args: argparse.Namespace) -> None:
     """The cheap checks (input files, config file) that run before torch and diffusers are imported,
     so that a typo costs a fraction of a second, not the ten seconds those imports take."""
-    if args.command == "train":
+    if args.command in ("train", "train-ae"):
         files = [(args.config, "config")]
     else:
         files = [(args.config or _default_config(), "config")]
@@ -326,14 +338,19 @@ def run(args: argparse.Namespace) -> None:
     _check_inputs(args)
     from .loading import load_config
 
-    if args.command == "train":
+    if args.command in ("train", "train-ae"):
         from .training.trainer import Trainer, TrainOptions
 
         cfg = load_config(args.config, args.cfg_options)
         _check_work_dir(Path(args.work_dir))
-        options = TrainOptions(Path(args.work_dir), args.max_steps, args.weights_dir, args.random_init, args.device,
-                               progress=not args.quiet)
-        trainer = Trainer(cfg, options)
+        options = TrainOptions(Path(args.work_dir), args.max_steps, getattr(args, "weights_dir", None),
+                               getattr(args, "random_init", False), args.device, progress=not args.quiet)
+        if args.command == "train-ae":
+            from .training.autoencoders import AutoencoderTrainer
+
+            trainer = AutoencoderTrainer(cfg, options, args.part, args.export)
+        else:
+            trainer = Trainer(cfg, options)
         saved = trainer.fit()
         if trainer.accelerator.is_main_process:
             step = trainer.state["step"]

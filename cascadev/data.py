@@ -201,10 +201,16 @@ def _read_frames(
     return frames[inverse.reshape(-1)]
 
 
-def _square(video: torch.Tensor, size: int, resize: bool) -> torch.Tensor:
-    """``(3, T, H, W)`` in [-1, 1] -> ``(3, T, size, size)``: centre crop, after resizing or padding."""
+def _square(
+    video: torch.Tensor, size: int, resize: bool, scale: float = 1.0, corner: tuple[float, float] = (0.5, 0.5)
+) -> torch.Tensor:
+    """``(3, T, H, W)`` in [-1, 1] -> ``(3, T, size, size)``: a crop after resizing or padding.
+
+    With ``resize`` the short side becomes ``round(size * scale)``; ``corner`` places the crop (fractions
+    of the free room above and left of it; (0.5, 0.5) is the centre crop).
+    """
     if resize:
-        video = resize_short_side(video, size).clamp_(-1.0, 1.0)
+        video = resize_short_side(video, max(size, round(size * scale))).clamp_(-1.0, 1.0)
     else:
         # The release: native resolution; sides shorter than ``size`` are padded with black.
         h, w = video.shape[-2:]
@@ -216,7 +222,7 @@ def _square(video: torch.Tensor, size: int, resize: bool) -> torch.Tensor:
                 value=-1.0,
             )
     h, w = video.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
+    top, left = int((h - size) * corner[0]), int((w - size) * corner[1])
     return video[..., top : top + size, left : left + size].contiguous()
 
 
@@ -250,7 +256,11 @@ class VideoClipDataset(Dataset):
     ``sample_size`` padded with black. With probability ``hflip_prob`` the clip is mirrored left-right
     (the release uses 0.5).
 
-    Randomness (offset, flip) comes from ``numpy.random.default_rng((seed, epoch, i))``, epoch 0 unless
+    Augmentation (nano's recipe): ``scale_range=(lo, hi)`` resizes the short side to ``sample_size``
+    times a factor drawn uniformly from that range (``resize=True`` only) and ``crop="random"`` cuts
+    the square at a uniformly drawn place instead of the centre.
+
+    Randomness (offset, flip, scale, crop) comes from ``numpy.random.default_rng((seed, epoch, i))``, epoch 0 unless
     :meth:`set_epoch` is called. A substitute video uses item ``i``'s generator.
 
     Bad videos (unreadable, no frames, too short with ``short_video="skip"``) give one
@@ -271,6 +281,8 @@ class VideoClipDataset(Dataset):
         resize: bool = True,
         hflip_prob: float = 0.0,
         clips_per_video: int = 1,
+        crop: str = "center",
+        scale_range: Sequence[float] = (1.0, 1.0),
     ) -> None:
         for name, value in (
             ("clips_per_video", clips_per_video),
@@ -288,6 +300,10 @@ class VideoClipDataset(Dataset):
             )
         if not 0.0 <= float(hflip_prob) <= 1.0:
             raise CascadeVError(f"The hflip_prob option must lie in [0, 1], got {hflip_prob}.")
+        if crop not in ("center", "random"):
+            raise CascadeVError(f"The crop option must be center or random, got {crop!r}.")
+        if len(scale_range) != 2 or not 1.0 <= float(scale_range[0]) <= float(scale_range[1]):
+            raise CascadeVError(f"The scale_range option must be (lo, hi) with 1 <= lo <= hi, got {scale_range!r}.")
         if not videos:
             raise CascadeVError("The video_list names no videos.")
         self.videos = [str(v) for v in videos]
@@ -299,6 +315,8 @@ class VideoClipDataset(Dataset):
         self.resize = bool(resize)
         self.hflip_prob = float(hflip_prob)
         self.clips_per_video = int(clips_per_video)
+        self.crop = crop
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.epoch = 0
         self.skipped = 0
         self.bad_videos: set[int] = set()
@@ -326,7 +344,10 @@ class VideoClipDataset(Dataset):
             rng,
             pad=self.short_video == "pad",
         )
-        video = _square(to_model_range(frames), self.sample_size, self.resize)
+        # Drawn only when augmenting, so that clips of configs without augmentation stay as they were.
+        scale = rng.uniform(*self.scale_range) if self.scale_range[0] < self.scale_range[1] else self.scale_range[0]
+        corner = (rng.random(), rng.random()) if self.crop == "random" else (0.5, 0.5)
+        video = _square(to_model_range(frames), self.sample_size, self.resize, scale, corner)
         if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
             video = video.flip(-1)
         return video

@@ -265,7 +265,7 @@ def test_bad_inputs(tmp_path, capsys, folders):
     out.parent.mkdir()
     cases = [
         (["--ref", tmp_path / "nope", "--rec", rec, "-o", out], ["nope", "does not exist"]),
-        (["--ref", ref, "--rec", rec, "-o", out, "--metrics", "psnr,sharpness"], ["sharpness", "--metrics"]),
+        (["--ref", ref, "--rec", rec, "-o", out, "--metrics", "psnr,contrast"], ["contrast", "--metrics"]),
         (["--ref", ref, "--rec", rec, "-o", tmp_path / "missing" / "r.json"], ["missing", "does not exist"]),
         (["--ref", ref, "--rec", rec, "-o", tmp_path / "out" / "r.txt"], ["r.txt", ".json"]),
         (["--ref", ref, "--rec", rec, "-o", out, "--device", "tpu"], ["tpu"]),
@@ -326,7 +326,7 @@ def test_report_files_hold_what_the_table_says(tmp_path, capsys, folders, random
     rows = parse_tables(markdown)
     assert list(rows) == ["Ours/1x32x32=1024"]
     row = rows["Ours/1x32x32=1024"]
-    assert list(row) == ["psnr", "ssim", "lpips", "subject_consistency", "background_consistency",
+    assert list(row) == ["psnr", "ssim", "lpips", "sharpness", "subject_consistency", "background_consistency",
                          "temporal_flickering", "motion_smoothness", "imaging_quality", "aesthetic_quality"]
     for metric, cell in row.items():
         if metric in results["mean"]:

@@ -302,3 +302,17 @@ def test_bicubic_folder_writes_every_video(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cascadev-bicubic: error:") and "missing" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+def test_sharpness_is_the_laplacian_energy_ratio():
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    np.testing.assert_allclose(M.sharpness(ref, ref), 1.0)
+    # A grey checkerboard of contrast c has Laplacian +-4c at every interior pixel: energy 16c^2.
+    board = (np.indices((16, 16)).sum(0) % 2).astype(np.float64)
+    ref_c = np.repeat((100 + 40 * board)[None, ..., None], 3, -1).astype(np.uint8)
+    rec_c = np.repeat((100 + 20 * board)[None, ..., None], 3, -1).astype(np.uint8)
+    np.testing.assert_allclose(M.laplacian_energy(ref_c), [16 * 40.0**2], rtol=1e-9)
+    np.testing.assert_allclose(M.sharpness(ref_c, rec_c), [0.25], rtol=1e-9)
+    flat = np.full((1, 16, 16, 3), 7, np.uint8)
+    assert np.isnan(M.sharpness(flat, ref_c)[0])

@@ -7,7 +7,7 @@ bicubic x32 baseline), ``cli`` (``cascadev eval``). This file only holds the met
 building the command-line parser imports nothing heavy.
 """
 
-PAIRED_METRICS = ("psnr", "ssim", "lpips")
+PAIRED_METRICS = ("psnr", "ssim", "lpips", "sharpness")
 VBENCH_DIMENSIONS = (
     "subject_consistency",
     "background_consistency",
@@ -20,6 +20,7 @@ ALL_METRICS = (
     "psnr",
     "ssim",
     "lpips",
+    "sharpness",
     "subject_consistency",
     "background_consistency",
     "temporal_flickering",

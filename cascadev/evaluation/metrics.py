@@ -9,6 +9,10 @@ these over the frames, and a data set's score is the mean over its videos (see `
   clipped there, so no mean is ever inf or NaN and identical frames never rank below nearly
   identical ones.
 * SSIM: ``skimage.metrics.structural_similarity(ref, rec, channel_axis=-1, data_range=255)``.
+* Sharpness: the Laplacian energy of the reconstruction over the original's, per frame: the mean of
+  the squared 4-neighbour Laplacian of the luma (BT.601, 0-255, interior pixels), REC over REF. 1 means
+  as much fine detail as the original, below 1 blurrier, above 1 noisier or over-sharpened; a flat
+  original frame (no Laplacian energy) gives NaN, left out of the means.
 * LPIPS: the ``lpips`` package (AlexNet trunk, v0.1 linear heads) on inputs scaled to [-1, 1].
 * Temporal flickering (VBench's definition, on the reconstruction alone): the mean absolute difference
   between consecutive frames on the 0-255 scale, averaged over all consecutive pairs of a video;
@@ -34,6 +38,7 @@ __all__ = [
     "load_lpips",
     "lpips_backbone_path",
     "psnr",
+    "sharpness",
     "ssim",
     "temporal_flickering",
 ]
@@ -101,6 +106,23 @@ def ssim(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
         ],
         dtype=np.float64,
     )
+
+
+def laplacian_energy(frames: np.ndarray) -> np.ndarray:
+    """Mean squared 4-neighbour Laplacian of each frame's luma (interior pixels): float64 (n,)."""
+    x = _batch(frames, "sharpness").astype(np.float64)
+    luma = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    lap = (luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:]
+           - 4.0 * luma[:, 1:-1, 1:-1])
+    return np.mean(lap * lap, axis=(1, 2))
+
+
+def sharpness(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """Laplacian energy of ``rec`` over that of ``ref``, per frame: float64 (n,); NaN for a flat ``ref``."""
+    ref, rec = _pair(ref, rec, "sharpness")
+    energy_ref, energy_rec = laplacian_energy(ref), laplacian_energy(rec)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(energy_ref > 0, energy_rec / np.where(energy_ref > 0, energy_ref, 1.0), np.nan)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 LABEL_HEADER = "Model/Compression Factor"
-RECON_COLUMNS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("lpips", "LPIPS↓"))
+RECON_COLUMNS = (("psnr", "PSNR↑"), ("ssim", "SSIM↑"), ("lpips", "LPIPS↓"), ("sharpness", "Sharpness→1"))
 VBENCH_COLUMNS = (
     ("subject_consistency", "Subject Consistency"),
     ("background_consistency", "Background Consistency"),
@@ -53,7 +53,8 @@ FLICKER_NOTE = (
     "change between frames, which a static or blurry output (e.g. the previewer's) also gets, so no value "
     "of it is bolded as best."
 )
-TITLES = {key: title.rstrip("↑↓") for key, title in RECON_COLUMNS + VBENCH_COLUMNS}
+CLOSEST_TO_ONE_IS_BEST = frozenset({"sharpness"})  # Laplacian energy ratio: 1 = the original's detail
+TITLES = {key: title.rstrip("↑↓→1") for key, title in RECON_COLUMNS + VBENCH_COLUMNS}
 NOT_AVAILABLE = "n/a"
 
 
@@ -86,7 +87,8 @@ def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], columns) -> str:
         if len(rows) < 2 or len(column) < 2 or key in NOT_RANKED:
             best.append(None)
         else:
-            best.append(min(column) if key in LOWER_IS_BETTER else max(column))
+            best.append(min(column, key=lambda v: abs(v - 1.0)) if key in CLOSEST_TO_ONE_IS_BEST
+                        else min(column) if key in LOWER_IS_BETTER else max(column))
     for (label, _), row_values in zip(rows, values):
         cells = []
         for value, top in zip(row_values, best):

@@ -302,6 +302,9 @@ def _score_pair(
             per_frame["psnr"].extend(M.psnr(ref_frames, rec_frames).tolist())
         if "ssim" in per_frame:
             per_frame["ssim"].extend(M.ssim(ref_frames, rec_frames).tolist())
+        if "sharpness" in per_frame:
+            # NaN (a flat original frame) becomes None: results.json is strict JSON.
+            per_frame["sharpness"].extend(v if np.isfinite(v) else None for v in M.sharpness(ref_frames, rec_frames).tolist())
         if "lpips" in per_frame and lpips_metric is not None:
             try:
                 values = lpips_metric(ref_frames, rec_frames)
@@ -313,7 +316,9 @@ def _score_pair(
             per_frame["lpips"].extend(values.tolist())
     scores = _VideoScores(per_frame=per_frame)
     for metric, values in per_frame.items():
-        scores.values[metric] = float(np.mean(values))
+        finite = [v for v in values if v is not None]  # sharpness has None for flat original frames
+        if finite:
+            scores.values[metric] = float(np.mean(finite))
     if meter is not None:
         value = meter.score()
         if value is not None:

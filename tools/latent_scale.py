@@ -1,0 +1,51 @@
+"""Print the scale_factor that gives a VAE's latents unit standard deviation on a config's training clips.
+
+    python tools/latent_scale.py CONFIG [--weights-dir DIR] [--clips 8]
+
+Latent diffusion scales the VAE latent so that it has about unit variance (Stable Diffusion's 0.18215,
+SDXL's 0.13025); a VAE trained here (cascadev train-ae --part vae) needs its own value: 1 / std of the
+posterior samples of the first ``--clips`` clips of ``video_list``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from einops import rearrange
+
+from cascadev.data import VideoClipDataset, read_video_list
+from cascadev.errors import CascadeVError
+from cascadev.loading import build_pipeline, load_config
+
+
+def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
+    vae = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).vae
+    dataset = VideoClipDataset(read_video_list(cfg.video_list), int(cfg.num_frames_per_video), int(cfg.time_stride),
+                               int(cfg.sample_size), seed=int(cfg.get("seed", 0)), **dict(cfg.get("data", {})))
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    with torch.no_grad():
+        for i in range(min(clips, len(dataset))):
+            frames = rearrange(dataset[i]["video"], "c t h w -> t c h w")
+            samples.append(vae.encode(frames).latent_dist.sample(generator).flatten())
+    return float(1.0 / torch.cat(samples).std())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--weights-dir", default=None, help="folder with the VAE (default: the config's)")
+    parser.add_argument("--clips", type=int, default=8, help="training clips to measure (default 8)")
+    args = parser.parse_args(argv)
+    try:
+        print(f"{latent_scale(load_config(args.config), args.weights_dir, args.clips):.5g}")
+    except CascadeVError as exc:
+        print(f"latent_scale: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

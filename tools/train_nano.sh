@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Train the nano cascade from nothing, stage by stage, with the project's own commands, and install it in
+# pretrained/nano/ (what configs/nano.py loads). Each stage resumes from its work dir when run again.
+#   bash tools/train_nano.sh [WORK_DIR]            (default work_dirs/nano)
+# Steps per stage (defaults: the shipped run, about 35 minutes on 2 CPU cores; a GPU is far faster):
+#   COMPRESSOR_STEPS=... VAE_STEPS=... DIT_STEPS=... bash tools/train_nano.sh
+# Stages:
+#   0. data:        tools/make_nano_data.py -> data/nano/{train,heldout}.txt (real footage, docs/nano.md)
+#   1. compressor:  cascadev train-ae configs/nano.py --part compressor   (compressor + previewer)
+#   2. vae:         cascadev train-ae configs/nano.py --part vae          (AutoencoderKLTemporalDecoder)
+#   3. dit:         cascadev train configs/nano.py, on the frozen networks of stages 1 and 2
+# Stages 1 and 2 are independent: PARALLEL=1 runs them side by side (one thread each).
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+WORK=${1:-work_dirs/nano}
+PY=${PY:-$REPO/.venv/bin/python}
+[ -x "$PY" ] || PY=python
+CASCADEV=("$PY" -m cascadev.cli)
+COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-1000}
+VAE_STEPS=${VAE_STEPS:-600}
+DIT_STEPS=${DIT_STEPS:-400}
+WEIGHTS=$WORK/weights
+mkdir -p "$WORK"
+
+echo "== 0. data"
+[ -s data/nano/train.txt ] || "$PY" tools/make_nano_data.py --out data/nano
+
+compressor() { "${CASCADEV[@]}" train-ae configs/nano.py --part compressor --work-dir "$WORK/compressor" \
+    --max-steps "$COMPRESSOR_STEPS" --export "$WEIGHTS" --quiet; }
+vae() { "${CASCADEV[@]}" train-ae configs/nano.py --part vae --work-dir "$WORK/vae" \
+    --max-steps "$VAE_STEPS" --export "$WEIGHTS" --quiet; }
+if [ "${PARALLEL:-0}" = 1 ]; then
+    echo "== 1+2. compressor + previewer, and VAE, side by side"
+    OMP_NUM_THREADS=1 compressor > "$WORK/compressor.log" 2>&1 &
+    pid=$!
+    OMP_NUM_THREADS=1 vae > "$WORK/vae.log" 2>&1 || { cat "$WORK/vae.log"; exit 1; }
+    wait "$pid" || { cat "$WORK/compressor.log"; exit 1; }
+else
+    echo "== 1. compressor + previewer"; compressor
+    echo "== 2. VAE"; vae
+fi
+
+echo "== 3. DiT (scale_factor = 1 / std of the VAE's latents)"
+SCALE=$("$PY" tools/latent_scale.py configs/nano.py --weights-dir "$WEIGHTS")
+echo "scale_factor=$SCALE"
+"${CASCADEV[@]}" train configs/nano.py --work-dir "$WORK/dit" --weights-dir "$WEIGHTS" --max-steps "$DIT_STEPS" \
+    --quiet --cfg-options "scale_factor=$SCALE"
+
+echo "== install in pretrained/nano"
+mkdir -p pretrained/nano
+cp "$WEIGHTS/compressor.safetensors" "$WEIGHTS/previewer.safetensors" pretrained/nano/
+rm -rf pretrained/nano/vae && cp -r "$WEIGHTS/vae" pretrained/nano/vae
+LAST=$(ls -d "$WORK"/dit/checkpoint-* | sort | tail -n 1)
+cp "$LAST/model.safetensors" pretrained/nano/dit.safetensors
+echo "done: pretrained/nano (set scale_factor = $SCALE in configs/nano.py if it differs)"
