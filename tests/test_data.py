@@ -396,3 +396,25 @@ def test_dataloader_shuffle_is_seeded(tmp_path):
     assert order(1) == order(1)
     assert sorted(order(1)) == list(range(6))
     assert any(order(1) != order(s) for s in (2, 3, 4))
+
+
+def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
+    # A left-to-right ramp: a crop's first column tells where it was cut, its span how much it was scaled.
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[None, None, :, None], (2, 16, 1, 3))
+    path = tmp_path / "ramp.mp4"
+    write_video(path, ramp, 24, codec="libx264rgb", crf=0)
+    common = dict(num_frames=2, time_stride=1, sample_size=16)
+    centre = VideoClipDataset([str(path)] * 8, **common)[0]["video"]
+    random = VideoClipDataset([str(path)] * 8, crop="random", **common)
+    lefts = [float(random[i]["video"][0, 0, 8, 0]) for i in range(8)]
+    assert len({round(v, 3) for v in lefts}) > 4  # the crops are cut at different places
+    assert lefts == [float(random[i]["video"][0, 0, 8, 0]) for i in range(8)]  # and again at the same ones
+    assert min(lefts) < float(centre[0, 0, 8, 0]) < max(lefts)
+    zoomed = VideoClipDataset([str(path)], scale_range=(2.0, 2.0), **common)[0]["video"]
+    span = lambda v: float(v[0, 0, 8, -1] - v[0, 0, 8, 0])  # noqa: E731
+    assert zoomed.shape == centre.shape
+    assert span(zoomed) == pytest.approx(span(centre) / 2, rel=0.1)  # short side 32 instead of 16
+    with pytest.raises(CascadeVError, match="scale_range"):
+        VideoClipDataset([str(path)], scale_range=(0.5, 1.0), **common)
+    with pytest.raises(CascadeVError, match="crop"):
+        VideoClipDataset([str(path)], crop="corner", **common)

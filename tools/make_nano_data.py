@@ -10,8 +10,9 @@ No data set can be downloaded where CascadeV is built, but two packages carry re
 Split (no frame of a held-out clip is ever trained on):
 
 * train: bikes frames 0-199, carphone frames 0-89 (frame folders), and every colour photo;
-* held-out: bikes frames 200-249 and carphone frames 90-119, written as 256x256 mp4 clips (short side
-  resized to 256, centre crop), the inputs of ``cascadev eval`` in docs/nano.md.
+* held-out: bikes frames 200-249, carphone frames 90-119 and the first 24 frames of the repository's
+  example/demo.mp4 (a hummingbird), written as 256x256 mp4 clips (short side resized to 256, centre
+  crop), the inputs of ``cascadev eval`` in docs/nano.md.
 
 Augmentation (random crops, flips and scales) happens in the training data pipeline
 (``data=dict(crop='random', scale_range=..., hflip_prob=...)`` in configs/nano.py), not here.
@@ -39,8 +40,11 @@ from cascadev.video_io import VideoReader, resize_short_side, save_image, to_mod
 TRAIN_VIDEOS = {"bikes": ("bikes.mp4", 0, 200), "carphone": ("carphone_pristine.mp4", 0, 90)}
 # Lines per source in train.txt: each line is one clip per epoch, so the two real videos (where the motion
 # is) are drawn as often as all the stills together.
-VIDEO_REPEATS = {"bikes": 6, "carphone": 4}
+VIDEO_REPEATS = {"bikes": 12, "carphone": 8}
 HELDOUT_VIDEOS = {"bikes_heldout": ("bikes.mp4", 200, 250), "carphone_heldout": ("carphone_pristine.mp4", 90, 120)}
+# The repository's own example (a hummingbird, 1280x720): never trained on either.
+EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "demo.mp4"
+EXAMPLE_FRAMES = 24
 # scikit-image's colour photographs (real camera images; its drawings and grey scans are left out).
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
           "hubble_deep_field.jpg", "retina.jpg", "color.png", "ihc.png", "immunohistochemistry.png")
@@ -101,6 +105,9 @@ def build(out: Path) -> dict[str, list[str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, centre_square(read_range(videos / file, start, end), HELDOUT_SIZE), fps, crf=4)
         lists["heldout"].append(f"heldout/{name}.mp4")
+    path = out / "heldout" / "hummingbird_heldout.mp4"
+    write_video(path, centre_square(read_range(EXAMPLE, 0, EXAMPLE_FRAMES), HELDOUT_SIZE), VideoReader(EXAMPLE).fps, crf=4)
+    lists["heldout"].append(f"heldout/{path.name}")
     for split, entries in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{e}\n" for e in entries))
     return lists

@@ -1,0 +1,97 @@
+"""`cascadev train-ae`: the compressor + previewer and the VAE trained on the Trainer's loop (learning,
+exact resume, checkpoints), and exported weights that the other commands load."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_checks import assert_one_line_error
+from safetensors.torch import load_file
+from videos import write_test_video
+
+from cascadev.cli import main
+from cascadev.loading import build_pipeline, load_config
+from cascadev.training.autoencoders import part_config
+
+ROOT = Path(__file__).parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+SMALL = ["compressor.backbone=mobilenet_v3_small"]  # tiny's released-layout backbone is slow to train
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    for i in range(2):
+        write_test_video(root / f"v{i}.mp4", 6, 64, 80, fps=24.0)
+    (root / "two.txt").write_text("v0.mp4\nv1.mp4\n")
+    (root / "one.txt").write_text("v0.mp4\nv0.mp4\n")
+    return root
+
+
+def train_ae(part, work_dir, video_list, *extra, options=()):
+    argv = ["train-ae", TINY, "--part", part, "--work-dir", str(work_dir), "--quiet", "--device", "cpu",
+            "--cfg-options", f"video_list=['{video_list}']", *SMALL, *options, *map(str, extra)]
+    return main(argv)
+
+
+def losses(work_dir):
+    return [json.loads(line)["loss"] for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("part", ["compressor", "vae"])
+def test_loss_falls_when_overfitting_one_clip(tmp_path, clips, part):
+    options = ["save_model_steps=100", "optimizer.lr=2e-3", "lr_schedule_args.num_warmup_steps=0",
+               "sample_size=32", "num_frames_per_video=2"]
+    assert train_ae(part, tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=options) == 0
+    values = losses(tmp_path / "w")
+    assert len(values) == 30
+    assert np.mean(values[-5:]) < 0.75 * np.mean(values[:5])
+
+
+def test_resumed_run_equals_uninterrupted_run_and_exports_loadable_weights(tmp_path, clips):
+    options = ["save_model_steps=2", "keep_checkpoints=0", "validation.interval=2"]
+    assert train_ae("compressor", tmp_path / "full", clips / "two.txt", "--max-steps", 4, options=options) == 0
+    assert train_ae("compressor", tmp_path / "split", clips / "two.txt", "--max-steps", 2, options=options) == 0
+    assert train_ae("compressor", tmp_path / "split", clips / "two.txt", "--max-steps", 4, options=options) == 0
+    full = load_file(tmp_path / "full" / "checkpoint-00000004" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "checkpoint-00000004" / "model.safetensors")
+    assert full.keys() == split.keys()
+    for key in full:
+        assert torch.allclose(full[key], split[key], atol=1e-6), key
+    assert (tmp_path / "split" / "validation" / "step_00000004.png").is_file()
+    # The export holds the trained weights under the config's names, and the pipeline loads them.
+    cfg = load_config(TINY, SMALL)
+    pipe = build_pipeline(cfg, ["compressor", "previewer"], weights_dir=tmp_path / "full" / "weights")
+    assert torch.equal(pipe.compressor.mapper[0].weight, full["compressor.mapper.0.weight"])
+    assert torch.equal(pipe.previewer.blocks[0].weight, full["previewer.blocks.0.weight"])
+    assert not torch.equal(pipe.compressor.mapper[1].running_var, torch.ones(16))  # BatchNorm statistics learned
+
+
+def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
+    export = tmp_path / "weights"
+    assert train_ae("vae", tmp_path / "w", clips / "two.txt", "--max-steps", 1, "--export", export) == 0
+    assert sorted(p.name for p in export.iterdir()) == ["svd_vae"]  # tiny's weights.vae name
+    vae = build_pipeline(load_config(TINY), ["vae"], weights_dir=export).vae
+    trained = load_file(tmp_path / "w" / "checkpoint-00000001" / "model.safetensors")
+    assert torch.equal(vae.encoder.conv_in.weight, trained["encoder.conv_in.weight"])
+
+
+def test_part_overrides_and_bad_part(tmp_path, capsys):
+    cfg = load_config(ROOT / "configs" / "nano.py")
+    vae = part_config(cfg, "vae")
+    assert (vae.train_batch_size, vae.sample_size, vae.num_frames_per_video) == (2, 128, 4)
+    assert vae.data.crop == "random" and vae.data.scale_range == (2.0, 3.0)  # merged into, not replacing, data
+    assert vae.optimizer.type == "AdamW" and cfg.train_batch_size == 1  # the original is left alone
+    with pytest.raises(SystemExit) as stop:  # argparse's choices, through cascadev's one-line error
+        main(["train-ae", TINY, "--part", "dit", "--work-dir", str(tmp_path / "w")])
+    assert_one_line_error(stop.value.code, capsys.readouterr().err, "--part", "dit")
