@@ -176,6 +176,9 @@ SCHEMA: dict[str, Rule] = {
     "validation.interval": integer(0),
     "validation.steps": COUNT,
     "validation.scheduler": string(),
+    # autoencoder training (cascadev train-ae)
+    "autoencoder_training": section(),
+    "kl_weight": number(0),
 }
 
 # Sections every command builds its models from.

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 from ..checkpoint import save_safetensors
+from ..config_schema import validate_config
 from ..errors import CascadeVError
 from ..models import build_model
 from ..models.compressor import PREVIEWER_UPSAMPLING, COMPRESSOR_STRIDE
@@ -59,6 +60,7 @@ def part_config(cfg, part: str):
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
     if overrides:
         cfg.merge_from_dict(overrides)
+        validate_config(cfg.to_dict(), f"config {Path(cfg.filename).name} with autoencoder_training.{part}")
     return cfg
 
 
