@@ -47,6 +47,8 @@ mixed_precision = 'no'
 fp32_attention = False
 gradient_clip = 1.0
 optimizer = dict(type='AdamW', lr=3e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+auto_lr = dict(rule=None)  # the learning rates here are used as they are
+load_from = None  # trained from scratch
 lr_schedule_args = dict(num_warmup_steps=50)
 log_interval = 10
 save_model_steps = 100

@@ -29,7 +29,7 @@ model = dict(
 )
 
 # StableCascade's semantic compressor and previewer.
-compressor = dict(type='EfficientNetEncoder', c_latent=16)
+compressor = dict(type='EfficientNetEncoder', c_latent=16, backbone='efficientnet_v2_s')  # a torchvision constructor
 previewer = dict(type='Previewer', c_in=16, c_hidden=512, c_out=3)
 
 # Stable Video Diffusion's VAE. Pretrained weights come with their own config.json; these values are
@@ -72,7 +72,8 @@ sampling = dict(
 video_list = ['example/train.demo.txt']  # text files (one video or frame folder per line) or JSON files
 sample_size = 1024  # training crops
 time_stride = 4  # frames between the sampled frames of a clip
-data = dict(short_video='skip', resize=False, hflip_prob=0.5)  # as the release: native-resolution crops
+data = dict(short_video='skip', resize=False, hflip_prob=0.5,  # as the release: native-resolution crops
+            crop='center', scale_range=(1.0, 1.0))  # augmentation: crop='random', scale_range=(lo, hi) with resize
 encode_chunk = 4  # frames per frozen-encoder call
 cache_latents = False  # encode each clip once to work_dir/latent_cache (fixed clips) and reuse it
 latent_cache_dir = None
@@ -102,3 +103,8 @@ log_interval = 5
 save_model_steps = 1000
 keep_checkpoints = 3  # newest K checkpoints kept in the work dir (0 = all)
 validation = dict(video=None, interval=1000, steps=8, scheduler='euler_a')  # a held-out clip
+
+# `cascadev train-ae --part compressor|vae` (cascadev/training/autoencoders.py): per-part overrides of the
+# training keys above, e.g. dict(vae=dict(train_batch_size=2, sample_size=256)); configs/nano.py uses it.
+autoencoder_training = dict(compressor=dict(), vae=dict())
+kl_weight = 1e-4  # the VAE's KL term, per latent element, next to its L1 + MSE reconstruction loss
