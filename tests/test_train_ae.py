@@ -9,6 +9,7 @@ import pytest
 import torch
 from cli_checks import assert_one_line_error
 from safetensors.torch import load_file
+from test_train import fresh_accelerate_state  # noqa: F401  (autouse: each run is its own accelerate state)
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -18,14 +19,6 @@ from cascadev.training.autoencoders import part_config
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 SMALL = ["compressor.backbone=mobilenet_v3_small"]  # tiny's released-layout backbone is slow to train
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState
-
-    yield
-    AcceleratorState._reset_state(True)
 
 
 @pytest.fixture(scope="module")
