@@ -12,11 +12,11 @@ scale_factor = 0.13025
 
 model = dict(
     input_size=32,
-    hidden_size=192,
-    depth=6,
-    num_heads=3,
+    hidden_size=144,
+    depth=4,
+    num_heads=2,
     pe_interpolation=1.0,
-    attn_strides=[[1, 2], [2, 1], None, [1, 2], [2, 1], None],
+    attn_strides=[[1, 2], [2, 1], [1, 2], None],  # grid cells in 3 blocks, full 3D attention in the last
     lats_per_vid=8,
 )
 # An EfficientNet-style (MBConv + squeeze-excitation) torchvision backbone that a CPU trains in minutes.
@@ -46,7 +46,7 @@ grad_checkpointing = False
 mixed_precision = 'no'
 fp32_attention = False
 gradient_clip = 1.0
-optimizer = dict(type='AdamW', lr=3e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+optimizer = dict(type='AdamW', lr=4e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
 auto_lr = dict(rule=None)  # the learning rates here are used as they are
 load_from = None  # trained from scratch
 lr_schedule_args = dict(num_warmup_steps=50)
@@ -64,5 +64,5 @@ autoencoder_training = dict(
     # (short side 256-384), so that the VAE sees the textures it will decode.
     vae=dict(num_frames_per_video=4, train_batch_size=2, sample_size=128, kl_weight=1e-4,
              data=dict(scale_range=(2.0, 3.0)),
-             optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
+             optimizer=dict(type='AdamW', lr=5e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
 )
