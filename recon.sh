@@ -21,6 +21,6 @@ released() { { [ -f "$P/s1024.effn-f32.safetensors" ] || [ -f "$P/s1024.effn-f32
     [ -f "$P/effnet_encoder.safetensors" ] && [ -f "$P/previewer.safetensors" ] && [ -f "$P/svd_vae/config.json" ]; }
 if ! released && [[ " $* " != *" --random-init "* ]]; then
     echo "recon.sh: the released weights are not in pretrained/, so this uses nano, the small demo model (configs/nano.py); run pretrained/download.sh for the released one" >&2
-    MODEL=(--config "$REPO/configs/nano.py" --size 256)  # nano's own sampling settings
+X
 fi
 exec "$CASCADEV" recon "$VIDEO" -o "$OUTDIR" "${MODEL[@]}" --num-frames 8 --seed 42 "$@"

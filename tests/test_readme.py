@@ -1,5 +1,6 @@
-"""README.md is true: its Python blocks and its cheap shell blocks (those on configs/tiny.py) run as
-written, from a fresh folder holding the repository's example/, configs/ and tools/, and its option
+"""README.md is true: its Python blocks and its cheap shell blocks (those on configs/tiny.py or the shipped
+configs/nano.py) run as written, from a fresh folder holding the repository's example/, configs/,
+tools/ and pretrained/, and its option
 list is the one the parsers define."""
 
 import os
@@ -18,10 +19,13 @@ BLOCKS = re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
 CHEAPER = {"--max-steps 10": "--max-steps 2"}
 
 
+CHEAP_CONFIGS = ("configs/tiny.py", "configs/nano.py")  # toy size, and the small shipped demo model
+
+
 def runs_on_tiny(code: str) -> bool:
-    """A shell block CI runs: it uses configs/tiny.py and every cascadev command in it does."""
+    """A shell block CI runs: every cascadev command in it uses configs/tiny.py or configs/nano.py."""
     commands = [line for line in code.splitlines() if re.match(r"\s*cascadev \w", line)]
-    return "configs/tiny.py" in code and all("configs/tiny.py" in line for line in commands)
+    return bool(commands) and all(any(c in line for c in CHEAP_CONFIGS) for line in commands)
 
 
 PYTHON_BLOCKS = [code for lang, code in BLOCKS if lang == "python"]
@@ -32,7 +36,7 @@ SHELL_BLOCKS = [code for lang, code in BLOCKS if lang == "bash" and runs_on_tiny
 def fresh(tmp_path_factory):
     """A folder like a fresh clone's root (without its outputs), so relative paths work as written."""
     folder = tmp_path_factory.mktemp("clone")
-    for name in ("example", "configs", "tools"):
+    for name in ("example", "configs", "tools", "pretrained"):
         (folder / name).symlink_to(ROOT / name)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
