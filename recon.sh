@@ -7,7 +7,8 @@
 # VIDEO defaults to REPO/example/demo.mp4, OUTDIR to outputs/recon; later options override these
 # (e.g. --config configs/tiny.py). Uses the weights from pretrained/download.sh; without them (and
 # without --random-init) it says so in one line and uses nano, the small demo model this repository
-# trains itself (docs/nano.md): --config REPO/configs/nano.py --size 256 --num-frames 8 --seed 42.
+# trains itself (docs/nano.md): --config REPO/configs/nano.py --weights-dir REPO/pretrained/nano --size 256
+# --num-frames 8 --seed 42.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VIDEO=${1:-$REPO/example/demo.mp4}
@@ -21,6 +22,6 @@ released() { { [ -f "$P/s1024.effn-f32.safetensors" ] || [ -f "$P/s1024.effn-f32
     [ -f "$P/effnet_encoder.safetensors" ] && [ -f "$P/previewer.safetensors" ] && [ -f "$P/svd_vae/config.json" ]; }
 if ! released && [[ " $* " != *" --random-init "* ]]; then
     echo "recon.sh: the released weights are not in pretrained/, so this uses nano, the small demo model (configs/nano.py); run pretrained/download.sh for the released one" >&2
-X
+    MODEL=(--config "$REPO/configs/nano.py" --weights-dir "$P/nano" --size 256)  # nano's own sampling settings
 fi
 exec "$CASCADEV" recon "$VIDEO" -o "$OUTDIR" "${MODEL[@]}" --num-frames 8 --seed 42 "$@"
