@@ -9,7 +9,6 @@ import pytest
 import torch
 from cli_checks import assert_one_line_error
 from safetensors.torch import load_file
-from test_train import fresh_accelerate_state  # noqa: F401  (autouse: each run is its own accelerate state)
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -18,7 +17,7 @@ from cascadev.training.autoencoders import part_config
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
-SMALL = ["compressor.backbone=mobilenet_v3_small"]  # tiny's released-layout backbone is slow to train
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each run is its own accelerate state
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def clips(tmp_path_factory):
 
 def train_ae(part, work_dir, video_list, *extra, options=()):
     argv = ["train-ae", TINY, "--part", part, "--work-dir", str(work_dir), "--quiet", "--device", "cpu",
-            "--cfg-options", f"video_list=['{video_list}']", *SMALL, *options, *map(str, extra)]
+            "--cfg-options", f"video_list=['{video_list}']", *options, *map(str, extra)]
     return main(argv)
 
 
@@ -63,7 +62,7 @@ def test_resumed_run_equals_uninterrupted_run_and_exports_loadable_weights(tmp_p
         assert torch.allclose(full[key], split[key], atol=1e-6), key
     assert (tmp_path / "split" / "validation" / "step_00000004.png").is_file()
     # The export holds the trained weights under the config's names, and the pipeline loads them.
-    cfg = load_config(TINY, SMALL)
+    cfg = load_config(TINY)
     pipe = build_pipeline(cfg, ["compressor", "previewer"], weights_dir=tmp_path / "full" / "weights")
     assert torch.equal(pipe.compressor.mapper[0].weight, full["compressor.mapper.0.weight"])
     assert torch.equal(pipe.previewer.blocks[0].weight, full["previewer.blocks.0.weight"])

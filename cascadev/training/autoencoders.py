@@ -34,7 +34,6 @@ from ..errors import CascadeVError
 from ..models import build_model
 from ..models.compressor import PREVIEWER_UPSAMPLING, COMPRESSOR_STRIDE
 from ..video_io import save_image, side_by_side, to_uint8
-from . import checkpoints
 from .trainer import Trainer, TrainOptions
 
 PARTS = ("compressor", "vae")
@@ -79,7 +78,7 @@ class AutoencoderTrainer(Trainer):
             model: nn.Module = CompressorAutoencoder(build_model(dict(cfg.compressor)), build_model(dict(cfg.previewer)))
         else:
             model = build_model(dict(cfg.vae))
-        self.resume_from = checkpoints.latest_checkpoint(self.work_dir)
+        self.resume_from = self._resume_point()
         model.to(self.accelerator.device).train()
         self._prepare(model)
         self.cache = None  # latent caching is the DiT's: these networks see pixels
