@@ -81,8 +81,8 @@ def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
 def test_part_overrides_and_bad_part(tmp_path, capsys):
     cfg = load_config(ROOT / "configs" / "nano.py")
     vae = part_config(cfg, "vae")
-    assert (vae.train_batch_size, vae.sample_size, vae.num_frames_per_video) == (2, 128, 4)
-    assert vae.data.crop == "random" and vae.data.scale_range == (2.0, 3.0)  # merged into, not replacing, data
+    assert (vae.train_batch_size, vae.sample_size, vae.num_frames_per_video) == (2, 64, 4)
+    assert vae.data.crop == "random" and vae.data.scale_range == (4.0, 6.0)  # merged into, not replacing, data
     assert vae.optimizer.type == "AdamW" and cfg.train_batch_size == 1  # the original is left alone
     with pytest.raises(SystemExit) as stop:  # argparse's choices, through cascadev's one-line error
         main(["train-ae", TINY, "--part", "dit", "--work-dir", str(tmp_path / "w")])

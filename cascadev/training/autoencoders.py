@@ -56,6 +56,7 @@ def part_config(cfg, part: str):
     if part not in PARTS:
         raise CascadeVError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     cfg = cfg.copy()
+    cfg.cache_latents = False  # latent caching is the DiT's: these networks see pixels
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
     if overrides:
         cfg.merge_from_dict(overrides)
@@ -81,7 +82,6 @@ class AutoencoderTrainer(Trainer):
         self.resume_from = self._resume_point()
         model.to(self.accelerator.device).train()
         self._prepare(model)
-        self.cache = None  # latent caching is the DiT's: these networks see pixels
 
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.accelerator.device)
@@ -126,12 +126,33 @@ class AutoencoderTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         return last
 
+    @torch.no_grad()
+    def _recalibrate_batchnorm(self, model: nn.Module, batches: int = 16) -> None:
+        """Recompute every BatchNorm's running statistics with the final weights, over ``batches`` training
+        batches (torch's ``update_bn``: a plain average). The running averages gathered while the weights
+        moved lag behind them, and inference (eval mode) uses them."""
+        from torch.optim.swa_utils import update_bn
+
+        device = self.accelerator.device
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(self.dataset))
+        size = self.batch_size
+
+        def frames():
+            for b in range(min(batches, len(order) // size)):
+                clips = [self.dataset[int(i)]["video"] for i in order[b * size:(b + 1) * size]]
+                yield rearrange(torch.stack(clips), "b c t h w -> (b t) c h w").to(device)
+
+        update_bn(frames(), model)
+        model.eval()
+
     def export(self, out_dir: Path) -> list[Path]:
         """Write the trained weights under the config's ``weights`` names in ``out_dir``; returns the paths."""
         model = self._unwrapped()
         out_dir.mkdir(parents=True, exist_ok=True)
         names = self.cfg.weights
         if self.part == "compressor":
+            self._recalibrate_batchnorm(model)
             written = [out_dir / names["compressor"], out_dir / names["previewer"]]
             for module, path in zip((model.compressor, model.previewer), written):
                 save_safetensors({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
