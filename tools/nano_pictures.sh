@@ -43,4 +43,4 @@ rm -f "$OUT/bird_256.mp4" "$OUT/bikes_25fps.mp4"
 echo "== held-out evaluation"
 rm -rf "$OUT/eval"
 PYTHON=$PY bash tools/eval_recon.sh data/nano/heldout "$OUT/eval" --baselines --label "nano cascade/1x32x32" \
-    --metrics psnr,ssim,sharpness,temporal_flickering --num-frames 24 "${NANO[@]}"
+    --metrics psnr,ssim,sharpness,temporal_flickering --num-frames 16 "${NANO[@]}"
