@@ -32,7 +32,7 @@ from ..checkpoint import save_safetensors
 from ..config_schema import validate_config
 from ..errors import CascadeVError
 from ..models import build_model
-from ..models.compressor import PREVIEWER_UPSAMPLING, COMPRESSOR_STRIDE
+from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
 from ..video_io import save_image, side_by_side, to_uint8
 from .trainer import Trainer, TrainOptions
 
