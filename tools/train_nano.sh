@@ -20,7 +20,7 @@ PY=${PY:-$REPO/.venv/bin/python}
 CASCADEV=("$PY" -m cascadev.cli)
 COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-303}
 VAE_STEPS=${VAE_STEPS:-119}
-DIT_STEPS=${DIT_STEPS:-400}
+DIT_STEPS=${DIT_STEPS:-359}
 WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
