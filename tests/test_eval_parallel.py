@@ -45,7 +45,7 @@ def test_workers_give_the_sequential_numbers(tmp_path, pairs, capsys):
     one, two = results[1], results[2]
     assert list(two["videos"]) == list(one["videos"]) == ["v0", "v1", "v2"]
     for name, values in one["videos"].items():
-        assert list(two["videos"][name]) == list(values) == ["psnr", "ssim", "lpips", "temporal_flickering"]
+        assert list(two["videos"][name]) == list(values) == ["psnr", "ssim", "lpips", "sharpness", "temporal_flickering"]
         for metric, value in values.items():
             assert two["videos"][name][metric] == pytest.approx(value, abs=1e-6)
         for metric, curve in one["per_frame"][name].items():
