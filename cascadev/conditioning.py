@@ -27,8 +27,13 @@ from .errors import CascadeVError
 CONDITION_KINDS = {16: "semantic", 4: "resize"}
 
 
-def low_res_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Frames (N, 3, H, W) -> (N, 3, *size), the resize condition's one filter: bicubic, antialiased, clamped."""
+def resize_for_encoding(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Frames (N, 3, H, W) -> (N, 3, *size): the one filter for frames resized before an encoder (the
+    resize condition's x1/4 in training and sampling, ``upscale``'s input brought to the target size).
+
+    Bicubic keeps enlarged edges sharper than bilinear; antialiasing acts only when a side shrinks; the
+    clamp removes bicubic's overshoot. Same size: returned unchanged.
+    """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
     return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(-1.0, 1.0)
@@ -81,7 +86,7 @@ class Conditioner:
         if self.kind == "semantic":
             return self.semantic(frames)
         h, w = frames.shape[-2:]
-        return self.resized(low_res_frames(frames, (h // self.sr_scale, w // self.sr_scale)))
+        return self.resized(resize_for_encoding(frames, (h // self.sr_scale, w // self.sr_scale)))
 
     def upsample(self, latent: torch.Tensor) -> torch.Tensor:
         """Condition latent (N, C, h, w) -> DiT condition (N, C, sr*h, sr*w): bilinear, times scale_factor."""

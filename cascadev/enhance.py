@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import frame_times
 from .argtypes import size_limit_problem
 from .atomic import make_folder
-from .conditioning import low_res_frames
+from .conditioning import resize_for_encoding
 from .errors import CascadeVError
 from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
@@ -52,7 +52,6 @@ from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
 LatentRange = Callable[[int, int], torch.Tensor]
-UPSCALE_FILTER = "bicubic"
 
 
 def _check_count(value: int, option: str) -> int:
@@ -82,18 +81,6 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
     return out
 
 
-def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Frames (T, 3, h, w) in [-1, 1] -> (T, 3, H, W) in [-1, 1]: bicubic, antialiased, clamped.
-
-    Bicubic keeps upscaled edges sharper than bilinear for the compressor; antialiasing only acts when
-    a side shrinks; the clamp removes bicubic's overshoot. Same size: returned unchanged.
-    """
-    if tuple(frames.shape[-2:]) == tuple(size):
-        return frames
-    out = F.interpolate(frames, size=size, mode=UPSCALE_FILTER, align_corners=False, antialias=True)
-    return out.clamp_(-1.0, 1.0)
-
-
 def _padded(size: tuple[int, int]) -> tuple[int, int]:
     return tuple(-(-s // LATENT_STRIDE) * LATENT_STRIDE for s in size)
 
@@ -108,14 +95,14 @@ def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable
     padded = _padded(size)
     if pipe.condition_kind == "semantic":
         def encode(chunk: np.ndarray) -> torch.Tensor:
-            x = resize_frames(to_model_range(chunk).transpose(0, 1), size)
+            x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), size)
             return pipe.encode(_pad(x, padded))
     else:
         low = tuple(max(1, math.floor(s / 4 + 0.5)) for s in size)
         low_padded = tuple(p // 4 for p in padded)
 
         def encode(chunk: np.ndarray) -> torch.Tensor:
-            x = low_res_frames(to_model_range(chunk).transpose(0, 1), low)  # training's filter
+            x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), low)  # training's filter
             return pipe.encode_resized(_pad(x, low_padded))
     return encode
 

@@ -138,7 +138,7 @@ class CascadeVPipeline:
         of 8 -> SVD-VAE latent (4, T, h/8, w/8), the posterior's mode, unscaled (``condition`` scales it).
 
         For an output of H x W pixels the frames are the video at H/4 x W/4
-        (:func:`cascadev.conditioning.low_res_frames`).
+        (:func:`cascadev.conditioning.resize_for_encoding`).
         """
         return self.conditioner.resized(frames).cpu().transpose(0, 1)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascadev.conditioning import low_res_frames
+from cascadev.conditioning import resize_for_encoding
 from cascadev.loading import build_pipeline, load_config
 from cascadev.training.targets import FrozenEncoders
 
@@ -26,7 +26,7 @@ def test_trainer_and_pipeline_build_the_same_condition(parts, kind):
     if kind == "semantic":
         latent = parts.encode(frames)
     else:
-        latent = parts.encode_resized(low_res_frames(frames, (16, 16)))
+        latent = parts.encode_resized(resize_for_encoding(frames, (16, 16)))
     sampled = parts.condition(latent)  # (T, C, 8, 8)
     assert sampled.shape == (5, 16 if kind == "semantic" else 4, 8, 8)
     torch.testing.assert_close(sampled, trained[0].transpose(0, 1))
@@ -36,5 +36,5 @@ def test_trainer_and_pipeline_build_the_same_condition(parts, kind):
 def test_low_res_filter_is_antialiased_bicubic():
     frames = torch.zeros(1, 3, 8, 8)
     frames[..., ::2, :] = 1  # stripes one pixel high: a non-antialiased x1/4 would alias them
-    small = low_res_frames(frames, (2, 2))
+    small = resize_for_encoding(frames, (2, 2))
     torch.testing.assert_close(small, torch.full_like(small, 0.5), atol=0.05, rtol=0)
