@@ -492,6 +492,7 @@ def _main(args: argparse.Namespace) -> int:
             from .evaluation.cli import run_eval
 
             return run_eval(args)
+        _check_inputs(args)  # before the output lock, whose input probe imports torch
         with _output_lock(args):
             run(args)
     except CascadeVError as exc:
