@@ -1,43 +1,65 @@
-"""argparse value types shared by the command-line tools."""
+"""argparse value types shared by the command-line tools: each converts the text, then asks the rule
+in :mod:`cascadev.rules` (the one the library and the config schema use), so the CLI's message and the
+Python API's say the same."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
+from .errors import CascadeVError
+from .rules import SEED_LIMIT, check_device_name, whole_problem
 
-def _number(value: str, kind: type, minimum: float, what: str, limit: float | None = None):
+__all__ = ["positive_int", "non_negative_int", "positive_float", "seed", "device", "frame_size", "max_size",
+           "size_limit_problem", "SEED_LIMIT", "MAX_SIZE", "MAX_SIZE_ENV"]
+
+
+def whole(value: str, lo: int, hi: int | None = None) -> int:
+    """The text ``value`` as a whole number from ``lo`` to ``hi``, by :func:`cascadev.rules.whole_problem`."""
     try:
-        number = kind(value)
+        number: int | str = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {value}") from None
-    if number < minimum or (kind is float and number == minimum == 0) or (limit is not None and number >= limit):
-        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
-    return number
+        number = value  # not a number at all: the rule's message shows the text
+    problem = whole_problem(number, lo, hi)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return int(number)
 
 
 def positive_int(value: str) -> int:
-    return _number(value, int, 1, "a positive integer")
+    return whole(value, 1)
 
 
 def non_negative_int(value: str) -> int:
-    return _number(value, int, 0, "0 or more")
+    return whole(value, 0)
 
 
 def positive_float(value: str) -> float:
-    return _number(value, float, 0, "a positive number")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not number > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
 
 
-# Seeds feed numpy's SeedSequence and torch.Generator.manual_seed, which take 0 <= seed < 2**63.
-SEED_LIMIT = 2**63
+def seed(value: str) -> int:
+    return whole(value, 0, SEED_LIMIT - 1)
+
+
+def device(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the spelling; loading.resolve_device finds the device)."""
+    try:
+        return check_device_name(value)
+    except CascadeVError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # Largest short side (pixels) of frames a command makes, unless CASCADEV_MAX_SIZE raises it: one
 # 8192x8192 frame is already 0.8 GB as float32 RGB, and the models' activations are many times that.
 MAX_SIZE = 8192
 MAX_SIZE_ENV = "CASCADEV_MAX_SIZE"
-
-
-def seed(value: str) -> int:
-    return _number(value, int, 0, "a whole number from 0 to 2**63 - 1", limit=SEED_LIMIT)
 
 
 def max_size() -> int:

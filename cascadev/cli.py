@@ -14,10 +14,13 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from .argtypes import frame_size, non_negative_int, positive_int, seed
+from .argparsing import Parser
+from .argtypes import device, frame_size, non_negative_int, positive_float, positive_int, seed
 from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted
 from .outlock import output_lock
+from .presets import PRESETS
+from .rules import MODES, PRECISIONS, SCHEDULERS
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -29,6 +32,13 @@ def _default_config() -> str:
     return str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG)  # a source checkout's configs/
 
 
+def add_device_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--device and --dtype, declared once for the commands and the tools that run the models."""
+    p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 "
+                   "(the release's: half weights under fp16 autocast) or bf16")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--config", default=None, help=f"model config (default {DEFAULT_CONFIG})")
@@ -36,14 +46,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt", default=None, help="DiT checkpoint (.safetensors or .pth), loaded even with --random-init; default from the config")
     g.add_argument("--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)")
     g.add_argument("--random-init", action="store_true", help="random weights for the parts --ckpt does not give (smoke tests only)")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (the release's: half "
-                   "weights under fp16 autocast) or bf16")
+    add_device_options(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_preset_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="default",
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
                    help="default (this project's improved behaviour) or release (the release's recon step by step; "
                         "README: Default vs release)")
 
@@ -58,7 +66,7 @@ def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so t
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default from the config: 8)")
-    g.add_argument("--scheduler", default=None, help="euler_a (default), ddim or dpm_solver")
+    g.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="euler_a (default), ddim or dpm_solver")
     g.add_argument("--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video")
     g.add_argument("--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)")
     g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
@@ -82,8 +90,8 @@ def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str
     p.add_argument("video", nargs="+", help="input video(s), e.g. another text-to-video model's output")
     p.add_argument("-o", "--output", required=True,
                    help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY)
-    p.add_argument(count, default=None, metavar="N", help=count_help)
-    p.add_argument("--mode", default="tiles",
+    p.add_argument(count, type=positive_int, default=None, metavar="N", help=count_help)
+    p.add_argument("--mode", default="tiles", choices=MODES,
                    help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
                         "the trained size): the DiT's 2x mode, experimental (the release never trained it)")
     _add_frame_options(p, size_help=size_help)
@@ -95,31 +103,9 @@ def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str
 def _add_store_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latent store (many videos -> shards of clip latents)")
     g.add_argument("--shards", action="store_true", help="write a sharded latent store into the folder OUTPUT")
-    g.add_argument("--shard-size", type=float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)")
+    g.add_argument("--shard-size", type=positive_float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)")
     g.add_argument("--clip-frames", type=positive_int, default=None, metavar="N",
                    help="cut each video into clips of N frames (default: one clip of all frames)")
-
-
-def _whole(value: str | None, option: str, default: int) -> int:
-    """A count option parsed here, not by argparse, so a bad value is a one-line error (exit 2)."""
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < 1:
-        raise CascadeVError(f"The {option} option must be a whole number of at least 1, got {value!r}.")
-    return number
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad option is one ``cascadev: error:`` line (exit 2) like every other bad input."""
-
-    def error(self, message: str):
-        command = self.prog.removeprefix("cascadev").strip()
-        print(f"cascadev: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
-        sys.exit(2)
 
 
 RECON_FILES_HELP = """files written to the output folder:
@@ -149,7 +135,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
+    parser = Parser(prog="cascadev", description="CascadeV: 1x32x32 video compression and LDM-VAE decoding.")
     parser.add_argument("--version", action="version", version=f"cascadev {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -214,12 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _preset(args: argparse.Namespace):
-    from .presets import PRESETS
-
-    name = getattr(args, "preset", "default")
-    if name not in PRESETS:
-        raise CascadeVError(f"unknown --preset {name!r}; choose {' or '.join(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS[getattr(args, "preset", "default")]  # a name the parser's choices let through
 
 
 def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
@@ -255,19 +236,16 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
 
 
 def _enhance_parts(cfg) -> list[str]:
-    kind = cfg.get("condition", "semantic")
-    if kind not in ("semantic", "resize"):
-        raise CascadeVError(f"unknown condition {kind!r} in the config; choose semantic or resize")
-    return ["dit", "compressor", "vae"] if kind == "semantic" else ["dit", "vae"]
+    from .conditioning import condition_kind, with_encoder
+
+    return with_encoder(condition_kind(cfg), ["dit", "vae"])
 
 
 def _sampling(args: argparse.Namespace, cfg):
     from .reconstruct import SamplingArgs
-    from .schedulers import make_scheduler
 
     defaults = cfg.get("sampling", {})
-    scheduler = args.scheduler or defaults.get("scheduler", "euler_a")
-    make_scheduler(scheduler)  # an unknown name fails here, before any work
+    scheduler = args.scheduler or defaults.get("scheduler", "euler_a")  # the parser and the schema checked both
     return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed,
                         progress=not args.quiet, preset=_preset(args))
 
@@ -418,9 +396,9 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
     if args.command == "upscale":
         if args.scale is not None and args.size is not None:
             raise CascadeVError("Give either --scale or --size for upscale, not both.")
-        fn, count = enhance.upscale_video, {"scale": _whole(args.scale, "--scale", 4)}
+        fn, count = enhance.upscale_video, {"scale": args.scale or 4}
     else:
-        fn, count = enhance.interpolate_video, {"factor": _whole(args.factor, "--factor", 4)}
+        fn, count = enhance.interpolate_video, {"factor": args.factor or 4}
     return _enhance_parts(cfg), lambda source, output, load: fn(
         load, source, output, sampling, size=args.size, mode=args.mode, start=args.start, num_frames=args.num_frames,
         **video_options, **count)

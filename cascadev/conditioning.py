@@ -17,14 +17,68 @@ target size), so a model never meets a different filter at sampling time than in
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import CascadeVError
 
+
+@dataclass(frozen=True)
+class ConditionKind:
+    """One kind of condition: its latent's channels and the frozen network that encodes frames to it."""
+
+    channels: int  # the DiT takes 4 (noisy SVD latent) + channels input channels
+    encoder: str  # "compressor" or "vae", as build_pipeline names its parts
+
+
+# The one table of condition kinds; every other module asks the functions below, never the names.
+KINDS = {"semantic": ConditionKind(16, "compressor"), "resize": ConditionKind(4, "vae")}
 # DiT condition channels -> the kind of condition.
-CONDITION_KINDS = {16: "semantic", 4: "resize"}
+CONDITION_KINDS = {kind.channels: name for name, kind in KINDS.items()}
+DEFAULT_KIND = "semantic"  # the release's
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it is a condition kind, else one line naming the config key."""
+    if kind not in KINDS:
+        raise CascadeVError(f"unknown condition {kind!r} in the config; choose {' or '.join(KINDS)}")
+    return kind
+
+
+def condition_kind(cfg: Mapping[str, Any]) -> str:
+    """The kind a config's model is trained with: its ``condition`` key, ``semantic`` when absent."""
+    return check_kind(cfg.get("condition", DEFAULT_KIND))
+
+
+def dit_in_channels(kind: str) -> int:
+    """The DiT's input channels for ``kind``: 4 noisy-latent channels plus the condition's."""
+    return 4 + KINDS[check_kind(kind)].channels
+
+
+def kind_of_dit(in_channels: int) -> str:
+    """The condition kind a DiT with ``in_channels`` input channels takes."""
+    kind = CONDITION_KINDS.get(in_channels - 4)
+    if kind is None:
+        expected = " or ".join(f"{4 + c} ({name})" for c, name in CONDITION_KINDS.items())
+        raise CascadeVError(f"the DiT takes {in_channels} input channels; expected {expected}")
+    return kind
+
+
+def dit_spec(cfg: Mapping[str, Any]) -> dict:
+    """The config's ``model`` with the input channels of its condition kind."""
+    return dict(cfg["model"], in_channels=dit_in_channels(condition_kind(cfg)))
+
+
+def with_encoder(kind: str, parts: Sequence[str]) -> list[str]:
+    """``parts`` with the frozen network that encodes ``kind``'s condition added (after the first), once."""
+    encoder = KINDS[check_kind(kind)].encoder
+    return list(dict.fromkeys([*parts[:1], encoder, *parts[1:]]))
 
 
 def resize_for_encoding(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,9 +108,7 @@ class Conditioner:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        if kind not in CONDITION_KINDS.values():
-            raise CascadeVError(f"unknown condition {kind!r} in the config; choose semantic or resize")
-        self.compressor, self.vae, self.kind = compressor, vae, kind
+        self.compressor, self.vae, self.kind = compressor, vae, check_kind(kind)
         self.scale_factor, self.sr_scale, self.chunk = scale_factor, sr_scale, chunk
         self.device, self.dtype = torch.device(device), dtype
 
@@ -81,12 +133,25 @@ class Conditioner:
         """Low-resolution frames (N, 3, H/4, W/4) -> the resize condition's latent (N, 4, H/32, W/32)."""
         return self.posterior(low)[0]  # the posterior's mean (= its mode)
 
+    @property
+    def encoder(self) -> str:
+        """The frozen network this kind's condition is encoded with: "compressor" or "vae"."""
+        return KINDS[self.kind].encoder
+
+    def input_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The encoder's input (h, w) for output frames of ``size``: the same (compressor), or a quarter
+        (``sr_scale``; the resize condition's low resolution), rounded half up, at least 1."""
+        if self.encoder == "compressor":
+            return tuple(size)
+        return tuple(max(1, math.floor(s / self.sr_scale + 0.5)) for s in size)
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, 3, h, w) already at :meth:`input_size` -> this kind's condition latent (N, C, H/32, W/32)."""
+        return self.semantic(frames) if self.encoder == "compressor" else self.resized(frames)
+
     def latent(self, frames: torch.Tensor) -> torch.Tensor:
         """Full-size frames (N, 3, H, W) -> this kind's condition latent (N, C, H/32, W/32)."""
-        if self.kind == "semantic":
-            return self.semantic(frames)
-        h, w = frames.shape[-2:]
-        return self.resized(resize_for_encoding(frames, (h // self.sr_scale, w // self.sr_scale)))
+        return self.encode(resize_for_encoding(frames, self.input_size(tuple(frames.shape[-2:]))))
 
     def upsample(self, latent: torch.Tensor) -> torch.Tensor:
         """Condition latent (N, C, h, w) -> DiT condition (N, C, sr*h, sr*w): bilinear, times scale_factor."""

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .argtypes import SEED_LIMIT
+from .conditioning import KINDS
+from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
+from .rules import SCHEDULERS, SEED_LIMIT, is_whole, whole_description
 
 __all__ = ["SCHEMA", "REQUIRED", "validate_config"]
 
@@ -37,8 +39,8 @@ def _is_number(v: Any) -> bool:
 
 
 def integer(lo: int = 0, hi: int | None = None, nullable: bool = False) -> Rule:
-    what = f"a whole number from {lo} to {hi}" if hi is not None else f"a whole number of at least {lo}"
-    return Rule(lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi), what, nullable)
+    """The rule of cascadev.rules.is_whole, which the CLI's integer options and the library use too."""
+    return Rule(lambda v: is_whole(v, lo, hi), whole_description(lo, hi), nullable)
 
 
 def number(lo: float = 0.0, hi: float | None = None, above: bool = False) -> Rule:
@@ -83,7 +85,7 @@ SCHEMA: dict[str, Rule] = {
     "num_frames_per_video": COUNT,
     "sr_scale": COUNT,
     "scale_factor": number(0, above=True),
-    "condition": string(("semantic", "resize")),
+    "condition": string(tuple(KINDS)),
     "model": section(),
     "model.type": string(),
     "model.input_size": COUNT,
@@ -124,7 +126,7 @@ SCHEMA: dict[str, Rule] = {
     "schedule.beta_end": number(0, 1, above=True),
     # sampling
     "sampling": section(),
-    "sampling.scheduler": string(),
+    "sampling.scheduler": string(SCHEDULERS),
     "sampling.steps": COUNT,
     "sampling.vae_chunk": COUNT,
     "sampling.segment_frames": integer(0),
@@ -135,10 +137,10 @@ SCHEMA: dict[str, Rule] = {
     "sample_size": COUNT,
     "time_stride": COUNT,
     "data": section(),
-    "data.short_video": string(("pad", "skip")),
+    "data.short_video": string(SHORT_VIDEO_MODES),
     "data.resize": boolean(),
     "data.hflip_prob": number(0, 1),
-    "data.crop": string(("center", "random")),
+    "data.crop": string(CROPS),
     "data.scale_range": sequence(lambda x: _is_number(x) and x >= 1, "a list of two numbers of at least 1"),
     "encode_chunk": COUNT,
     "cache_latents": boolean(),
@@ -175,7 +177,7 @@ SCHEMA: dict[str, Rule] = {
     "validation.video": string(nullable=True),
     "validation.interval": integer(0),
     "validation.steps": COUNT,
-    "validation.scheduler": string(),
+    "validation.scheduler": string(SCHEDULERS),
     # autoencoder training (cascadev train-ae)
     "autoencoder_training": section(),
     "kl_weight": number(0),

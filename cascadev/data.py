@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cascadev.errors import CascadeVError
+from cascadev.rules import check_choice, check_seed, check_whole
 from cascadev.video_io import VideoReader, resize_short_side, to_model_range
 
 __all__ = [
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_SHORT_VIDEO_MODES = ("pad", "skip")
+SHORT_VIDEO_MODES = ("pad", "skip")  # the config's data.short_video
+CROPS = ("center", "random")  # the config's data.crop
 
 
 class BadVideoWarning(UserWarning):
@@ -290,18 +292,12 @@ class VideoClipDataset(Dataset):
             ("time_stride", time_stride),
             ("sample_size", sample_size),
         ):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise CascadeVError(f"The {name} option must be a whole number of at least 1, got {value}.")
-        if int(seed) != seed or seed < 0:
-            raise CascadeVError(f"The seed must be a whole number of 0 or more, got {seed}.")
-        if short_video not in _SHORT_VIDEO_MODES:
-            raise CascadeVError(
-                f"The short_video option must be one of {', '.join(_SHORT_VIDEO_MODES)}, got {short_video!r}."
-            )
+            check_whole(value, f"The {name} option")
+        check_seed(seed)
+        check_choice(short_video, SHORT_VIDEO_MODES, "short_video option")
         if not 0.0 <= float(hflip_prob) <= 1.0:
             raise CascadeVError(f"The hflip_prob option must lie in [0, 1], got {hflip_prob}.")
-        if crop not in ("center", "random"):
-            raise CascadeVError(f"The crop option must be center or random, got {crop!r}.")
+        check_choice(crop, CROPS, "crop option")
         if len(scale_range) != 2 or not 1.0 <= float(scale_range[0]) <= float(scale_range[1]):
             raise CascadeVError(f"The scale_range option must be (lo, hi) with 1 <= lo <= hi, got {scale_range!r}.")
         if not videos:
@@ -399,10 +395,8 @@ def build_dataloader(
     The shuffle order comes from a generator seeded with ``seed`` (it advances each epoch). Workers
     are not persistent, so :meth:`VideoClipDataset.set_epoch` reaches them.
     """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise CascadeVError(f"The batch size must be a whole number of at least 1, got {batch_size}.")
-    if isinstance(num_workers, bool) or int(num_workers) != num_workers or num_workers < 0:
-        raise CascadeVError(f"The num_workers option must be 0 or more, got {num_workers}.")
+    check_whole(batch_size, "The batch size")
+    check_whole(num_workers, "The num_workers option", 0)
     if drop_last and len(dataset) < batch_size:
         raise CascadeVError(
             f"The video_list has {len(dataset)} videos, fewer than the batch size {batch_size}; "

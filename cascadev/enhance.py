@@ -48,16 +48,11 @@ from .reconstruct import (
     decode_frames,
     frames_to_uint8,
 )
+from .rules import check_choice, check_whole
 from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
 LatentRange = Callable[[int, int], torch.Tensor]
-
-
-def _check_count(value: int, option: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise CascadeVError(f"The {option} option must be a whole number of at least 1, got {value}.")
-    return int(value)
 
 
 def target_size(height: int, width: int, *, scale: int | None = None, size: int | None = None) -> tuple[int, int]:
@@ -67,13 +62,13 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
     :func:`cascadev.video_io.resize_short_side`); with neither, the input's own size.
     """
     if size is not None:
-        size = _check_count(size, "--size")
+        size = check_whole(size, "--size")
         if height <= width:
             out = size, max(1, math.floor(width * size / height + 0.5))
         else:
             out = max(1, math.floor(height * size / width + 0.5)), size
     else:
-        scale = _check_count(scale if scale is not None else 1, "--scale")
+        scale = check_whole(scale if scale is not None else 1, "--scale")
         out = height * scale, width * scale
     problem = size_limit_problem(min(out))
     if problem:
@@ -92,18 +87,12 @@ def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable
     resized to (H, W), padded, through the compressor (C = 16). Resize-condition models: the frames
     resized to (H/4, W/4), rounded, padded to (Hp/4, Wp/4), through the SVD-VAE encoder (C = 4).
     """
-    padded = _padded(size)
-    if pipe.condition_kind == "semantic":
-        def encode(chunk: np.ndarray) -> torch.Tensor:
-            x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), size)
-            return pipe.encode(_pad(x, padded))
-    else:
-        low = tuple(max(1, math.floor(s / 4 + 0.5)) for s in size)
-        low_padded = tuple(p // 4 for p in padded)
+    conditioner = pipe.conditioner  # the condition kind's one switch
+    low, low_padded = conditioner.input_size(size), conditioner.input_size(_padded(size))
 
-        def encode(chunk: np.ndarray) -> torch.Tensor:
-            x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), low)  # training's filter
-            return pipe.encode_resized(_pad(x, low_padded))
+    def encode(chunk: np.ndarray) -> torch.Tensor:
+        x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), low)  # training's filter
+        return conditioner.encode(_pad(x, low_padded)).cpu().transpose(0, 1)  # (n, C, h, w) -> (C, n, h, w)
     return encode
 
 
@@ -156,8 +145,7 @@ def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) 
     is (1 - w) * input[i] + w * input[i + 1] (exactly input[i] when w = 0). Returns ``(read, count)``
     with ``count = (num_inputs - 1) * factor + 1``; ``read(t0, t1)`` reads only the inputs it needs.
     """
-    factor = _check_count(factor, "--factor")
-    count = (num_inputs - 1) * factor + 1
+    count = (num_inputs - 1) * factor + 1  # factor: checked by interpolate_video, this helper's caller
 
     def read(t0: int, t1: int) -> torch.Tensor:
         if not 0 <= t0 < t1 <= count:
@@ -172,12 +160,6 @@ def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) 
         return before + (after - before) * w
 
     return read, count
-
-
-def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise CascadeVError(f"The --mode option must be one of {', '.join(MODES)}, got {mode!r}.")
-    return mode
 
 
 def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
@@ -223,8 +205,8 @@ def upscale_video(
     latents of at least twice the trained size per side, else tiles). Frames [start, start + num_frames) are used (default all); the audio track is
     copied from the matching time on. Returns the output's (height, width).
     """
-    _check_count(scale, "--scale")
-    _check_mode(mode)
+    check_whole(scale, "--scale")
+    check_choice(mode, MODES, "mode")  # before any work (CascadeVPipeline.plan would refuse it only later)
     check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
@@ -255,8 +237,8 @@ def interpolate_video(
 
     The frames keep their size (or get short side ``size``). Returns the number of frames written.
     """
-    factor = _check_count(factor, "--factor")
-    _check_mode(mode)
+    factor = check_whole(factor, "--factor")
+    check_choice(mode, MODES, "mode")
     check_not_inputs({"input video": video}, {"output": output})
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)

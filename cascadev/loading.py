@@ -10,11 +10,13 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
+from . import conditioning, rules
 from .checkpoint import load_weights
 from .config_schema import validate_config
 from .errors import CascadeVError
 from .models import build_model
 from .pipeline import CascadeVPipeline
+from .rules import check_choice, check_device_name
 
 # Where each released file comes from, for the message a user gets when one is missing.
 WEIGHT_SOURCES = {
@@ -74,26 +76,22 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
+    if check_device_name(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CascadeVError(f"--device {name} was asked for but no CUDA device is available")
-        device = torch.device(name)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CascadeVError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
-        return device
-    raise CascadeVError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():  # cuda or cuda:N
+        raise CascadeVError(f"--device {name} was asked for but no CUDA device is available")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CascadeVError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """``auto`` (CUDA_PRECISION on CUDA, fp32 on CPU), ``fp32``, ``fp16`` (the release's) or ``bf16``."""
-    if name == "auto":
+    if check_choice(name, rules.PRECISIONS, "dtype") == "auto":
         name = CUDA_PRECISION if device.type == "cuda" else "fp32"
-    if name not in PRECISIONS:
-        raise CascadeVError(f"unknown dtype {name!r}; choose auto, fp32, fp16 or bf16")
     if name == "fp16" and device.type == "cpu":
         raise CascadeVError("--dtype fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
     return PRECISIONS[name]
@@ -209,9 +207,7 @@ def build_pipeline(
     paths = {} if random_init else resolve_weights(cfg, parts, weights_dir, ckpt)
     if random_init and ckpt is not None and "dit" in parts:
         paths = resolve_weights(cfg, ["dit"], weights_dir, ckpt)  # an explicit --ckpt is always loaded
-    dit_spec = dict(cfg.model)
-    if cfg.get("condition", "semantic") == "resize":
-        dit_spec["in_channels"] = 8
+    dit_spec = conditioning.dit_spec(cfg)
     modules: dict[str, nn.Module] = {}
     for part in parts:
         spec = dit_spec if part == "dit" else dict(cfg[part])

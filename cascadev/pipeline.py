@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from .conditioning import CONDITION_KINDS, Conditioner
+from . import rules
+from .conditioning import DEFAULT_KIND, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
 from .tiling import SegmentStream, Tiling
@@ -42,7 +43,7 @@ from .tiling import SegmentStream, Tiling
 SCALE_FACTOR = 0.13025
 # How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
 # latent is at least twice the trained size on both sides).
-MODES = ("auto", "tiles", "2x")
+MODES = rules.MODES
 
 
 @dataclass(frozen=True)
@@ -114,12 +115,7 @@ class CascadeVPipeline:
     @property
     def condition_kind(self) -> str:
         """The condition the DiT takes: "semantic" (16 channels, the release) or "resize" (4, paper Fig. 4b)."""
-        if self.dit is None:
-            return "semantic"
-        channels = self.dit.in_channels - 4
-        if channels not in CONDITION_KINDS:
-            raise CascadeVError(f"the DiT takes {self.dit.in_channels} input channels; expected 20 (semantic) or 8 (resize)")
-        return CONDITION_KINDS[channels]
+        return DEFAULT_KIND if self.dit is None else kind_of_dit(self.dit.in_channels)
 
     @property
     def conditioner(self) -> Conditioner:
@@ -169,8 +165,7 @@ class CascadeVPipeline:
         doubled inside the DiT; tiles overlap by the same fraction as in "tiles" (stride
         ``2 * tile_stride``). "auto": "2x" when both sides are at least ``2 * input_size``, else "tiles".
         """
-        if mode not in MODES:
-            raise CascadeVError(f"unknown sampling mode {mode!r}; choose {', '.join(MODES)}")
+        rules.check_choice(mode, MODES, "mode")
         size = self.dit.input_size
         if mode == "auto":
             mode = "2x" if min(height, width) >= 2 * size else "tiles"

@@ -19,15 +19,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import frame_times
-from .argtypes import SEED_LIMIT
 from .atomic import make_folder, remove_quietly
-from .errors import CascadeVError
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
 from .overwrite import check_not_inputs
 from .pictures import contact_sheet
 from .pipeline import CascadeVPipeline
 from .presets import PRESETS, Preset, blur_resize, center_square
+from .rules import SCHEDULERS, check_choice, check_seed, check_whole
 from .video_io import (
     VideoReader,
     VideoWriter,
@@ -67,10 +66,10 @@ class SamplingArgs:
                     progress=self.progress)
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
-            raise CascadeVError(f"The seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}.")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise CascadeVError(f"The number of sampling steps must be at least 1, got {self.steps!r}.")
+        # The library's check of each sampling option (the CLI's types and the config schema use the same rules).
+        check_choice(self.scheduler, SCHEDULERS, "scheduler")
+        check_whole(self.steps, "The number of sampling steps")
+        check_seed(self.seed)
 
 
 def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:

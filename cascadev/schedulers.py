@@ -7,9 +7,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .dpm_solver import PixArtDPMSolverScheduler
-from .errors import CascadeVError
+from .rules import check_choice
 
-# The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives.
+# The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives. The names
+# a user may give are cascadev.rules.SCHEDULERS; dpm_solver_pixart is what --preset release makes of dpm_solver.
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler_a": EulerAncestralDiscreteScheduler,
     "ddim": DDIMScheduler,
@@ -26,6 +27,4 @@ def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:
 
     Each scheduler otherwise keeps its diffusers defaults, as the release constructs them.
     """
-    if name not in SCHEDULERS:
-        raise CascadeVError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name](**(schedule or TRAINING_SCHEDULE))
+    return SCHEDULERS[check_choice(name, SCHEDULERS, "scheduler")](**(schedule or TRAINING_SCHEDULE))

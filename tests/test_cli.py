@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, exit_status
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -20,7 +20,7 @@ TINY = str(Path(__file__).parents[1] / "configs" / "tiny.py")
 
 
 def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    code = exit_status(main, [str(a) for a in argv])  # an option's value is checked by the parser (SystemExit)
     captured = capsys.readouterr()
     return code, captured.err
 

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, exit_status
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -32,7 +32,7 @@ FAST = ["--config", TINY, "--random-init", "--quiet", "--steps", "1"]
 
 
 def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    code = exit_status(main, [str(a) for a in argv])  # an option's value is checked by the parser (SystemExit)
     return code, capsys.readouterr().err
 
 

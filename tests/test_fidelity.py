@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, exit_status
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -291,5 +291,5 @@ def test_recon_with_the_release_preset(tmp_path, capsys):
     assert "release preset: noise comes from cascadev's per-frame generators" in captured.err
     recon = VideoReader(tmp_path / "out" / "recon.mp4")
     assert (recon.height, recon.width, recon.num_frames) == (32, 32, 5)  # square crop, resized
-    assert_one_line_error(main(["recon", str(clip), "-o", str(tmp_path / "x"), "--preset", "bogus", *FAST]),
+    assert_one_line_error(exit_status(main, ["recon", str(clip), "-o", str(tmp_path / "x"), "--preset", "bogus", *FAST]),
                           capsys.readouterr().err, "--preset")

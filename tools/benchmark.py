@@ -19,7 +19,6 @@ measured peak of a large fp16 matrix product on the same device (``--peak-tflops
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -33,6 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev import reconstruct  # noqa: E402
+from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argtypes import positive_float, positive_int  # noqa: E402
+from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
@@ -185,32 +187,35 @@ def stages_time_write(stages: Stages, write, writer, frames):
         return write(writer, frames)
 
 
+def _width_by_height(value: str) -> tuple[int, int]:
+    """``WxH`` -> (W, H), both positive."""
+    w, _, h = value.lower().partition("x")
+    return positive_int(w), positive_int(h)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/s1024_effn_f32.py")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="the default settings' precision (auto: fp16 autocast on CUDA)")
-    parser.add_argument("--case", default="8x1024", help=f"one of {', '.join(CASES)}, all, or custom")
-    parser.add_argument("--frames", type=int, default=8, help="custom case: frames")
-    parser.add_argument("--size", default="1024x1024", help="custom case: WxH")
-    parser.add_argument("--upscale", type=int, default=None, help="custom case: upscale factor")
+    add_device_options(parser)  # --dtype: the default settings' precision
+    parser.add_argument("--case", default="8x1024", choices=[*CASES, "all", "custom"])
+    parser.add_argument("--frames", type=positive_int, default=8, help="custom case: frames")
+    parser.add_argument("--size", type=_width_by_height, default=(1024, 1024), help="custom case: WxH")
+    parser.add_argument("--upscale", type=positive_int, default=None, help="custom case: upscale factor")
     parser.add_argument("--settings", default="both", choices=["default", "release", "both"])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="instead of measuring a matmul")
+    parser.add_argument("--steps", type=positive_int, default=8)
+    parser.add_argument("--peak-tflops", type=positive_float, default=None, help="instead of measuring a matmul")
     parser.add_argument("-o", "--output", default=None, help="JSON file")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     cfg = load_config(args.config)
     if args.case == "custom":
-        w, h = (int(v) for v in args.size.lower().split("x"))
+        w, h = args.size
         cases = {"custom": (args.frames, h, w, args.upscale)}
     elif args.case == "all":
         cases = CASES
-    elif args.case in CASES:
-        cases = {args.case: CASES[args.case]}
     else:
-        parser.error(f"unknown case {args.case!r}")
+        cases = {args.case: CASES[args.case]}
     peak = args.peak_tflops or measured_peak_tflops(device, torch.float16)
     settings = ["release", "default"] if args.settings == "both" else [args.settings]
     runs = []

@@ -11,13 +11,15 @@ of n tokens), patch embedding and output head; one multiply-add counts as 2 FLOP
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
+from cascadev.argparsing import Parser
+from cascadev.argtypes import positive_int
+from cascadev.cli import add_device_options
 from cascadev.loading import load_config, resolve_device, resolve_dtype
 from cascadev.models import build_model
 
@@ -37,12 +39,11 @@ def dit_flops(model, frames: int, height: int, width: int) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/s1024_effn_f32.py")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_device_options(parser)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--2x", dest="hires", action="store_true", help="2x mode: twice the size, a quarter of the frames")
     args = parser.parse_args(argv)
 

@@ -10,7 +10,6 @@ the CPU metrics scale with cores (one video per worker), LPIPS runs in the main 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cascadev.argparsing import Parser
+from cascadev.argtypes import positive_int
 from cascadev.evaluation import metrics as M
 from cascadev.evaluation.runner import EvalOptions, evaluate
 from cascadev.video_io import write_video
@@ -37,14 +38,14 @@ def make_pairs(root: Path, videos: int, frames: int, size: int) -> None:
         write_video(root / "rec" / f"{i}.mp4", rec, 30.0, crf=18)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--videos", type=int, default=2)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="include 1: its CPU time is extrapolated")
-    p.add_argument("--cores", type=int, default=16, help="cores of the machine to extrapolate to")
-    args = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--videos", type=positive_int, default=2)
+    p.add_argument("--frames", type=positive_int, default=8)
+    p.add_argument("--size", type=positive_int, default=1024)
+    p.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="include 1: its CPU time is extrapolated")
+    p.add_argument("--cores", type=positive_int, default=16, help="cores of the machine to extrapolate to")
+    args = p.parse_args(argv)
     total = args.videos * args.frames
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -11,7 +11,6 @@ titles (the two file names), with white separators and each row's frame numbers.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,8 +21,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
+from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.pictures import contact_sheet  # noqa: E402
+from cascadev.rules import check_choice, check_whole  # noqa: E402
 from cascadev.video_io import (  # noqa: E402
     VideoReader,
     save_image,
@@ -54,10 +56,8 @@ def resize_uint8(frames: np.ndarray, height: int, width: int, resample: str = "n
 def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: str | os.PathLike, *, frames: int = 4,
                    resample: str = "nearest") -> np.ndarray:
     """Write (and return) the labelled picture of k rows left | right, at the right-hand video's size."""
-    if frames < 1:
-        raise CascadeVError(f"The --frames option must be at least 1, got {frames}.")
-    if resample not in FILTERS:
-        raise CascadeVError(f"The --filter option must be one of {', '.join(FILTERS)}, got {resample!r}.")
+    check_whole(frames, "--frames")
+    check_choice(resample, FILTERS, "filter")
     a, b = VideoReader(left), VideoReader(right)
     left_idx, right_idx = matching_indices(a.num_frames, b.num_frames, frames)
     with torch.no_grad():
@@ -71,12 +71,12 @@ def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Side-by-side frames of two videos (left resized to the right's size).")
+    parser = Parser(description="Side-by-side frames of two videos (left resized to the right's size).")
     parser.add_argument("left", help="the 'before' video, e.g. another model's output")
     parser.add_argument("right", help="the 'after' video, e.g. cascadev upscale's output")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")
-    parser.add_argument("--frames", type=int, default=4, help="rows: frames picked evenly in time (default 4)")
-    parser.add_argument("--filter", default="nearest", help="how the left video is resized: nearest (default) or bicubic")
+    parser.add_argument("--frames", type=positive_int, default=4, help="rows: frames picked evenly in time (default 4)")
+    parser.add_argument("--filter", default="nearest", choices=list(FILTERS), help="how the left video is resized: nearest (default) or bicubic")
     args = parser.parse_args(argv)
     try:
         compare_frames(args.left, args.right, args.output, frames=args.frames, resample=args.filter)

@@ -25,22 +25,15 @@ except ImportError:  # run from a checkout where the package is not installed
 
 import torch
 
+from cascadev.argparsing import Parser
 from cascadev.errors import CascadeVError
 
 PROG = "convert_checkpoint"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors in the project's format."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{PROG}: error: {message} (see --help).\n")
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="torch checkpoint to convert (.pth, .pt, .bin, .ckpt)")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="destination .safetensors file (default: SRC with suffix .safetensors)")

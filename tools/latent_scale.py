@@ -9,12 +9,13 @@ posterior samples of the first ``--clips`` clips of ``video_list``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 from einops import rearrange
 
+from cascadev.argparsing import Parser
+from cascadev.argtypes import positive_int
 from cascadev.data import VideoClipDataset, read_video_list
 from cascadev.errors import CascadeVError
 from cascadev.loading import build_pipeline, load_config
@@ -34,10 +35,10 @@ def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
     parser.add_argument("--weights-dir", default=None, help="folder with the VAE (default: the config's)")
-    parser.add_argument("--clips", type=int, default=8, help="training clips to measure (default 8)")
+    parser.add_argument("--clips", type=positive_int, default=8, help="training clips to measure (default 8)")
     args = parser.parse_args(argv)
     try:
         print(f"{latent_scale(load_config(args.config), args.weights_dir, args.clips):.5g}")

@@ -25,7 +25,6 @@ relative to the list).
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cascadev.argparsing import Parser
 from cascadev.errors import CascadeVError
 from cascadev.video_io import VideoReader, resize_short_side, save_image, to_model_range, to_uint8, write_video
 
@@ -114,7 +114,7 @@ def build(out: Path) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/nano", help="output folder (default data/nano)")
     args = parser.parse_args(argv)
     try:

@@ -9,13 +9,13 @@ log scale, as `cascadev train` and `cascadev train-ae` write it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
+from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 
@@ -48,7 +48,7 @@ def plot(work_dirs: list[Path], titles: list[str], output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work_dirs", nargs="+", type=Path)
     parser.add_argument("--titles", nargs="+", default=None, help="one per work dir (default: folder names)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")

@@ -11,7 +11,6 @@ default, or a full-size random DiT with ``--config``. Prints a Markdown table an
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -24,7 +23,10 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascadev.loading import PRECISIONS, load_config  # noqa: E402
+from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argtypes import device as device_name  # noqa: E402
+from cascadev.argtypes import positive_int  # noqa: E402
+from cascadev.loading import PRECISIONS, load_config, resolve_device  # noqa: E402
 from cascadev.models import build_model  # noqa: E402
 from cascadev.models.dit import CascadeDiT  # noqa: E402
 from cascadev.pipeline import CascadeVPipeline  # noqa: E402
@@ -76,15 +78,15 @@ def build_like(model: CascadeDiT) -> CascadeDiT:
 
 
 @torch.no_grad()
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_name, default="cpu", help="cpu (default), auto, cuda or cuda:N")
     parser.add_argument("--config", default=None, help="a full-size random DiT from this config instead of the golden one")
-    parser.add_argument("--frames", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--frames", type=positive_int, default=None)
+    parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("-o", "--output", default=None, help="JSON file for the results")
-    args = parser.parse_args()
-    device = torch.device(args.device)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     model, x, t = golden_dit() if args.config is None else random_dit(args.config, args.frames)
     x, t = x.to(device), t.to(device)
     reference = build_like(model).to(device, torch.float64)

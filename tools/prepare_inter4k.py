@@ -38,7 +38,8 @@ except ImportError:  # run from a checkout where the package is not installed
 
 import numpy as np
 
-from cascadev.argtypes import positive_float, positive_int
+from cascadev.argparsing import Parser
+from cascadev.argtypes import non_negative_int, positive_float, positive_int
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
 from cascadev.evaluation.runner import list_videos
@@ -48,20 +49,12 @@ PROG = "prepare_inter4k"
 READ_CHUNK = 4  # a 4K frame is about 100 MB as float32, so a few at a time
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors in the project's format."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{PROG}: error: {message} (see --help).\n")
-        sys.exit(2)
-
-
 class TooShort(CascadeVError):
     """The source video does not have enough frames for the requested length."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="the Inter4K videos: a folder or a list file")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("-n", "--num-videos", type=positive_int, default=200, help="number of videos (default 200)")
@@ -69,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crop", action="store_true", help="resize only, keep the aspect ratio")
     parser.add_argument("--fps", type=positive_float, default=30.0, help="output frame rate (default 30)")
     parser.add_argument("--num-frames", type=positive_int, default=64, help="frames per video (default 64)")
-    parser.add_argument("--crf", type=int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)")
+    parser.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)")
     parser.add_argument("--skip-short", action="store_true", help="skip videos too short instead of stopping")
     return parser
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
+from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.cli import build_parser  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -51,7 +52,7 @@ def readme_block(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = Parser(description=__doc__.splitlines()[0])
     args.add_argument("--update", action="store_true", help="rewrite the list in README.md")
     update = args.parse_args(argv).update
     block = options_markdown()

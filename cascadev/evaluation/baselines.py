@@ -13,7 +13,6 @@ frame count kept, streamed a chunk of frames at a time; each file is written ato
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,7 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cascadev.argparsing import Parser
+from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
+from cascadev.rules import check_whole
 from cascadev.video_io import VideoReader, VideoWriter
 
 __all__ = ["bicubic_folder", "bicubic_frames", "bicubic_video", "low_res_size", "main"]
@@ -33,8 +35,7 @@ DEFAULT_FACTOR = 32
 
 def low_res_size(height: int, width: int, factor: int = DEFAULT_FACTOR) -> tuple[int, int]:
     """The 1/``factor`` frame size: ``(round(H/f), round(W/f))``, each at least 1."""
-    if factor < 1:
-        raise CascadeVError(f"The downscaling factor must be at least 1, got {factor}.")
+    check_whole(factor, "The downscaling factor")
     return max(1, int(height / factor + 0.5)), max(1, int(width / factor + 0.5))
 
 
@@ -100,13 +101,13 @@ def bicubic_folder(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cascadev-bicubic", description="Write the bicubic x32 baseline of a folder of videos."
     )
     parser.add_argument("src", help="folder of videos, list file or one video")
     parser.add_argument("-o", "--output", required=True, help="output folder (<name>.mp4 per video)")
-    parser.add_argument("--factor", type=int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")
-    parser.add_argument("--crf", type=int, default=18, help="x264 quality (0 = lossless; default 18)")
+    parser.add_argument("--factor", type=positive_int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")
+    parser.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality (0 = lossless; default 18)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cascadev.argtypes import positive_int
+from cascadev.argtypes import device, positive_int
 from cascadev.errors import CascadeVError
 
 from . import ALL_METRICS, LPIPS_NETS
@@ -36,7 +36,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resize REC frames to REF's size, and compare the first min(REF, REC) frames when counts differ",
     )
-    p.add_argument("--device", default="auto", help="device of LPIPS and VBench: auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device, default="auto", help="device of LPIPS and VBench: auto (default), cpu, cuda or cuda:N")
     p.add_argument("--lpips-net", default="alex", choices=LPIPS_NETS, help="LPIPS trunk (default alex)")
     p.add_argument("--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video")
     p.add_argument("--label", default=None, help="row label in the tables (default: the REC folder's name)")

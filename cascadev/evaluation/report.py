@@ -10,7 +10,6 @@ value of each column is in bold, as in the README.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -18,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from cascadev.argparsing import Parser
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
 
@@ -248,7 +248,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cascadev.evaluation.report A.json B.json [-o table.md] [--labels a,b]``:
     one table with a row per results file (e.g. baselines next to the model)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cascadev-report", description="Combine results.json files into the README's tables."
     )
     parser.add_argument("results", nargs="+", help="results.json files, one table row each")

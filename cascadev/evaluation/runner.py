@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from cascadev.atomic import check_output_path
 from cascadev.errors import CascadeVError
 from cascadev.overwrite import check_not_inputs
+from cascadev.rules import check_device_name, check_whole
 from cascadev.video_io import VideoReader
 
 from . import ALL_METRICS, PAIRED_METRICS
@@ -106,12 +107,6 @@ def parse_metrics(value: str | Sequence[str] | None) -> list[str] | None:
             f"Unknown metric {unknown[0]!r} in --metrics; choose from {', '.join(ALL_METRICS)}."
         )
     return [m for m in ALL_METRICS if m in names]
-
-
-def _check_device_name(name: str) -> None:
-    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
-        return
-    raise CascadeVError(f"Unknown device {name!r}; choose auto, cpu, cuda or cuda:N.")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -236,8 +231,8 @@ def plan_pairs(
     pairs: Sequence[VideoPair], *, resize: bool = False, max_frames: int | None = None
 ) -> list[PairPlan]:
     """Open every pair and check sizes and frame counts (see the module docstring for the rules)."""
-    if max_frames is not None and max_frames < 1:
-        raise CascadeVError(f"--max-frames must be at least 1, got {max_frames}.")
+    if max_frames is not None:
+        check_whole(max_frames, "--max-frames")
     plans = []
     for pair in pairs:
         ref, rec = VideoReader(pair.ref, num_threads=1), VideoReader(pair.rec, num_threads=1)
@@ -363,9 +358,8 @@ def evaluate(
     """
     requested = parse_metrics(options.metrics)
     wanted = list(ALL_METRICS) if requested is None else requested
-    _check_device_name(options.device)
-    if options.chunk_frames < 1:
-        raise CascadeVError(f"--chunk-frames must be at least 1, got {options.chunk_frames}.")
+    check_device_name(options.device)
+    check_whole(options.chunk_frames, "--chunk-frames")
     plans = plan_pairs(
         match_videos(options.ref, options.rec), resize=options.resize, max_frames=options.max_frames
     )

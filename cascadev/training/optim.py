@@ -19,8 +19,6 @@ def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
     spec = dict(spec)
     kind = spec.pop("type", "CAME")
     params = [p for p in model.parameters() if p.requires_grad]
-    if not float(spec.get("lr", 0)) > 0:
-        raise CascadeVError(f"optimizer.lr must be positive, got {spec.get('lr')}")
     if kind in ("CAME", "CAMEWrapper"):
         from came_pytorch import CAME
 

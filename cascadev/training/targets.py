@@ -23,10 +23,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 
 from ..checkpoint import save_safetensors
-from ..conditioning import Conditioner
-from ..errors import CascadeVError
-
-CONDITIONS = ("semantic", "resize")
+from ..conditioning import KINDS, Conditioner, check_kind
 
 
 class FrozenEncoders:
@@ -37,10 +34,8 @@ class FrozenEncoders:
 
     def __init__(self, vae, compressor=None, *, condition: str = "semantic", scale_factor: float = 0.13025,
                  sr_scale: int = 4, chunk: int = 4, dtype: torch.dtype = torch.float32):
-        if condition not in CONDITIONS:
-            raise CascadeVError(f"unknown condition {condition!r} in the config; choose semantic or resize")
-        if condition == "semantic" and compressor is None:
-            raise ValueError("the semantic condition needs the compressor")
+        if KINDS[check_kind(condition)].encoder == "compressor" and compressor is None:
+            raise ValueError(f"the {condition} condition needs the compressor")
         for module in (vae, compressor):
             if module is not None:
                 module.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from .. import conditioning
 from ..checkpoint import load_weights, save_safetensors
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
 from ..diffusion import GaussianDiffusion
@@ -101,8 +102,7 @@ def _load_from_path(load_from) -> Path:
 
 
 def _mixed_precision(requested: str, cpu: bool) -> str:
-    if requested not in ("no", "fp16", "bf16"):
-        raise CascadeVError(f"mixed_precision must be no, fp16 or bf16, got {requested!r}")
+    """The config's mixed_precision (no, fp16 or bf16: config_schema checked it) for this machine."""
     if cpu and requested == "fp16":
         warnings.warn("fp16 mixed precision needs a GPU; training in fp32 on the CPU")
         return "no"
@@ -152,9 +152,9 @@ class Trainer:
         self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
 
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
-        condition = cfg.get("condition", "semantic")
-        parts = ["vae"] + (["compressor"] if condition == "semantic" else [])
-        if cfg.get("validation", {}).get("video") and condition == "semantic":
+        condition = conditioning.condition_kind(cfg)
+        parts = conditioning.with_encoder(condition, ["vae"])
+        if cfg.get("validation", {}).get("video") and "compressor" in parts:  # a preview needs a semantic latent
             parts.append("previewer")
         frozen = build_pipeline(cfg, parts, device=acc.device, dtype=weight_dtype, weights_dir=options.weights_dir,
                                 random_init=options.random_init)
@@ -162,9 +162,7 @@ class Trainer:
         self.encoders = FrozenEncoders(frozen.vae, frozen.compressor, condition=condition, scale_factor=cfg.scale_factor,
                                        sr_scale=cfg.sr_scale, chunk=int(cfg.get("encode_chunk", 4)), dtype=weight_dtype)
 
-        spec = dict(cfg.model, fp32_attention=bool(cfg.get("fp32_attention", False)))
-        if condition == "resize":
-            spec["in_channels"] = 8
+        spec = dict(conditioning.dit_spec(cfg), fp32_attention=bool(cfg.get("fp32_attention", False)))
         torch.manual_seed(self.seed)
         dit = build_model(spec)
         dit.gradient_checkpointing = bool(cfg.get("grad_checkpointing", False))
@@ -207,10 +205,7 @@ class Trainer:
         global_batch = self.batch_size * acc.num_processes * acc.gradient_accumulation_steps
         rule = (self.cfg.get("auto_lr") or {}).get("rule")
         base = spec.get("lr", 0)
-        try:
-            spec["lr"] = scaled_lr(float(base), global_batch, rule)
-        except (TypeError, ValueError):
-            raise CascadeVError(f"optimizer.lr must be a number, got {base!r}")
+        spec["lr"] = scaled_lr(float(base), global_batch, rule)  # a positive number: config_schema checked it
         if acc.is_main_process and self.opts.progress:
             how = f" = {base:g} x {rule}({global_batch}/256) (auto_lr)" if rule else " (auto_lr off)"
             print(f"learning rate {spec['lr']:.4g}{how}, global batch {global_batch}")

@@ -1,0 +1,82 @@
+"""The value rules, each written once: the command line, the config schema and the library all ask here.
+
+Each rule is a predicate plus a ``check_*`` function that raises :class:`CascadeVError` with one line.
+The parser (:mod:`cascadev.argparsing`, :mod:`cascadev.argtypes`) turns that line into its own error,
+:mod:`cascadev.config_schema` builds its rules from the same predicates, and the library calls the
+``check_*`` functions at its public entry points, so a Python caller gets the same refusal as the CLI.
+
+Nothing heavy is imported: the parser runs these rules before torch is.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Collection
+from typing import Any
+
+from .errors import CascadeVError
+
+# Seeds feed numpy's SeedSequence and torch.Generator.manual_seed, which take 0 <= seed < 2**63.
+SEED_LIMIT = 2**63
+# The names a user may give; the modules that act on them map each name to its implementation.
+SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
+MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
+DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def either(choices: Collection[str]) -> str:
+    """``a, b or c``: the choices as a message lists them."""
+    names = [str(c) for c in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def is_whole(value: Any, lo: int = 0, hi: int | None = None) -> bool:
+    """A whole number (not a bool, not a float) with ``lo <= value`` and, given ``hi``, ``value <= hi``."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= lo and (hi is None or value <= hi))
+
+
+def whole_description(lo: int = 0, hi: int | None = None) -> str:
+    """What :func:`is_whole` accepts, in words: "a whole number of at least 1", "... from 0 to 2**63 - 1"."""
+    if hi is None:
+        return f"a whole number of at least {lo}"
+    return f"a whole number from {lo} to {'2**63 - 1' if hi == SEED_LIMIT - 1 else hi}"
+
+
+def whole_problem(value: Any, lo: int = 0, hi: int | None = None) -> str | None:
+    """None if :func:`is_whole`, else what is wrong: "must be a whole number of at least 1, got 0"."""
+    return None if is_whole(value, lo, hi) else f"must be {whole_description(lo, hi)}, got {value!r}"
+
+
+def check_whole(value: Any, what: str, lo: int = 1, hi: int | None = None) -> int:
+    """``value`` as an int if :func:`is_whole`, else one line: "``what`` must be a whole number ...".
+
+    ``what`` names the culprit as the caller's user knows it: an option (``--steps``) or a parameter.
+    """
+    problem = whole_problem(value, lo, hi)
+    if problem:
+        raise CascadeVError(f"{what} {problem}.")
+    return int(value)
+
+
+def check_seed(value: Any, what: str = "The seed") -> int:
+    """A noise seed, 0 to 2**63 - 1."""
+    return check_whole(value, what, 0, SEED_LIMIT - 1)
+
+
+def check_choice(value: Any, choices: Collection[str], what: str) -> str:
+    """``value`` if it is one of ``choices``, else one line: "unknown ``what`` 'x'; choose a, b or c"."""
+    if value not in choices:
+        raise CascadeVError(f"unknown {what} {value!r}; choose {either(choices)}")
+    return value
+
+
+def check_device_name(name: Any) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the spelling only (whether that device exists is
+    :func:`cascadev.loading.resolve_device`'s question)."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise CascadeVError(f"unknown device {name!r}; choose {DEVICES}")
+    return name
