@@ -20,7 +20,7 @@ from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted
 from .outlock import output_lock
 from .presets import PRESETS
-from .rules import MODES, PRECISIONS, SCHEDULERS
+from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Train the networks the DiT stands on with the same loop, logs, checkpoints and resume as train: "
                    "--part compressor (compressor + previewer) or --part vae (AutoencoderKLTemporalDecoder).")
     _add_training_options(p)
-    p.add_argument("--part", required=True, choices=["compressor", "vae"], help="compressor (with its previewer) or vae")
+    p.add_argument("--part", required=True, choices=AUTOENCODER_PARTS, help="compressor (with its previewer) or vae")
     p.add_argument("--export", default=None, help="folder for the trained weights, under the config's weights names "
                    "(default: WORK_DIR/weights; pass it to other commands as --weights-dir)")
 

@@ -101,7 +101,7 @@ class Conditioner:
         compressor: nn.Module | None = None,
         vae: nn.Module | None = None,
         *,
-        kind: str = "semantic",
+        kind: str = DEFAULT_KIND,
         scale_factor: float = 0.13025,
         sr_scale: int = 4,
         chunk: int = 4,

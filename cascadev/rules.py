@@ -23,6 +23,7 @@ SEED_LIMIT = 2**63
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
 MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
+AUTOENCODER_PARTS = ("compressor", "vae")  # what cascadev train-ae trains: cascadev.training.autoencoders
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 

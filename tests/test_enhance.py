@@ -16,12 +16,13 @@ from cli_checks import assert_one_line_error, exit_status
 from videos import write_test_video
 
 from cascadev.cli import main
+from cascadev.conditioning import Conditioner
 from cascadev.enhance import ConditionStream, interpolate_in_time, target_size
 from cascadev.errors import CascadeVError
 from cascadev.loading import build_pipeline, load_config
 from cascadev.models.dit import CascadeDiT
 from cascadev.pictures import sheet_size, tile_origin
-from cascadev.pipeline import CascadeVPipeline, SamplingPlan
+from cascadev.pipeline import SamplingPlan
 from cascadev.reconstruct import READ_CHUNK
 from cascadev.tiling import window_starts
 from cascadev.video_io import VideoReader, VideoWriter, probe_video, to_model_range
@@ -147,13 +148,13 @@ def test_2x_mode_blends_overlapping_tiles(dit_pipe, monkeypatch):
 
 def test_resize_condition_variant_takes_the_input_itself_as_condition(tmp_path, capsys, clips, monkeypatch):
     seen = []
-    encode_resized = CascadeVPipeline.encode_resized
+    resized = Conditioner.resized  # the resize condition's one encoder, shared with training
 
     def spy(self, frames):
         seen.append((frames.clone(), self.compressor))
-        return encode_resized(self, frames)
+        return resized(self, frames)
 
-    monkeypatch.setattr(CascadeVPipeline, "encode_resized", spy)
+    monkeypatch.setattr(Conditioner, "resized", spy)
     shapes = dit_spy(monkeypatch)
     out = tmp_path / "up.mp4"
     code, err = run_cli(capsys, "upscale", clips[3], "-o", out, "--cfg-options", "condition=resize", *FAST)

@@ -30,13 +30,13 @@ from torch import nn
 
 from ..checkpoint import save_safetensors
 from ..config_schema import validate_config
-from ..errors import CascadeVError
 from ..models import build_model
 from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
+from ..rules import AUTOENCODER_PARTS, check_choice
 from ..video_io import save_image, side_by_side, to_uint8
 from .trainer import Trainer, TrainOptions
 
-PARTS = ("compressor", "vae")
+PARTS = AUTOENCODER_PARTS
 
 
 class CompressorAutoencoder(nn.Module):
@@ -53,8 +53,7 @@ class CompressorAutoencoder(nn.Module):
 
 def part_config(cfg, part: str):
     """``cfg`` with ``autoencoder_training[part]`` merged over its top-level keys."""
-    if part not in PARTS:
-        raise CascadeVError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    check_choice(part, PARTS, "part")
     cfg = cfg.copy()
     cfg.cache_latents = False  # latent caching is the DiT's: these networks see pixels
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))

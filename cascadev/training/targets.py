@@ -23,7 +23,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 
 from ..checkpoint import save_safetensors
-from ..conditioning import KINDS, Conditioner, check_kind
+from ..conditioning import DEFAULT_KIND, KINDS, Conditioner, check_kind
 
 
 class FrozenEncoders:
@@ -32,7 +32,7 @@ class FrozenEncoders:
     The condition is built by :class:`cascadev.conditioning.Conditioner`, the sampler's own.
     """
 
-    def __init__(self, vae, compressor=None, *, condition: str = "semantic", scale_factor: float = 0.13025,
+    def __init__(self, vae, compressor=None, *, condition: str = DEFAULT_KIND, scale_factor: float = 0.13025,
                  sr_scale: int = 4, chunk: int = 4, dtype: torch.dtype = torch.float32):
         if KINDS[check_kind(condition)].encoder == "compressor" and compressor is None:
             raise ValueError(f"the {condition} condition needs the compressor")
