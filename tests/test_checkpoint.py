@@ -323,7 +323,7 @@ def test_convert_checkpoint_cli(tmp_path):
     ("evil", [], "cannot be loaded safely"),
     ("missing", [], "does not exist"),
     ("good", ["--key", "nothere"], "no entry 'nothere'"),
-    ("good", ["--dtype", "fp8"], "invalid choice"),
+    ("good", ["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'; choose bf16, fp16 or fp32"),
 ])
 def test_convert_checkpoint_cli_errors(tmp_path, make_bad, extra, expect):
     src = tmp_path / "in.pth"

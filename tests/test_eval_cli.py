@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_checks import assert_one_line_error
+from cli_checks import assert_one_line_error, exit_status
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from videos import make_frames
@@ -27,7 +27,7 @@ VBENCH = ["subject_consistency", "background_consistency", "motion_smoothness", 
 
 
 def run_cli(capsys, *argv):
-    code = main(["eval", *[str(a) for a in argv], "--quiet"])
+    code = exit_status(main, ["eval", *[str(a) for a in argv], "--quiet"])  # the parser checks --device (SystemExit)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
