@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_checks import assert_one_line_error, exit_status
+from videos import write_test_video
 
 from cascadev import rules
 from cascadev.argparsing import Parser
@@ -219,7 +220,7 @@ def test_counts_api(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_condition_kind_lives_in_the_conditioning_module():
+def test_condition_kind_lives_in_the_conditioning_module(tmp_path, capsys):
     from cascadev import conditioning
     from cascadev.loading import load_config
     from cascadev.training.targets import FrozenEncoders
@@ -237,6 +238,12 @@ def test_condition_kind_lives_in_the_conditioning_module():
             bad()
     with pytest.raises(CascadeVError, match="config key condition must be one of semantic, resize"):
         load_config(TINY, ["condition=latent"])
+    clip = tmp_path / "clip.mp4"
+    write_test_video(clip, 2, 32, 32)
+    code = main(["upscale", str(clip), "-o", str(tmp_path / "u.mp4"), "--config", TINY, "--random-init",
+                 "--cfg-options", "condition=latent"])
+    assert_one_line_error(code, capsys.readouterr().err, "config key condition must be one of semantic, resize")
+    assert os.listdir(tmp_path) == ["clip.mp4"]
 
 
 def test_no_other_module_switches_on_the_condition_kind():
