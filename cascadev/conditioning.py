@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import CascadeVError
+from .frames import resize
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def resize_for_encoding(frames: torch.Tensor, size: tuple[int, int]) -> torch.Te
     """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    return F.interpolate(frames, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(-1.0, 1.0)
+    return resize(frames, size, "bicubic", antialias=True).clamp_(-1.0, 1.0)
 
 
 class Conditioner:
@@ -156,6 +156,5 @@ class Conditioner:
     def upsample(self, latent: torch.Tensor) -> torch.Tensor:
         """Condition latent (N, C, h, w) -> DiT condition (N, C, sr*h, sr*w): bilinear, times scale_factor."""
         h, w = latent.shape[-2:]
-        up = F.interpolate(latent.to(self.device, torch.float32), size=(h * self.sr_scale, w * self.sr_scale),
-                           mode="bilinear", align_corners=False)
+        up = resize(latent.to(self.device, torch.float32), (h * self.sr_scale, w * self.sr_scale), "bilinear")
         return up * self.scale_factor

@@ -27,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cascadev.errors import CascadeVError
+from cascadev.frames import from_uint8, resize_short_side
 from cascadev.rules import check_choice, check_seed, check_whole
-from cascadev.video_io import VideoReader, resize_short_side, to_model_range
+from cascadev.video_io import VideoReader
 
 __all__ = [
     "BadVideoWarning",
@@ -343,7 +344,8 @@ class VideoClipDataset(Dataset):
         # Drawn only when augmenting, so that clips of configs without augmentation stay as they were.
         scale = rng.uniform(*self.scale_range) if self.scale_range[0] < self.scale_range[1] else self.scale_range[0]
         corner = (rng.random(), rng.random()) if self.crop == "random" else (0.5, 0.5)
-        video = _square(to_model_range(frames), self.sample_size, self.resize, scale, corner)
+        # (T, H, W, 3) uint8 -> (3, T, H, W): a clip is batched straight into the DiT's (B, C, T, H, W).
+        video = _square(from_uint8(frames).transpose(0, 1), self.sample_size, self.resize, scale, corner)
         if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
             video = video.flip(-1)
         return video

@@ -24,20 +24,19 @@ the video's length. The input's audio track is copied to the output (from ``star
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import frame_times
 from .argtypes import size_limit_problem
 from .atomic import make_folder
 from .conditioning import resize_for_encoding
 from .errors import CascadeVError
+from .frames import from_uint8, pad_to, padded_size, short_side_size
 from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
 from .reconstruct import (
@@ -49,7 +48,7 @@ from .reconstruct import (
     frames_to_uint8,
 )
 from .rules import check_choice, check_whole
-from .video_io import VideoReader, VideoWriter, select_frames, to_model_range
+from .video_io import VideoReader, VideoWriter, select_frames
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
 LatentRange = Callable[[int, int], torch.Tensor]
@@ -59,14 +58,10 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
     """Output (H, W) for an input of (height, width): ``scale`` times it, or short side ``size``.
 
     With ``size`` the aspect ratio is kept and the long side rounded to the nearest pixel (as
-    :func:`cascadev.video_io.resize_short_side`); with neither, the input's own size.
+    :func:`cascadev.frames.resize_short_side`); with neither, the input's own size.
     """
     if size is not None:
-        size = check_whole(size, "--size")
-        if height <= width:
-            out = size, max(1, math.floor(width * size / height + 0.5))
-        else:
-            out = max(1, math.floor(height * size / width + 0.5)), size
+        out = short_side_size(height, width, check_whole(size, "--size"))
     else:
         scale = check_whole(scale if scale is not None else 1, "--scale")
         out = height * scale, width * scale
@@ -74,10 +69,6 @@ def target_size(height: int, width: int, *, scale: int | None = None, size: int 
     if problem:
         raise CascadeVError(f"The output would be {out[1]}x{out[0]} pixels: {problem}.")  # WxH
     return out
-
-
-def _padded(size: tuple[int, int]) -> tuple[int, int]:
-    return tuple(-(-s // LATENT_STRIDE) * LATENT_STRIDE for s in size)
 
 
 def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable[[np.ndarray], torch.Tensor]:
@@ -88,20 +79,12 @@ def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable
     resized to (H/4, W/4), rounded, padded to (Hp/4, Wp/4), through the SVD-VAE encoder (C = 4).
     """
     conditioner = pipe.conditioner  # the condition kind's one switch
-    low, low_padded = conditioner.input_size(size), conditioner.input_size(_padded(size))
+    low, low_padded = conditioner.input_size(size), conditioner.input_size(padded_size(*size, LATENT_STRIDE))
 
     def encode(chunk: np.ndarray) -> torch.Tensor:
-        x = resize_for_encoding(to_model_range(chunk).transpose(0, 1), low)  # training's filter
-        return conditioner.encode(_pad(x, low_padded)).cpu().transpose(0, 1)  # (n, C, h, w) -> (C, n, h, w)
+        x = resize_for_encoding(from_uint8(chunk), low)  # (n, h, w, 3) uint8 -> (n, 3, *low), training's filter
+        return conditioner.encode(pad_to(x, *low_padded)).cpu().transpose(0, 1)  # (n, C, h, w) -> (C, n, h, w)
     return encode
-
-
-def _pad(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pad (T, 3, h, w) at the bottom and right to ``size``, repeating the edge pixels."""
-    h, w = frames.shape[-2:]
-    if (h, w) == tuple(size):
-        return frames
-    return F.pad(frames, (0, size[1] - w, 0, size[0] - h), mode="replicate")
 
 
 class ConditionStream:

@@ -1,14 +1,21 @@
 """Readable comparison pictures: columns with titles, white separators, and each row's frame number.
 
 Used for recon's ``compare.png``, the training validation images and ``tools/compare_frames.py``.
-Text is drawn with PIL's default font, so nothing has to be installed or downloaded.
+Text is drawn with PIL's default font, so nothing has to be installed or downloaded. Pictures are
+uint8 RGB ``(H, W, 3)``, the file-edge layout of :mod:`cascadev.frames`; :func:`save_image` writes one
+as PNG, atomically.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_output, check_output_path
+from .errors import CascadeVError
 
 SEPARATOR = 4  # white pixels between columns and between rows
 TITLE_HEIGHT = 16  # the title bar above the columns, and the label strip above each row
@@ -52,3 +59,34 @@ def contact_sheet(rows: Sequence[np.ndarray], titles: Sequence[str], frame_numbe
             tile = np.ascontiguousarray(row[:, c * width:(c + 1) * width])
             sheet.paste(Image.fromarray(tile), tile_origin(r, c, height, width)[::-1])
     return np.asarray(sheet)
+
+
+def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Save a uint8 RGB image ``(H, W, 3)`` as PNG, atomically (temporary file, then rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    check_output_path(path, "output image")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise CascadeVError(
+            f"The image for {path} must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}."
+        )
+    with atomic_output(path, "output image") as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+
+
+def side_by_side(*videos: np.ndarray) -> np.ndarray:
+    """Concatenate videos left to right: each uint8 ``(n, H, W_i, 3)`` -> ``(n, H, sum W_i, 3)``."""
+    if not videos:
+        raise ValueError("side_by_side needs at least one video")
+    arrays = [np.asarray(v) for v in videos]
+    first = arrays[0]
+    for v in arrays:
+        if v.ndim != 4 or v.shape[-1] != 3:
+            raise ValueError(f"side_by_side needs (n, H, W, 3) videos, got shape {v.shape}")
+        if v.shape[:2] != first.shape[:2]:
+            raise ValueError(
+                f"side_by_side needs equal frame counts and heights, got {first.shape[:2]} and {v.shape[:2]}"
+            )
+    return np.concatenate(arrays, axis=2)

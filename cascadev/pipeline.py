@@ -29,13 +29,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from . import rules
 from .conditioning import DEFAULT_KIND, Conditioner, kind_of_dit
 from .errors import CascadeVError
+from .frames import pad_to
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
 from .tiling import SegmentStream, Tiling
 
@@ -333,9 +333,8 @@ class CascadeVPipeline:
 
 def _pad_to(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
     """Pad (T, C, H, W) at the end of each axis by repeating the last frame, row and column."""
-    t, _, h, w = x.shape
-    if h < height or w < width:
-        x = F.pad(x, (0, width - w, 0, height - h), mode="replicate")
+    t = x.shape[0]
+    x = pad_to(x, height, width)
     if t < frames:
         x = torch.cat([x, x[-1:].expand(frames - t, *x.shape[1:])])
     return x

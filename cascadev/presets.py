@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .frames import blur_resize, center_square
+
 NOISE_NOTE = ("release preset: noise comes from cascadev's per-frame generators, not the release's global CUDA RNG, "
               "so samples match the release's only given the same initial latents")
 
@@ -44,6 +46,15 @@ class Preset:
     def scheduler(self, name: str) -> str:
         return "dpm_solver_pixart" if self.pixart_dpm_solver and name == "dpm_solver" else name
 
+    def preprocess(self, frames: np.ndarray, size: int | None) -> tuple[np.ndarray, int | None]:
+        """uint8 (T, H, W, 3) -> (frames, size left to resize to): the release's square crop and its
+        OpenCV blur and resize in uint8 where this preset asks for them (``size`` is then done, None)."""
+        if self.square_crop:
+            frames = center_square(frames)
+        if self.blur_resize:
+            frames, size = blur_resize(frames, size), None
+        return frames, size
+
     def vae_chunk(self, num_frames: int, default: int | None) -> int | None:
         if not self.release_vae_chunks:
             return default
@@ -58,25 +69,3 @@ PRESETS = {
     ),
 }
 
-
-def center_square(frames: np.ndarray) -> np.ndarray:
-    """uint8 (n, H, W, 3) -> (n, S, S, 3), S = min(H, W), the centre (torchvision's rounding)."""
-    h, w = frames.shape[1:3]
-    s = min(h, w)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    return frames[:, top:top + s, left:left + s]
-
-
-def blur_resize(frames: np.ndarray, size: int | None) -> np.ndarray:
-    """The release's preprocessing of uint8 (n, H, W, 3) frames: 3x3 box blur, then bilinear resize
-    so the short side is ``size`` (long side ``round(long * size / short)``, Python's round), in uint8."""
-    import cv2
-
-    h, w = frames.shape[1:3]
-    if size is None:
-        size = min(h, w)
-    if h <= w:
-        new_h, new_w = size, round(w * size / h)
-    else:
-        new_h, new_w = round(h * size / w), size
-    return np.stack([cv2.resize(cv2.blur(f, (3, 3)), (new_w, new_h), interpolation=cv2.INTER_LINEAR) for f in frames])

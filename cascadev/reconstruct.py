@@ -15,30 +15,19 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import frame_times
 from .atomic import make_folder, remove_quietly
+from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
 from .overwrite import check_not_inputs
-from .pictures import contact_sheet
+from .pictures import contact_sheet, save_image, side_by_side
 from .pipeline import CascadeVPipeline
-from .presets import PRESETS, Preset, blur_resize, center_square
+from .presets import PRESETS, Preset
 from .rules import SCHEDULERS, check_choice, check_seed, check_whole
-from .video_io import (
-    VideoReader,
-    VideoWriter,
-    check_encoder_options,
-    pad_to_multiple,
-    resize_short_side,
-    save_image,
-    select_frames,
-    side_by_side,
-    to_model_range,
-    to_uint8,
-)
+from .video_io import VideoReader, VideoWriter, check_encoder_options, select_frames
 
 PipelineLoader = Callable[[], CascadeVPipeline]
 LATENT_STRIDE = 32  # pixels per semantic-latent position
@@ -79,23 +68,9 @@ def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset =
     (h, w) is the content size after resizing (short side ``size``), before padding. The release
     preset crops the centre square and blurs and resizes in uint8 with OpenCV first.
     """
-    if preset.square_crop:
-        frames = center_square(frames)
-    if preset.blur_resize:
-        frames, size = blur_resize(frames, size), None
-    x = resize_short_side(to_model_range(frames).transpose(0, 1), size)
+    frames, size = preset.preprocess(frames, size)
+    x = resize_short_side(from_uint8(frames), size)  # (n, H, W, 3) uint8 -> (n, 3, h, w) in [-1, 1]
     return pad_to_multiple(x, LATENT_STRIDE)
-
-
-def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: bool = False) -> np.ndarray:
-    """(n, 3, H, W) in [-1, 1] -> uint8 (n, height, width, 3), cropping padding away.
-
-    Values are rounded; ``truncate`` quantises as the release does, ``(127.5 * x + 127.5).to(uint8)``.
-    """
-    if truncate:
-        x = (127.5 * frames[:, :, :height, :width].float() + 127.5).clamp(0, 255).to(torch.uint8)
-        return x.permute(0, 2, 3, 1).contiguous().numpy()
-    return to_uint8(frames[:, :, :height, :width].transpose(0, 1))
 
 
 def decode_frames(pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tensor], total: int, sampling: SamplingArgs,
@@ -255,7 +230,7 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
             n = frames.shape[0]
             recon = frames_to_uint8(frames, h, w, preset.truncate)
             preview = pipe.preview(latent.read(done, done + n))
-            preview = F.interpolate(preview, size=frames.shape[-2:], mode="bilinear", align_corners=False)
+            preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
             preview = frames_to_uint8(preview, h, w, preset.truncate)
             source_frames = source.read(range(meta.start + done, meta.start + done + n))
             original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)

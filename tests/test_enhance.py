@@ -19,13 +19,14 @@ from cascadev.cli import main
 from cascadev.conditioning import Conditioner
 from cascadev.enhance import ConditionStream, interpolate_in_time, target_size
 from cascadev.errors import CascadeVError
+from cascadev.frames import from_uint8
 from cascadev.loading import build_pipeline, load_config
 from cascadev.models.dit import CascadeDiT
 from cascadev.pictures import sheet_size, tile_origin
 from cascadev.pipeline import SamplingPlan
 from cascadev.reconstruct import READ_CHUNK
 from cascadev.tiling import window_starts
-from cascadev.video_io import VideoReader, VideoWriter, probe_video, to_model_range
+from cascadev.video_io import VideoReader, VideoWriter, probe_video
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -165,7 +166,7 @@ def test_resize_condition_variant_takes_the_input_itself_as_condition(tmp_path, 
     frames = torch.cat([f for f, _ in seen])
     assert frames.shape == (3, 3, 24, 24)  # 96x96 padded output / 4
     assert all(compressor is None for _, compressor in seen)  # no semantic compressor loaded
-    original = to_model_range(VideoReader(clips[3]).read(range(3))).transpose(0, 1)
+    original = from_uint8(VideoReader(clips[3]).read(range(3)))
     assert torch.equal(frames[:, :, :17, :23], original)  # scale 4: the condition is the input video
 
 

@@ -19,7 +19,7 @@ from videos import make_frames
 from cascadev.cli import main
 from cascadev.evaluation import metrics as M
 from cascadev.evaluation import report
-from cascadev.evaluation.runner import resize_frames
+from cascadev.frames import resize_uint8
 from cascadev.video_io import VideoReader, write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_other_frame_size_is_an_error_or_resized(tmp_path, capsys, mismatch):
     code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out, "--resize", "--metrics", "psnr,ssim,temporal_flickering")
     assert code == 0, err
     results = json.loads(out.read_text())
-    want = resize_frames(decoded(rec / "a.mp4"), 48, 64)
+    want = resize_uint8(decoded(rec / "a.mp4"), 48, 64)
     got_ref = decoded(ref / "a.mp4")
     psnr = np.mean([peak_signal_noise_ratio(x, y, data_range=255) for x, y in zip(got_ref, want)])
     assert results["videos"]["a"]["psnr"] == pytest.approx(psnr, rel=1e-12)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from videos import write_test_video
 
-from cascadev.video_io import VideoReader, resize_short_side, to_model_range, to_uint8, write_video
+from cascadev.frames import from_uint8, resize_short_side, to_uint8
+from cascadev.video_io import VideoReader, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_prepare_writes_the_first_videos_resized_cropped_resampled(tmp_path, cap
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["videos"]["1"]["source_frames"] == [0, 2, 4, 6, 8, 10]
     source = VideoReader(src / "1.mp4").read([0, 2, 4, 6, 8, 10])
-    expected = to_uint8(resize_short_side(to_model_range(source).transpose(0, 1), 72).transpose(0, 1))
+    expected = to_uint8(resize_short_side(from_uint8(source), 72))
     assert expected.shape == (6, 72, 120, 3)
     expected = expected[:, :, 24:96]  # centred 72x72 crop
     video = VideoReader(out / "1.mp4")

@@ -1,4 +1,4 @@
-"""Tests for cascadev.video_io: reading, writing, frame ranges, geometry and value ranges."""
+"""Tests for cascadev.video_io: reading, writing, frame ranges, audio, PNG pictures."""
 
 from __future__ import annotations
 
@@ -8,23 +8,17 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from videos import make_frames, write_test_video
 
 from cascadev.errors import CascadeVError
+from cascadev.pictures import save_image, side_by_side
 from cascadev.video_io import (
     VideoReader,
     VideoWriter,
     fps_fraction,
-    pad_to_multiple,
     probe_video,
-    resize_short_side,
-    save_image,
     select_frames,
-    side_by_side,
-    to_model_range,
-    to_uint8,
     write_video,
 )
 
@@ -337,70 +331,6 @@ def test_save_image_and_side_by_side(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
     with pytest.raises(CascadeVError, match="does not exist"):
         save_image(tmp_path / "no" / "x.png", both[1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Geometry and value ranges
-# ---------------------------------------------------------------------------------------------
-
-
-def test_resize_short_side_shapes():
-    landscape = torch.rand(4, 3, 47, 65)
-    assert resize_short_side(landscape, 32).shape == (4, 3, 32, 44)  # 65 * 32 / 47 = 44.26
-    assert resize_short_side(landscape, 94).shape == (4, 3, 94, 130)
-    portrait = torch.rand(2, 3, 100, 30)
-    assert resize_short_side(portrait, 15).shape == (2, 3, 50, 15)
-    assert resize_short_side(landscape, None) is landscape
-    assert resize_short_side(torch.rand(3, 5, 47, 65), 32).shape == (3, 5, 32, 44)  # (3, T, H, W)
-    with pytest.raises(CascadeVError):
-        resize_short_side(landscape, 0)
-
-
-def test_resize_short_side_values():
-    flat = torch.full((1, 3, 40, 60), 0.25)
-    assert torch.allclose(resize_short_side(flat, 20), torch.full((1, 3, 20, 30), 0.25))
-    # Every frame and channel is an independent image, whatever the layout of the leading dims.
-    tchw = torch.rand(2, 3, 16, 24)
-    expected = torch.nn.functional.interpolate(
-        tchw, size=(8, 12), mode="bilinear", align_corners=False, antialias=True
-    )
-    torch.testing.assert_close(resize_short_side(tchw, 8), expected)
-    cthw = tchw.permute(1, 0, 2, 3)
-    torch.testing.assert_close(resize_short_side(cthw, 8), expected.permute(1, 0, 2, 3))
-    # Antialiasing: a one-pixel checkerboard averages to grey instead of aliasing.
-    checker = (torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2
-    out = resize_short_side(checker.float()[None, None], 16)
-    assert torch.allclose(out, torch.full_like(out, 0.5), atol=0.02)
-
-
-def test_pad_to_multiple():
-    frames = torch.rand(3, 4, 47, 65)
-    padded, (h, w) = pad_to_multiple(frames, 32)
-    assert padded.shape == (3, 4, 64, 96) and (h, w) == (47, 65)
-    torch.testing.assert_close(padded[..., :h, :w], frames, rtol=0, atol=0)
-    # Replicate padding: the new rows/columns repeat the last real ones.
-    torch.testing.assert_close(padded[..., 60, :w], frames[..., 46, :], rtol=0, atol=0)
-    torch.testing.assert_close(padded[..., :h, 90], frames[..., :, 64], rtol=0, atol=0)
-    tchw = torch.rand(5, 3, 33, 32)
-    padded2, size2 = pad_to_multiple(tchw, 8)
-    assert padded2.shape == (5, 3, 40, 32) and size2 == (33, 32)
-    same, _ = pad_to_multiple(torch.rand(2, 3, 64, 32), 32)
-    assert same.shape == (2, 3, 64, 32)
-
-
-def test_model_range_roundtrip():
-    values = np.arange(256, dtype=np.uint8)
-    frames = np.stack(np.broadcast_arrays(values[None, :, None], values[None, None, :], 7), axis=-1)
-    frames = np.repeat(frames.astype(np.uint8), 2, axis=0)  # (2, 256, 256, 3)
-    x = to_model_range(frames)
-    assert x.shape == (3, 2, 256, 256) and x.dtype == torch.float32
-    assert x.min().item() == -1.0 and x.max().item() == 1.0
-    assert torch.equal(x[0, 1, :, 0], torch.from_numpy(values).float() / 127.5 - 1)
-    np.testing.assert_array_equal(to_uint8(x), frames)
-    np.testing.assert_array_equal(to_uint8(to_model_range(torch.from_numpy(frames))), frames)
-    # Out-of-range model outputs are clamped.
-    assert to_uint8(torch.full((3, 1, 2, 2), 3.0)).min() == 255
-    assert to_uint8(torch.full((3, 1, 2, 2), -3.0)).max() == 0
 
 
 def test_abandoned_writer_leaves_no_temporary_file(tmp_path):

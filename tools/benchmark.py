@@ -36,6 +36,7 @@ from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
+from cascadev.frames import to_uint8  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
 from cascadev.video_io import VideoWriter, write_video  # noqa: E402
@@ -114,9 +115,9 @@ def synthetic_video(path: Path, frames: int, height: int, width: int) -> None:
     """Smooth moving colour gradients (compressible, like real footage, unlike noise)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     video = np.stack([
-        np.stack([np.sin(x / 37 + t / 3), np.cos(y / 23 - t / 5), np.sin((x + y) / 51 + t / 7)], -1) for t in range(frames)
-    ])
-    write_video(path, ((video + 1) * 127.5).astype(np.uint8), 24)
+        np.stack([np.sin(x / 37 + t / 3), np.cos(y / 23 - t / 5), np.sin((x + y) / 51 + t / 7)]) for t in range(frames)
+    ])  # (T, 3, H, W) in [-1, 1]
+    write_video(path, to_uint8(torch.from_numpy(video), truncate=True), 24)
 
 
 def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.device, work: Path, peak: float | None) -> dict:

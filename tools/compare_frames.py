@@ -17,24 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
 from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
-from cascadev.pictures import contact_sheet  # noqa: E402
+from cascadev.frames import resize_uint8  # noqa: E402
+from cascadev.pictures import contact_sheet, save_image, side_by_side  # noqa: E402
 from cascadev.rules import check_choice, check_whole  # noqa: E402
-from cascadev.video_io import (  # noqa: E402
-    VideoReader,
-    save_image,
-    side_by_side,
-    to_model_range,
-    to_uint8,
-)
+from cascadev.video_io import VideoReader  # noqa: E402
 
-FILTERS = {"nearest": dict(mode="nearest-exact"), "bicubic": dict(mode="bicubic", align_corners=False, antialias=True)}
+FILTERS = {"nearest": dict(mode="nearest-exact", antialias=False), "bicubic": dict(mode="bicubic", antialias=True)}
 
 
 def matching_indices(left_frames: int, right_frames: int, count: int) -> tuple[list[int], list[int]]:
@@ -42,15 +36,6 @@ def matching_indices(left_frames: int, right_frames: int, count: int) -> tuple[l
     right = sorted(set(np.linspace(0, right_frames - 1, min(count, right_frames)).round().astype(int).tolist()))
     scale = (left_frames - 1) / (right_frames - 1) if right_frames > 1 else 0.0
     return [int(round(i * scale)) for i in right], right
-
-
-def resize_uint8(frames: np.ndarray, height: int, width: int, resample: str = "nearest") -> np.ndarray:
-    """uint8 (n, h, w, 3) -> uint8 (n, height, width, 3) with the named filter."""
-    if frames.shape[1:3] == (height, width):
-        return frames
-    x = to_model_range(frames).transpose(0, 1)  # (n, 3, h, w) in [-1, 1]
-    x = F.interpolate(x, size=(height, width), **FILTERS[resample])
-    return to_uint8(x.transpose(0, 1))
 
 
 def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: str | os.PathLike, *, frames: int = 4,
@@ -61,7 +46,7 @@ def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: st
     a, b = VideoReader(left), VideoReader(right)
     left_idx, right_idx = matching_indices(a.num_frames, b.num_frames, frames)
     with torch.no_grad():
-        before = resize_uint8(a.read(left_idx), b.height, b.width, resample)
+        before = resize_uint8(a.read(left_idx), b.height, b.width, **FILTERS[resample])
     rows = side_by_side(before, b.read(right_idx))
     titles = [f"{Path(left).name} ({a.width}x{a.height})", f"{Path(right).name} ({b.width}x{b.height})"]
     numbers = [f"{i}" if i == j else f"{i} | {j}" for i, j in zip(left_idx, right_idx)]

@@ -34,7 +34,9 @@ import torch
 
 from cascadev.argparsing import Parser
 from cascadev.errors import CascadeVError
-from cascadev.video_io import VideoReader, resize_short_side, save_image, to_model_range, to_uint8, write_video
+from cascadev.frames import crop, from_uint8, resize_short_side, to_uint8
+from cascadev.pictures import save_image
+from cascadev.video_io import VideoReader, write_video
 
 # (source video, first frame, end frame) of each part of the split.
 TRAIN_VIDEOS = {"bikes": ("bikes.mp4", 0, 200), "carphone": ("carphone_pristine.mp4", 0, 90)}
@@ -71,10 +73,8 @@ def read_range(path: Path, start: int, end: int) -> np.ndarray:
 
 def centre_square(frames: np.ndarray, size: int) -> np.ndarray:
     """uint8 (T, H, W, 3) -> (T, size, size, 3): short side resized to ``size``, centre crop."""
-    video = resize_short_side(to_model_range(frames), size).clamp(-1, 1)
-    h, w = video.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return to_uint8(video[..., top:top + size, left:left + size])
+    video = resize_short_side(from_uint8(frames), size)  # (T, H, W, 3) uint8 -> (T, 3, h, w)
+    return to_uint8(crop(video, size, size, (0.5, 0.5)))
 
 
 def build(out: Path) -> dict[str, list[str]]:

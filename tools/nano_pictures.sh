@@ -26,12 +26,12 @@ echo "== upscale x4 and interpolate x4"
 "$PY" - "$OUT" <<'PY'
 # A 64x48 crop around the bird (another model's small output) and a 6 fps clip (every 4th frame).
 import sys
-import torch.nn.functional as F
-from cascadev.video_io import VideoReader, to_model_range, to_uint8, write_video
+from cascadev.frames import from_uint8, resize, to_uint8
+from cascadev.video_io import VideoReader, write_video
 out = sys.argv[1]
 frames = VideoReader("example/demo.mp4").read(range(8))[:, 200:584, 480:992]
-small = F.interpolate(to_model_range(frames).transpose(0, 1), size=(48, 64), mode="area")
-write_video(f"{out}/bird_64.mp4", to_uint8(small.transpose(0, 1)), 24)
+small = resize(from_uint8(frames), (48, 64), mode="area")  # (T, 3, H, W) in [-1, 1]
+write_video(f"{out}/bird_64.mp4", to_uint8(small), 24)
 write_video(f"{out}/bikes_6fps.mp4", VideoReader("data/nano/heldout/bikes_heldout.mp4").read(range(0, 12, 4)), 6.25)
 PY
 rm -f "$OUT/bird_256.mp4" "$OUT/bikes_25fps.mp4"

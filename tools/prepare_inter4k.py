@@ -36,14 +36,15 @@ try:
 except ImportError:  # run from a checkout where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 
 from cascadev.argparsing import Parser
 from cascadev.argtypes import non_negative_int, positive_float, positive_int
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
 from cascadev.evaluation.runner import list_videos
-from cascadev.video_io import VideoReader, VideoWriter, resize_short_side, to_model_range, to_uint8
+from cascadev.frames import crop as crop_frames
+from cascadev.frames import from_uint8, resize_short_side, to_uint8
+from cascadev.video_io import VideoReader, VideoWriter
 
 PROG = "prepare_inter4k"
 READ_CHUNK = 4  # a 4K frame is about 100 MB as float32, so a few at a time
@@ -77,13 +78,6 @@ def source_indices(source_fps: float, fps: float, num_frames: int) -> list[int]:
     return [int(math.floor(i * ratio + 0.5 + 1e-9)) for i in range(num_frames)]
 
 
-def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (n, H, W, 3) -> the centred (n, size, size, 3) (H, W >= size)."""
-    h, w = frames.shape[1:3]
-    top, left = (h - size) // 2, (w - size) // 2
-    return frames[:, top : top + size, left : left + size]
-
-
 def prepare_video(
     src: Path, dst: Path, *, size: int, crop: bool, fps: float, num_frames: int, crf: int = 18
 ) -> list[int]:
@@ -102,15 +96,14 @@ def prepare_video(
             f"{seconds:.3g} s that {num_frames} frames at {fps:g} fps need."
         )
     first = reader.read([0])
-    out_h, out_w = resize_short_side(to_model_range(first).transpose(0, 1), size).shape[-2:]
+    out_h, out_w = resize_short_side(from_uint8(first), size).shape[-2:]
     if crop:
         out_h, out_w = size, size
     with VideoWriter(dst, fps, out_h, out_w, crf=crf) as writer:
         for start in range(0, num_frames, READ_CHUNK):
             frames = reader.read(indices[start : start + READ_CHUNK])
-            x = resize_short_side(to_model_range(frames).transpose(0, 1), size)  # (n, 3, h, w)
-            out = to_uint8(x.transpose(0, 1))
-            writer.write(np.ascontiguousarray(center_crop(out, size)) if crop else out)
+            x = resize_short_side(from_uint8(frames), size)  # (n, H, W, 3) uint8 -> (n, 3, h, w)
+            writer.write(to_uint8(crop_frames(x, size, size, (0.5, 0.5)) if crop else x))  # centred square
     return indices
 
 

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from cascadev.argparsing import Parser
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
+from cascadev.frames import bicubic_round_trip
 from cascadev.rules import check_whole
 from cascadev.video_io import VideoReader, VideoWriter
 
@@ -44,12 +43,7 @@ def bicubic_frames(frames: np.ndarray, factor: int = DEFAULT_FACTOR) -> np.ndarr
     arr = np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"bicubic_frames needs uint8 (n, H, W, 3) frames, got {arr.dtype} {arr.shape}")
-    height, width = arr.shape[1:3]
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).to(torch.float32)
-    small = F.interpolate(x, size=low_res_size(height, width, factor), mode="bicubic",
-                          align_corners=False, antialias=True)
-    big = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)
-    return big.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return bicubic_round_trip(arr, low_res_size(*arr.shape[1:3], factor))
 
 
 def bicubic_video(

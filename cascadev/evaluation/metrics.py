@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cascadev.errors import CascadeVError
+from cascadev.frames import from_uint8
 
 __all__ = [
     "LPIPS_BACKBONE_FILES",
@@ -212,8 +213,7 @@ class LPIPSMetric:
         self.device = param.device if param is not None else torch.device("cpu")
 
     def _to_model(self, frames: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        return x.permute(0, 3, 1, 2).to(torch.float32).div_(127.5).sub_(1.0)
+        return from_uint8(frames).to(self.device)  # (n, H, W, 3) uint8 -> (n, 3, H, W) in [-1, 1]
 
     def __call__(self, ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
         ref, rec = _pair(ref, rec, "lpips")

@@ -31,11 +31,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
 from cascadev.errors import CascadeVError
+from cascadev.frames import resize_uint8
 from cascadev.overwrite import check_not_inputs
 from cascadev.rules import check_device_name, check_whole
 from cascadev.video_io import VideoReader
@@ -58,7 +58,6 @@ __all__ = [
     "natural_key",
     "parse_metrics",
     "plan_pairs",
-    "resize_frames",
     "run_evaluation",
 ]
 
@@ -261,15 +260,6 @@ def plan_pairs(
 # --------------------------------------------------------------------------------------------
 
 
-def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 (n, h, w, 3) -> uint8 (n, height, width, 3): bilinear, antialiased, rounded."""
-    if frames.shape[1:3] == (height, width):
-        return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(torch.float32)
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
 @dataclass
 class _VideoScores:
     per_frame: dict[str, list[float]] = field(default_factory=dict)
@@ -292,7 +282,7 @@ def _score_pair(
     for ref_frames, rec_frames in chunks:
         if meter is not None:
             meter.update(rec_frames)
-        rec_frames = resize_frames(rec_frames, height, width)
+        rec_frames = resize_uint8(rec_frames, height, width)
         if "psnr" in per_frame:
             per_frame["psnr"].extend(M.psnr(ref_frames, rec_frames).tolist())
         if "ssim" in per_frame:

@@ -30,10 +30,11 @@ from torch import nn
 
 from ..checkpoint import save_safetensors
 from ..config_schema import validate_config
+from ..frames import resize, to_uint8
 from ..models import build_model
 from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
+from ..pictures import save_image, side_by_side
 from ..rules import AUTOENCODER_PARTS, check_choice
-from ..video_io import save_image, side_by_side, to_uint8
 from .trainer import Trainer, TrainOptions
 
 PARTS = AUTOENCODER_PARTS
@@ -108,10 +109,10 @@ class AutoencoderTrainer(Trainer):
             clip = self.dataset.load_clip(0, np.random.default_rng(0))[None].to(acc.device)
             frames = rearrange(clip, "b c t h w -> (b t) c h w")
             if self.part == "compressor":
-                recon = F.interpolate(model(frames), size=frames.shape[-2:], mode="bilinear") * 2 - 1
+                recon = resize(model(frames), frames.shape[-2:]) * 2 - 1  # previewer: [0, 1] at 1/4 size
             else:
                 recon = model(frames, num_frames=clip.shape[2]).sample
-            rows = side_by_side(to_uint8(frames.transpose(0, 1)), to_uint8(recon.clamp(-1, 1).transpose(0, 1)))[:4]
+            rows = side_by_side(to_uint8(frames), to_uint8(recon))[:4]
             out = self.work_dir / "validation" / f"step_{step:08d}.png"
             out.parent.mkdir(exist_ok=True)
             save_image(out, np.concatenate(list(rows), axis=0))

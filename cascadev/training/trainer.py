@@ -27,11 +27,11 @@ from ..checkpoint import load_weights, save_safetensors
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
 from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
+from ..frames import resize, to_uint8
 from ..loading import build_pipeline
 from ..models import build_model
-from ..pictures import contact_sheet
+from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline
-from ..video_io import save_image, side_by_side, to_uint8
 from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
@@ -455,12 +455,12 @@ class Trainer:
             with acc.autocast():
                 recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
                                                    steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
-            columns, titles = [to_uint8(clip)], ["original"]
+            columns, titles = [to_uint8(clip.transpose(0, 1))], ["original"]  # (3, T, S, S) -> (T, 3, S, S)
             if pipe.previewer is not None:
-                preview = torch.nn.functional.interpolate(pipe.preview(cond.cpu()), size=recon.shape[-2:], mode="bilinear")
-                columns.append(to_uint8(preview.transpose(0, 1)))
+                preview = resize(pipe.preview(cond.cpu()), recon.shape[-2:])  # (T, 3, S/4, S/4) -> (T, 3, S, S)
+                columns.append(to_uint8(preview))
                 titles.append("preview (no LDM)")
-            columns.append(to_uint8(recon.transpose(0, 1)))
+            columns.append(to_uint8(recon))
             titles.append(f"step {step}")
             rows = side_by_side(*columns)[:4]
             out = self.work_dir / "validation" / f"step_{step:08d}.png"
