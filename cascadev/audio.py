@@ -38,7 +38,11 @@ class AudioSource:
             self.container = None
             return
         self.stream = self.container.streams.audio[0]
+        # Copying keeps the audio bit-exact and costs nothing; a codec the output container cannot hold
+        # (PCM in mp4, say) would make the mux fail at the first packet, so it is re-encoded.
         self.copy = self.stream.codec_context.codec.canonical_name in _COPYABLE_AUDIO
+        # A lazy demuxer, pulled only as far as the video has got: the source's audio is never read
+        # ahead, so a long source costs no memory and an 8-frame recon reads a fraction of a second.
         self.packets = self.container.demux(self.stream)
         self.pending: list[tuple[float, Any]] = []  # (start time in the output, packet or frame)
         self.exhausted = False
@@ -64,13 +68,20 @@ class AudioSource:
                 continue  # demux's final flush packet carries no data
             tb = packet.time_base
             end = float((packet.pts + (packet.duration or 0)) * tb)
+            # Packets wholly before the cut are dropped; the one that straddles it is kept (starting a
+            # little before 0) so the first video frame has its sound. At start 0 nothing is dropped:
+            # AAC's negative-time priming packets carry the encoder delay that keeps lips in sync.
             if self.start > 0 and end <= self.start:
-                continue  # wholly before the cut (at 0, negative-time priming packets are kept)
+                continue
+            # One shift in whole ticks of the packet's own time base, for pts and dts alike: timestamps
+            # stay integral and dts <= pts still holds, which the muxer checks.
             shift = round(self.start / tb)
             if self.copy:
                 packet.pts -= shift
                 packet.dts -= shift
                 return [(float(packet.pts * tb), packet)]
+            # Re-encoding: decoded frames are stamped in their own time base (usually 1 / sample rate), so
+            # the cut is converted into that one; a frame without a stamp takes its packet's.
             items = []
             for frame in packet.decode():
                 if frame.pts is not None:
@@ -84,7 +95,13 @@ class AudioSource:
         return []
 
     def feed(self, out: av.container.OutputContainer, until: float) -> None:
-        """Mux every audio packet that starts before ``until`` seconds of output."""
+        """Mux every audio packet that starts before ``until`` seconds of output.
+
+        Called after each video frame with that frame's end time. Muxers interleave by timestamp and
+        buffer what arrives out of order; feeding audio in step with the video keeps that buffer at
+        about one packet, where handing all audio over at the end would hold the whole track (or
+        write it after the video, which players seek through badly).
+        """
         while True:
             if not self.pending:
                 if self.exhausted:
@@ -94,7 +111,7 @@ class AudioSource:
                     return
             when, item = self.pending[0]
             if when >= until:
-                return
+                return  # kept pending: it belongs after a video frame not written yet
             self.pending.pop(0)
             if self.copy:
                 item.stream = self.out_stream
@@ -103,6 +120,8 @@ class AudioSource:
                 out.mux(self.out_stream.encode(item))
 
     def finish(self, out: av.container.OutputContainer) -> None:
+        # The AAC encoder buffers samples until it has whole 1024-sample frames (plus its look-ahead);
+        # without this flush the last of them never reach the file and the audio ends early.
         if not self.copy:
             out.mux(self.out_stream.encode(None))
 

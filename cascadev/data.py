@@ -1,4 +1,4 @@
-"""Training data: lists of videos -> fixed-size clips ``(3, num_frames, S, S)`` in [-1, 1].
+"""Training data: lists of videos -> fixed-size clips ``(num_frames, 3, S, S)`` in [-1, 1] (:mod:`cascadev.frames`).
 
 ``video_list`` files name the videos (:func:`read_video_list`); :class:`VideoClipDataset` turns each
 into one clip per epoch: ``num_frames`` frames ``time_stride`` apart from a random offset, decoded
@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cascadev.errors import CascadeVError
-from cascadev.frames import from_uint8, resize_short_side
+from cascadev.frames import crop, from_uint8, resize_short_side
 from cascadev.rules import check_choice, check_seed, check_whole
 from cascadev.video_io import VideoReader
 
@@ -207,7 +207,7 @@ def _read_frames(
 def _square(
     video: torch.Tensor, size: int, resize: bool, scale: float = 1.0, corner: tuple[float, float] = (0.5, 0.5)
 ) -> torch.Tensor:
-    """``(3, T, H, W)`` in [-1, 1] -> ``(3, T, size, size)``: a crop after resizing or padding.
+    """``(T, 3, H, W)`` in [-1, 1] -> ``(T, 3, size, size)``: a crop after resizing or padding.
 
     With ``resize`` the short side becomes ``round(size * scale)``; ``corner`` places the crop (fractions
     of the free room above and left of it; (0.5, 0.5) is the centre crop).
@@ -225,8 +225,7 @@ def _square(
                 value=-1.0,
             )
     h, w = video.shape[-2:]
-    top, left = int((h - size) * corner[0]), int((w - size) * corner[1])
-    return video[..., top : top + size, left : left + size].contiguous()
+    return crop(video, size, size, corner).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +241,7 @@ class VideoClipDataset(Dataset):
 
     Item ``i`` is a dict:
 
-    * ``video``: float32 ``(3, num_frames, sample_size, sample_size)`` in [-1, 1];
+    * ``video``: float32 ``(num_frames, 3, sample_size, sample_size)`` in [-1, 1];
     * ``index``: ``i`` (int), the item asked for;
     * ``source_index``: the list position of the video the clip came from (``i % len(videos)`` unless
       substituted);
@@ -333,7 +332,7 @@ class VideoClipDataset(Dataset):
         return np.random.default_rng((self.seed, self.epoch, index))
 
     def load_clip(self, source: int, rng: np.random.Generator) -> torch.Tensor:
-        """The clip ``(3, num_frames, S, S)`` in [-1, 1] of video ``source``; CascadeVError if unusable."""
+        """The clip ``(num_frames, 3, S, S)`` in [-1, 1] of video ``source``; CascadeVError if unusable."""
         frames = _read_frames(
             self.videos[source],
             self.num_frames,
@@ -344,8 +343,7 @@ class VideoClipDataset(Dataset):
         # Drawn only when augmenting, so that clips of configs without augmentation stay as they were.
         scale = rng.uniform(*self.scale_range) if self.scale_range[0] < self.scale_range[1] else self.scale_range[0]
         corner = (rng.random(), rng.random()) if self.crop == "random" else (0.5, 0.5)
-        # (T, H, W, 3) uint8 -> (3, T, H, W): a clip is batched straight into the DiT's (B, C, T, H, W).
-        video = _square(from_uint8(frames).transpose(0, 1), self.sample_size, self.resize, scale, corner)
+        video = _square(from_uint8(frames), self.sample_size, self.resize, scale, corner)  # (T, 3, S, S)
         if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
             video = video.flip(-1)
         return video
@@ -392,7 +390,7 @@ def build_dataloader(
     seed: int = 0,
     drop_last: bool = True,
 ) -> DataLoader:
-    """A DataLoader over ``dataset``: batches of ``video`` ``(B, 3, T, S, S)`` plus the other keys.
+    """A DataLoader over ``dataset``: batches of ``video`` ``(B, T, 3, S, S)`` plus the other keys.
 
     The shuffle order comes from a generator seeded with ``seed`` (it advances each epoch). Workers
     are not persistent, so :meth:`VideoClipDataset.set_epoch` reaches them.

@@ -105,20 +105,28 @@ class ConditionStream:
     def read(self, t0: int, t1: int) -> torch.Tensor:
         if not 0 <= t0 < t1 <= self.count:
             raise ValueError(f"frames [{t0}, {t1}) are outside [0, {self.count})")
+        # Invariant: _latent holds the latents of frames [_lo, hi), contiguous. A read that starts before
+        # _lo (a rewind) or past hi (a skip) cannot extend that run, so it starts a new one at t0: the
+        # forgotten frames are encoded again, which costs time but never changes a latent.
         if self._latent is None or t0 < self._lo or t0 > self._lo + self._latent.shape[1]:
             self._lo, self._latent = t0, None
         elif t0 > self._lo:
-            self._latent = self._latent[:, t0 - self._lo:].clone()  # a view would keep the old frames alive
+            # decode's reads never go back before t0, so frames before it can go. A slice is a view
+            # that keeps the whole old tensor alive (memory would grow with the video); clone frees it.
+            self._latent = self._latent[:, t0 - self._lo:].clone()
             self._lo = t0
         parts = [] if self._latent is None else [self._latent]
         hi = self._lo + (0 if self._latent is None else self._latent.shape[1])
+        # Whole chunks until t1 is covered, ``chunk`` frames per read: the video reader and the encoders
+        # never hold more than one chunk of pixels. Both encoders work frame by frame (the compressor and
+        # the SVD encoder are 2D), so where a chunk starts changes no latent, only what is in memory.
         while hi < t1:
             n = min(self.chunk, self.count - hi)
             parts.append(self.encode(self.reader.read(range(self.start + hi, self.start + hi + n))))
             self.frames_encoded += n
             hi += n
         self._latent = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return self._latent[:, t0 - self._lo:t1 - self._lo]
+        return self._latent[:, t0 - self._lo:t1 - self._lo]  # (C, t1 - t0, h, w), the latent file's layout
 
 
 def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) -> tuple[LatentRange, int]:

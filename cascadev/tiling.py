@@ -168,17 +168,26 @@ class SegmentStream:
 
     def add(self, k: int, latent: torch.Tensor) -> torch.Tensor:
         s0, s1 = self.spans[k]
+        # The weights of all segments covering a frame sum to 1, so accumulating each weighted segment
+        # as it arrives gives the cross-fade without keeping any earlier segment around.
         weighted = latent * self.weights[k, : s1 - s0].view(-1, *([1] * (latent.dim() - 1)))
+        # Invariant: _blend holds frames [_done, end of the latest segment), and _done is this segment's
+        # start (everything before it was final after segment k - 1), so the overlap is _blend's head.
         shared = self._done + self._blend.shape[0] - s0  # frames of this segment already in _blend
         if shared > 0:
             self._blend[s0 - self._done:] += weighted[:shared]
             self._blend = torch.cat([self._blend, weighted[shared:]])
-        else:
+        else:  # the first segment (or no overlap): nothing to blend with
             self._blend = weighted
         last = k + 1 == len(self.starts)
+        # Starts only grow, so no later segment reaches back before the next one's start: those frames
+        # have all their contributions and will never change again.
         final = (self.num_frames if last else self.starts[k + 1]) - self._done  # frames no later segment touches
         self._final = torch.cat([self._final.to(weighted), self._blend[:final]])
         self._blend, self._done = self._blend[final:], self._done + final
+        # The SVD decoder mixes frames inside each call of ``chunk`` frames. Handing out whole chunks
+        # keeps the call boundaries where decoding the full latent at once would put them, so the
+        # streamed video equals the unstreamed one; the remainder waits for the next segment.
         usable = self._final.shape[0] if last else self._final.shape[0] // self.chunk * self.chunk
         out, self._final = self._final[:usable], self._final[usable:]
         return out

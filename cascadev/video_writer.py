@@ -192,7 +192,7 @@ class VideoWriter(AtomicWriter):
                 self._stamp(frame)
                 self._mux_video(self._stream.encode(frame))
                 self.frames_written += 1
-                if self._audio is not None:
+                if self._audio is not None:  # audio up to this frame's end: interleaved (AudioSource.feed)
                     self._audio.feed(self._container, self._time(self.frames_written))
         except Exception as exc:
             self.abort()
@@ -229,6 +229,8 @@ class VideoWriter(AtomicWriter):
         try:
             self._mux_video(self._stream.encode(None))
             if self._audio is not None:
+                # Audio stops where the video does: a recon of a few frames gets their seconds of
+                # sound, not the whole source track, so both streams report the same duration.
                 self._audio.feed(self._container, self._time(self.frames_written))
                 self._audio.finish(self._container)
                 self._audio.close()

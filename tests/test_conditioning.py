@@ -19,10 +19,10 @@ def parts():
 
 @pytest.mark.parametrize("kind", ["semantic", "resize"])
 def test_trainer_and_pipeline_build_the_same_condition(parts, kind):
-    clip = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (B, 3, T, H, W)
+    clip = torch.rand(1, 5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (B, T, 3, H, W)
     encoders = FrozenEncoders(parts.vae, parts.compressor, condition=kind, chunk=2)
     _, trained = encoders.training_pair(encoders.encode(clip), torch.Generator().manual_seed(1))  # (1, C, T, 8, 8)
-    frames = clip[0].transpose(0, 1)  # (T, 3, H, W), the pipeline's layout
+    frames = clip[0]  # (T, 3, H, W), the pipeline's layout
     if kind == "semantic":
         latent = parts.encode(frames)
     else:

@@ -44,11 +44,11 @@ def _write_coded_video(path: Path, num_frames: int, height: int = 16, width: int
 
 
 def _frame_ids(video: torch.Tensor) -> list[int]:
-    """Decode the frame indices from a (3, T, S, S) clip of coded frames."""
-    red = (video[0].mean(dim=(1, 2)) + 1.0) * 127.5
+    """Decode the frame indices from a (T, 3, S, S) clip of coded frames."""
+    red = (video[:, 0].mean(dim=(1, 2)) + 1.0) * 127.5
     ids = torch.round(red / 5).long().tolist()
     # Every pixel of a coded frame holds the same value, whatever resize or crop happened.
-    assert torch.allclose(video[0], video[0][:, :1, :1].expand_as(video[0]), atol=1e-4)
+    assert torch.allclose(video[:, 0], video[:, 0][:, :1, :1].expand_as(video[:, 0]), atol=1e-4)
     assert torch.allclose(red, torch.tensor(ids, dtype=red.dtype) * 5, atol=1e-3)
     return ids
 
@@ -133,7 +133,7 @@ def test_clip_shape_and_range(tmp_path):
     ds = VideoClipDataset([str(path)], num_frames=4, time_stride=2, sample_size=32, seed=0)
     item = ds[0]
     video = item["video"]
-    assert video.shape == (3, 4, 32, 32) and video.dtype == torch.float32
+    assert video.shape == (4, 3, 32, 32) and video.dtype == torch.float32
     assert float(video.min()) >= -1.0 and float(video.max()) <= 1.0
     assert float(video.std()) > 0.1  # real content, not a constant
     assert item["index"] == 0 and item["source_index"] == 0 and item["substituted"] is False
@@ -225,7 +225,7 @@ def test_frame_folder_reads_only_the_needed_frames_in_natural_order(tmp_path, mo
         video = ds[0]["video"]
         assert video.shape == (3, 3, 16, 16)
         # JPEG keeps a uniform frame's level within a unit or two; levels are 5 apart.
-        ids = ((video[0].mean(dim=(1, 2)) + 1) * 127.5 / 5).round().long().tolist()
+        ids = ((video[:, 0].mean(dim=(1, 2)) + 1) * 127.5 / 5).round().long().tolist()
         offset = ids[0]
         assert ids == [offset, offset + 4, offset + 8] and 0 <= offset <= 3
         # Only the clip's frames were opened, each once.
@@ -261,7 +261,7 @@ def test_resize_short_side_then_centre_crop(tmp_path):
     write_video(path, frames, 24, codec="libx264rgb", crf=0)
     ds = VideoClipDataset([str(path)], num_frames=2, time_stride=1, sample_size=32)
     video = ds[0]["video"]
-    assert video.shape == (3, 2, 32, 32)
+    assert video.shape == (2, 3, 32, 32)
     assert torch.allclose(video[:, :, :, :14], torch.tensor(-1.0), atol=1e-4)
     assert torch.allclose(video[:, :, :, 18:], torch.tensor(200 / 127.5 - 1), atol=1e-4)
 
@@ -273,7 +273,7 @@ def test_release_mode_crops_at_native_size_and_pads_with_black(tmp_path):
     write_video(path, frames, 24, codec="libx264rgb", crf=0)
     ds = VideoClipDataset([str(path)], num_frames=2, time_stride=1, sample_size=24, resize=False)
     video = ds[0]["video"]
-    assert video.shape == (3, 2, 24, 24)
+    assert video.shape == (2, 3, 24, 24)
     # Height 16 < 24: 4 black rows above and below.
     assert torch.equal(video[:, :, :4], torch.full_like(video[:, :, :4], -1.0))
     assert torch.equal(video[:, :, 20:], torch.full_like(video[:, :, 20:], -1.0))
@@ -326,7 +326,7 @@ def test_corrupt_video_is_skipped_once_with_a_warning_and_counted(tmp_path):
     # The next good video of the list stands in (deterministically).
     assert [it["source_index"] for it in items] == [0, 3, 3, 3, 3, 3]
     for it in items:
-        assert it["video"].shape == (3, 2, 16, 16)
+        assert it["video"].shape == (2, 3, 16, 16)
 
 
 def test_all_videos_unreadable_is_a_clear_error(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 
 import torch
-from einops import rearrange
 
 from cascadev.argparsing import Parser
 from cascadev.argtypes import positive_int
@@ -29,7 +28,7 @@ def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
     samples = []
     with torch.no_grad():
         for i in range(min(clips, len(dataset))):
-            frames = rearrange(dataset[i]["video"], "c t h w -> t c h w")
+            frames = dataset[i]["video"]  # (T, 3, S, S)
             samples.append(vae.encode(frames).latent_dist.sample(generator).flatten())
     return float(1.0 / torch.cat(samples).std())
 

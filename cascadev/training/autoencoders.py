@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from ..checkpoint import save_safetensors
@@ -85,7 +84,7 @@ class AutoencoderTrainer(Trainer):
 
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.accelerator.device)
-        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        frames = video.flatten(0, 1)  # (B, T, 3, S, S) -> (B*T, 3, S, S)
         if self.part == "compressor":
             preview = self.dit(frames)
             factor = COMPRESSOR_STRIDE // PREVIEWER_UPSAMPLING
@@ -95,7 +94,7 @@ class AutoencoderTrainer(Trainer):
         # The posterior sample draws from the step's generator, so a resumed run repeats it exactly.
         eps = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
         latent = posterior.mean + posterior.std * eps
-        recon = self.dit.decode(latent, num_frames=video.shape[2]).sample
+        recon = self.dit.decode(latent, num_frames=video.shape[1]).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + float(self.cfg.get("kl_weight", 1e-4)) * kl
 
@@ -107,11 +106,11 @@ class AutoencoderTrainer(Trainer):
             model = self._unwrapped()
             model.eval()
             clip = self.dataset.load_clip(0, np.random.default_rng(0))[None].to(acc.device)
-            frames = rearrange(clip, "b c t h w -> (b t) c h w")
+            frames = clip.flatten(0, 1)  # (1, T, 3, S, S) -> (T, 3, S, S)
             if self.part == "compressor":
                 recon = resize(model(frames), frames.shape[-2:]) * 2 - 1  # previewer: [0, 1] at 1/4 size
             else:
-                recon = model(frames, num_frames=clip.shape[2]).sample
+                recon = model(frames, num_frames=clip.shape[1]).sample
             rows = side_by_side(to_uint8(frames), to_uint8(recon))[:4]
             out = self.work_dir / "validation" / f"step_{step:08d}.png"
             out.parent.mkdir(exist_ok=True)
@@ -141,7 +140,7 @@ class AutoencoderTrainer(Trainer):
         def frames():
             for b in range(min(batches, len(order) // size)):
                 clips = [self.dataset[int(i)]["video"] for i in order[b * size:(b + 1) * size]]
-                yield rearrange(torch.stack(clips), "b c t h w -> (b t) c h w").to(device)
+                yield torch.cat(clips).to(device)  # B clips (T, 3, S, S) -> (B*T, 3, S, S)
 
         update_bn(frames(), model)
         model.eval()

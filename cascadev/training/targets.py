@@ -1,6 +1,7 @@
 """What the DiT learns from a clip: the SVD latent (target) and its condition, from frozen encoders.
 
-For a clip (B, 3, T, S, S) in [-1, 1]:
+For a clip (B, T, 3, S, S) in [-1, 1] (frames in the layout of :mod:`cascadev.frames`, batched), in
+the DiT's layout (B, C, T, H, W):
 
 * target: a posterior sample of the SVD VAE latent, (B, 4, T, S/8, S/8), times scale_factor;
 * condition ``semantic``: the compressor's latent (B, 16, T, S/32, S/32) upsampled x4 (bilinear),
@@ -46,12 +47,12 @@ class FrozenEncoders:
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Clip (B, 3, T, S, S) in [-1, 1] -> dict(mean, std: (B, 4, T, S/8, S/8), cond: (B, Cc, T, S/32, S/32))."""
+        """Clip (B, T, 3, S, S) in [-1, 1] -> dict(mean, std: (B, 4, T, S/8, S/8), cond: (B, Cc, T, S/32, S/32))."""
         b = video.shape[0]
-        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        frames = video.flatten(0, 1)  # (B, T, 3, S, S) -> (B*T, 3, S, S): every frame an image
         mean, std = self.conditioner.posterior(frames)
         cond = self.conditioner.latent(frames)
-        to_video = lambda x: rearrange(x, "(b t) c h w -> b c t h w", b=b)  # noqa: E731
+        to_video = lambda x: rearrange(x, "(b t) c h w -> b c t h w", b=b)  # noqa: E731  (the DiT's layout)
         return {"mean": to_video(mean), "std": to_video(std), "cond": to_video(cond)}
 
     def training_pair(self, encoded: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

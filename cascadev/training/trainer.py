@@ -455,7 +455,7 @@ class Trainer:
             with acc.autocast():
                 recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
                                                    steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
-            columns, titles = [to_uint8(clip.transpose(0, 1))], ["original"]  # (3, T, S, S) -> (T, 3, S, S)
+            columns, titles = [to_uint8(clip)], ["original"]
             if pipe.previewer is not None:
                 preview = resize(pipe.preview(cond.cpu()), recon.shape[-2:])  # (T, 3, S/4, S/4) -> (T, 3, S, S)
                 columns.append(to_uint8(preview))
