@@ -127,7 +127,7 @@ class CascadeVPipeline:
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (T, 3, H, W) in [-1, 1], H and W multiples of 32 -> semantic latent (16, T, H/32, W/32)."""
-        return self.conditioner.semantic(frames).cpu().transpose(0, 1)
+        return self.conditioner.semantic(frames).cpu().transpose(0, 1)  # (T, 16, h, w) -> the file's (16, T, h, w)
 
     def encode_resized(self, frames: torch.Tensor) -> torch.Tensor:
         """The resize variant's condition: low-resolution frames (T, 3, h, w) in [-1, 1], h and w multiples
@@ -136,12 +136,12 @@ class CascadeVPipeline:
         For an output of H x W pixels the frames are the video at H/4 x W/4
         (:func:`cascadev.conditioning.resize_for_encoding`).
         """
-        return self.conditioner.resized(frames).cpu().transpose(0, 1)
+        return self.conditioner.resized(frames).cpu().transpose(0, 1)  # (T, 4, h, w) -> the file's (4, T, h, w)
 
     @torch.no_grad()
     def preview(self, latent: torch.Tensor) -> torch.Tensor:
         """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1]."""
-        frames = latent.transpose(0, 1)
+        frames = latent.transpose(0, 1)  # the file's (16, T, h, w) -> (T, 16, h, w)
         out = [
             self.previewer.decode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
             for i in range(0, frames.shape[0], self.encode_chunk)

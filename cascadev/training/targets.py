@@ -60,7 +60,8 @@ class FrozenEncoders:
         mean, std, cond = encoded["mean"], encoded["std"], encoded["cond"]
         eps = torch.randn(mean.shape, generator=generator).to(mean.device)
         target = (mean + std * eps) * self.scale_factor
-        up = self.conditioner.upsample(rearrange(cond, "b c t h w -> (b t) c h w"))
+        # Cached encodings are stored in the DiT's layout; the x4 upsampling is per frame, so frames out and back.
+        up = self.conditioner.upsample(rearrange(cond, "b c t h w -> (b t) c h w"))  # (B*T, Cc, 4h, 4w)
         return target, rearrange(up, "(b t) c h w -> b c t h w", b=cond.shape[0]).to(cond.device)
 
 
