@@ -224,7 +224,6 @@ def _square(
                 (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
                 value=-1.0,
             )
-    h, w = video.shape[-2:]
     return crop(video, size, size, corner).contiguous()
 
 
