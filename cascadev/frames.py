@@ -16,31 +16,12 @@ Lines elsewhere that change a shape say so in a comment. The helpers work on any
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import CascadeVError
-
-__all__ = [
-    "bicubic_round_trip",
-    "blur_resize",
-    "center_square",
-    "crop",
-    "frames_to_uint8",
-    "from_uint8",
-    "pad_to",
-    "pad_to_multiple",
-    "padded_size",
-    "resize",
-    "resize_short_side",
-    "resize_uint8",
-    "short_side_size",
-    "to_uint8",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # Value ranges: uint8 (T, H, W, 3) at the file edge <-> float (T, 3, H, W)
@@ -109,16 +90,13 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def short_side_size(height: int, width: int, size: int,
-                    round_long: Callable[[float], int] = _round_half_up) -> tuple[int, int]:
-    """The (H, W) with short side ``size`` and the aspect ratio of (height, width).
-
-    The long side is rounded half up (this project), or with ``round_long`` (the release preset uses
-    Python's ``round``, half to even); it is at least 1.
-    """
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The (H, W) with short side ``size`` and the aspect ratio of (height, width); the long side is
+    rounded half up and at least 1. (The release preset's uint8 resize, ``presets.blur_resize``, rounds
+    half to even, as the release does.)"""
     if height <= width:
-        return int(size), max(1, round_long(width * size / height))
-    return max(1, round_long(height * size / width)), int(size)
+        return int(size), max(1, _round_half_up(width * size / height))
+    return max(1, _round_half_up(height * size / width)), int(size)
 
 
 def resize(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
@@ -234,20 +212,3 @@ def pad_to_multiple(frames: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
     h, w = int(frames.shape[-2]), int(frames.shape[-1])
     return pad_to(frames, *padded_size(h, w, multiple)), (h, w)
 
-
-def center_square(frames: np.ndarray) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> (T, S, S, 3), S = min(H, W), the centre (torchvision's rounding)."""
-    h, w = frames.shape[1:3]
-    s = min(h, w)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    return frames[:, top:top + s, left:left + s]
-
-
-def blur_resize(frames: np.ndarray, size: int | None) -> np.ndarray:
-    """The release's preprocessing of uint8 (T, H, W, 3) frames: 3x3 box blur, then bilinear resize
-    so the short side is ``size`` (long side ``round(long * size / short)``, Python's round), in uint8."""
-    import cv2
-
-    h, w = frames.shape[1:3]
-    new_h, new_w = short_side_size(h, w, min(h, w) if size is None else size, round_long=round)
-    return np.stack([cv2.resize(cv2.blur(f, (3, 3)), (new_w, new_h), interpolation=cv2.INTER_LINEAR) for f in frames])

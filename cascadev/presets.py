@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frames import blur_resize, center_square
-
 NOISE_NOTE = ("release preset: noise comes from cascadev's per-frame generators, not the release's global CUDA RNG, "
               "so samples match the release's only given the same initial latents")
 
@@ -69,3 +67,25 @@ PRESETS = {
     ),
 }
 
+
+def center_square(frames: np.ndarray) -> np.ndarray:
+    """uint8 (n, H, W, 3) -> (n, S, S, 3), S = min(H, W), the centre (torchvision's rounding)."""
+    h, w = frames.shape[1:3]
+    s = min(h, w)
+    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+    return frames[:, top:top + s, left:left + s]
+
+
+def blur_resize(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """The release's preprocessing of uint8 (n, H, W, 3) frames: 3x3 box blur, then bilinear resize
+    so the short side is ``size`` (long side ``round(long * size / short)``, Python's round), in uint8."""
+    import cv2
+
+    h, w = frames.shape[1:3]
+    if size is None:
+        size = min(h, w)
+    if h <= w:
+        new_h, new_w = size, round(w * size / h)
+    else:
+        new_h, new_w = round(h * size / w), size
+    return np.stack([cv2.resize(cv2.blur(f, (3, 3)), (new_w, new_h), interpolation=cv2.INTER_LINEAR) for f in frames])

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from cascadev.errors import CascadeVError
 from cascadev.frames import (
     bicubic_round_trip,
-    center_square,
     crop,
     frames_to_uint8,
     from_uint8,
@@ -92,8 +91,7 @@ def test_frames_to_uint8_crops_padding_back_then_quantises():
 def test_short_side_size_rounds_the_long_side():
     assert short_side_size(47, 65, 32) == (32, 44)  # 65 * 32 / 47 = 44.26
     assert short_side_size(100, 30, 15) == (50, 15)
-    assert short_side_size(2, 5, 1) == (1, 3)  # 2.5 rounds half up ...
-    assert short_side_size(2, 5, 1, round_long=round) == (1, 2)  # ... or half to even (the release)
+    assert short_side_size(2, 5, 1) == (1, 3)  # 2.5 rounds half up
     assert short_side_size(64, 1, 1) == (64, 1) and short_side_size(1, 1000, 1) == (1, 1000)
 
 
@@ -212,8 +210,3 @@ def test_crop_places_its_window():
     assert torch.equal(crop(x, 2, 2, (0.5, 0.5)), x[..., 1:3, 2:4])  # int(3 * 0.5), int(4 * 0.5)
     assert torch.equal(crop(x, 2, 2, (1.0, 1.0)), x[..., 3:, 4:])
 
-
-def test_center_square_uses_torchvisions_rounding():
-    video = _ramp_video(1, 7, 4)  # 3 spare rows: round(1.5) = 2 from the top
-    np.testing.assert_array_equal(center_square(video), video[:, 2:6])
-    assert center_square(_ramp_video(2, 4, 9)).shape == (2, 4, 4, 3)
