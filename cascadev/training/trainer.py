@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
 from .targets import FrozenEncoders, LatentCache
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
 
 
 @dataclass
@@ -114,7 +119,7 @@ def _mixed_precision(requested: str, cpu: bool) -> str:
 # ---------------------------------------------------------------------- builders (accelerate-examples style)
 
 
-def build_accelerator(cfg, options: TrainOptions):
+def build_accelerator(cfg, options: TrainOptions) -> Accelerator:
     """accelerate's Accelerator for the config's mixed precision and accumulation, logging to WORK_DIR/logs."""
     from accelerate import Accelerator
 
@@ -139,7 +144,7 @@ def build_dataset(cfg, seed: int, global_batch: int) -> VideoClipDataset:
     )
 
 
-def build_ema(model: torch.nn.Module, cfg, device: torch.device):
+def build_ema(model: torch.nn.Module, cfg, device: torch.device) -> EMAModel | None:
     """diffusers' EMAModel of ``model``'s parameters when the config's ``ema.enabled``, else None."""
     if not setting(cfg, "ema.enabled"):
         return None
