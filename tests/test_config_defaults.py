@@ -67,3 +67,11 @@ def test_signature_defaults_agree_with_the_shipped_config():
         for key, value in cfg[section].items():
             if key not in ("type", "attn_strides"):
                 assert found[key] == value, f"{cls.__name__}.{key}"
+
+
+def test_the_dataset_defaults_are_the_shipped_data_section():
+    from cascadev.data import VideoClipDataset
+
+    found = defaults(VideoClipDataset.__init__)
+    for key, value in shipped()["data"].items():
+        assert found[key] == value, key

@@ -529,8 +529,10 @@ class Trainer:
         reconstruction (T, 3, S, S) by :meth:`validation_pipeline`, with the pipeline."""
         cfg = self.cfg
         pipe = self.validation_pipeline()
+        # The whole held-out frame, resized (no crop at native size, no flip), padded when the clip is short.
         clip = VideoClipDataset([setting(cfg, "validation.video")], int(cfg.num_frames_per_video), int(cfg.time_stride),
-                                int(cfg.sample_size), seed=self.seed).load_clip(0, np.random.default_rng(0))
+                                int(cfg.sample_size), seed=self.seed, short_video="pad", resize=True,
+                                hflip_prob=0.0).load_clip(0, np.random.default_rng(0))
         # The condition's one implementation (cascadev.conditioning), as in training: (C, T, h, w) on the CPU.
         cond = pipe.conditioner.latent(clip.transpose(0, 1)).cpu().transpose(0, 1)
         # Seed 0 every time: successive validation pictures differ only by the weights.
