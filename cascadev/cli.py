@@ -242,11 +242,11 @@ def _enhance_parts(cfg) -> list[str]:
 
 
 def _sampling(args: argparse.Namespace, cfg):
+    from .config_defaults import setting
     from .reconstruct import SamplingArgs
 
-    defaults = cfg.get("sampling", {})
-    scheduler = args.scheduler or defaults.get("scheduler", "euler_a")  # the parser and the schema checked both
-    return SamplingArgs(scheduler=scheduler, steps=args.steps or defaults.get("steps", 8), seed=args.seed,
+    scheduler = args.scheduler or setting(cfg, "sampling.scheduler")  # the parser and the schema checked both
+    return SamplingArgs(scheduler=scheduler, steps=args.steps or setting(cfg, "sampling.steps"), seed=args.seed,
                         progress=not args.quiet, preset=_preset(args))
 
 

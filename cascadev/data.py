@@ -248,14 +248,14 @@ class VideoClipDataset(Dataset):
 
     Frames: ``num_frames`` frames ``time_stride`` apart from an offset drawn uniformly among those
     that fit. A video with fewer than ``(num_frames - 1) * time_stride + 1`` frames is, with
-    ``short_video="pad"`` (default), read at its frames ``0, s, 2s, ...`` and padded by repeating the
-    last of them; with ``short_video="skip"`` it is treated like an unreadable video.
+    ``short_video="pad"``, read at its frames ``0, s, 2s, ...`` and padded by repeating the last of
+    them; with ``short_video="skip"`` (default) it is treated like an unreadable video.
 
-    Space: with ``resize=True`` (default) the short side is resized to ``sample_size`` (bilinear,
-    antialiased) and the centre ``sample_size`` square is cut out; with ``resize=False`` (the release's
+    Space: with ``resize=True`` the short side is resized to ``sample_size`` (bilinear, antialiased)
+    and the centre ``sample_size`` square is cut out; with ``resize=False`` (default: the release's
     InternalDataSigma) the centre square is cut at native resolution, sides shorter than
     ``sample_size`` padded with black. With probability ``hflip_prob`` the clip is mirrored left-right
-    (the release uses 0.5).
+    (default 0.5, the release's). The defaults are the shipped config's ``data`` section.
 
     Augmentation (nano's recipe): ``scale_range=(lo, hi)`` resizes the short side to ``sample_size``
     times a factor drawn uniformly from that range (``resize=True`` only) and ``crop="random"`` cuts
@@ -278,9 +278,9 @@ class VideoClipDataset(Dataset):
         sample_size: int,
         seed: int = 0,
         *,
-        short_video: str = "pad",
-        resize: bool = True,
-        hflip_prob: float = 0.0,
+        short_video: str = "skip",
+        resize: bool = False,
+        hflip_prob: float = 0.5,
         clips_per_video: int = 1,
         crop: str = "center",
         scale_range: Sequence[float] = (1.0, 1.0),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from . import conditioning, rules
 from .checkpoint import load_weights
+from .config_defaults import setting
 from .config_schema import validate_config
 from .errors import CascadeVError
 from .models import build_model
@@ -111,7 +112,7 @@ def resolve_weights(
     config's ``weights_dir``). For the DiT the first existing file of the config's list is used.
     Each missing file is named with the option (or config key) that points at it.
     """
-    root = Path(weights_dir if weights_dir is not None else cfg.get("weights_dir", "pretrained"))
+    root = Path(weights_dir if weights_dir is not None else setting(cfg, "weights_dir"))
     found, missing = {}, []
     for part in parts:
         if part == "dit" and ckpt is not None:
@@ -140,10 +141,28 @@ def _build_random(spec: dict, seed: int) -> nn.Module:
 
 def _load(spec: dict, path: Path, name: str) -> nn.Module:
     if path.is_dir() and spec.get("type") == "CascadeDiT":
-        return load_dit_folder(path)
+        path = _checkpoint_dit(path)
+        if path.is_dir():
+            return load_dit_folder(path)
     with torch.device("meta"):
         model = build_model(spec)
     return load_weights(model, path, name)
+
+
+def _checkpoint_dit(path: Path) -> Path:
+    """A training checkpoint folder stands for its DiT: the ``dit/`` save_pretrained folder, or the previous
+    layout's top-level ``model.safetensors``; any other path stands for itself."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        for inner in (path / "dit", path / "model.safetensors"):
+            if inner.exists():
+                return inner
+    return path
+
+
+def dit_weights_file(path: str | os.PathLike) -> Path:
+    """The weights file of a DiT given as a file, a ``save_pretrained`` folder or a training checkpoint."""
+    path = _checkpoint_dit(Path(path))
+    return path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
 
 
 def load_dit_folder(path: str | os.PathLike) -> nn.Module:
@@ -193,6 +212,7 @@ def build_pipeline(
     fp32_attention: bool = False,
     tile_blend: str = "blend",
     round_timesteps: bool = False,
+    modules: Mapping[str, nn.Module] | None = None,
     **sampling,
 ) -> CascadeVPipeline:
     """Build the pipeline's ``parts`` from ``cfg``, with weights or (``random_init``) at random.
@@ -201,25 +221,28 @@ def build_pipeline(
     zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
     ``sampling`` overrides ``cfg.sampling`` keys (vae_chunk, segment_frames, tile_stride, batch_size). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
-    (:mod:`cascadev.presets`).
+    (:mod:`cascadev.presets`). ``modules`` gives parts that already exist (the trainer's live DiT and
+    frozen networks, for validation): they are used as they are, neither loaded, cast, moved nor frozen.
     """
     device = torch.device(device)
-    paths = {} if random_init else resolve_weights(cfg, parts, weights_dir, ckpt)
-    if random_init and ckpt is not None and "dit" in parts:
+    given = dict(modules or {})
+    to_load = [part for part in parts if part not in given]
+    paths = {} if random_init else resolve_weights(cfg, to_load, weights_dir, ckpt)
+    if random_init and ckpt is not None and "dit" in to_load:
         paths = resolve_weights(cfg, ["dit"], weights_dir, ckpt)  # an explicit --ckpt is always loaded
     dit_spec = conditioning.dit_spec(cfg)
-    modules: dict[str, nn.Module] = {}
-    for part in parts:
+    built: dict[str, nn.Module] = {part: given[part] for part in parts if part in given}
+    for part in to_load:
         spec = dit_spec if part == "dit" else dict(cfg[part])
         if random_init and part not in paths:
-            modules[part] = _build_random(spec, seed)
+            built[part] = _build_random(spec, seed)
             if part == "dit":
-                nn.init.normal_(modules[part].final_layer.linear.weight, std=0.02)
+                nn.init.normal_(built[part].final_layer.linear.weight, std=0.02)
         elif part == "vae":
-            modules[part] = _load_vae(spec, paths[part], dtype)
+            built[part] = _load_vae(spec, paths[part], dtype)
         else:
-            modules[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
-        module = modules[part]
+            built[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
+        module = built[part]
         if any(p.dtype != dtype for p in module.parameters()):
             module.to(dtype=dtype)  # diffusers warns about any dtype in .to(), so only when needed
         module.to(device).eval().requires_grad_(False)
@@ -227,9 +250,10 @@ def build_pipeline(
             module.set_fp32_attention(fp32_attention)
 
     options = {k: v for k, v in dict(cfg.get("sampling", {})).items() if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")}
+    options["encode_chunk"] = int(setting(cfg, "encode_chunk"))  # frames per frozen-encoder call, as in training
     options.update({k: v for k, v in sampling.items() if v is not None})
     return CascadeVPipeline(
-        **modules,
+        **built,
         scale_factor=cfg.scale_factor,
         sr_scale=cfg.sr_scale,
         schedule=dict(cfg.schedule),

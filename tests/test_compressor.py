@@ -129,3 +129,19 @@ def test_a_small_backbone_for_toy_configs_and_a_clear_error_for_an_unknown_one()
         assert small.encode_frames(torch.zeros(1, 3, 64, 96)).shape == (1, 16, 2, 3)
     with pytest.raises(CascadeVError, match="resnet_nope"):
         EfficientNetEncoder(backbone="resnet_nope")
+
+
+def test_previewer_is_a_diffusers_model_with_the_released_keys(tmp_path):
+    """save_pretrained / from_pretrained round-trip, and the shipped nano file (flat, released keys) still loads."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    previewer = Previewer(c_hidden=64)
+    previewer.save_pretrained(tmp_path / "previewer")
+    assert json.loads((tmp_path / "previewer" / "config.json").read_text())["c_hidden"] == 64
+    again = Previewer.from_pretrained(tmp_path / "previewer")
+    assert again.state_dict().keys() == previewer.state_dict().keys()
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in previewer.state_dict().items())
+    shipped = Path(__file__).parents[1] / "pretrained" / "nano" / "previewer.safetensors"
+    load_weights(previewer, shipped, "nano's previewer")
+    assert all(torch.equal(previewer.state_dict()[k], v) for k, v in load_file(shipped).items())

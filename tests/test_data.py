@@ -182,7 +182,7 @@ def test_clip_indices_rules():
 
 def test_short_video_is_padded_with_its_last_sampled_frame(tmp_path):
     path = _write_coded_video(tmp_path / "short.mp4", 8)
-    ds = VideoClipDataset([str(path)], num_frames=4, time_stride=3, sample_size=16)
+    ds = VideoClipDataset([str(path)], num_frames=4, time_stride=3, sample_size=16, short_video="pad")
     for epoch in range(3):
         ds.set_epoch(epoch)
         assert _frame_ids(ds[0]["video"]) == [0, 3, 6, 6]
@@ -259,7 +259,7 @@ def test_resize_short_side_then_centre_crop(tmp_path):
     frames[..., 32:, :] = 200
     path = tmp_path / "halves.mp4"
     write_video(path, frames, 24, codec="libx264rgb", crf=0)
-    ds = VideoClipDataset([str(path)], num_frames=2, time_stride=1, sample_size=32)
+    ds = VideoClipDataset([str(path)], num_frames=2, time_stride=1, sample_size=32, resize=True, hflip_prob=0.0)
     video = ds[0]["video"]
     assert video.shape == (2, 3, 32, 32)
     assert torch.allclose(video[:, :, :, :14], torch.tensor(-1.0), atol=1e-4)
@@ -403,7 +403,7 @@ def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
     ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[None, None, :, None], (2, 16, 1, 3))
     path = tmp_path / "ramp.mp4"
     write_video(path, ramp, 24, codec="libx264rgb", crf=0)
-    common = dict(num_frames=2, time_stride=1, sample_size=16)
+    common = dict(num_frames=2, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)
     centre = VideoClipDataset([str(path)] * 8, **common)[0]["video"]
     random = VideoClipDataset([str(path)] * 8, crop="random", **common)
     lefts = [float(random[i]["video"][0, 0, 8, 0]) for i in range(8)]

@@ -14,9 +14,11 @@ from safetensors.torch import load_file
 from videos import write_test_video
 
 from cascadev.cli import main
+from cascadev.training import checkpoints
 
 ROOT = Path(__file__).parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
+DIT_WEIGHTS = "dit/diffusion_pytorch_model.safetensors"  # a checkpoint's DiT: a save_pretrained folder
 
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -56,7 +58,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
     assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 2, options=options) == 0
     assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 4, options=options) == 0  # resumes at 2
     full, split = tmp_path / "full" / "checkpoint-00000004", tmp_path / "split" / "checkpoint-00000004"
-    for name in ("model.safetensors", "ema.safetensors"):
+    for name in (DIT_WEIGHTS, "ema.safetensors"):
         a, b = load_file(full / name), load_file(split / name)
         assert a.keys() == b.keys()
         for key in a:
@@ -64,7 +66,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
     assert [m["step"] for m in metrics(tmp_path / "split")] == [1, 2, 3, 4]
     state = json.loads((split / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["micro_step"] == 4
-    assert not torch.equal(load_file(full / "model.safetensors")["final_layer.linear.weight"],
+    assert not torch.equal(load_file(full / DIT_WEIGHTS)["final_layer.linear.weight"],
                            load_file(full / "ema.safetensors")["final_layer.linear.weight"])
 
 
@@ -90,7 +92,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, clips):
 def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips, tiny_weights):
     work = tmp_path / "w"
     assert train(work, clips / "four.txt", "--max-steps", 2, options=["validation.video=" + str(clips / "v3.mp4"), "validation.interval=2"]) == 0
-    ckpt = work / "checkpoint-00000002" / "model.safetensors"
+    ckpt = work / "checkpoint-00000002" / "dit"
     from PIL import Image
 
     from cascadev.pictures import sheet_size
@@ -105,9 +107,46 @@ def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips
 
     again = tmp_path / "again"
     assert train(again, clips / "four.txt", "--max-steps", 1, options=[f"load_from={ckpt}", "optimizer.lr=1e-12"]) == 0
-    start, trained = load_file(again / "checkpoint-00000001" / "model.safetensors"), load_file(ckpt)
+    start, trained = load_file(again / "checkpoint-00000001" / DIT_WEIGHTS), load_file(ckpt / checkpoints.MODEL_WEIGHTS)
     assert all(torch.allclose(start[k], trained[k], atol=1e-9) for k in trained)
     assert train(tmp_path / "zero", clips / "four.txt", "--max-steps", 1, options=["optimizer.lr=0"]) == 2
+
+
+def test_validation_samples_as_build_pipeline_does_and_checkpoints_hold_a_pretrained_folder(tmp_path, clips, tiny_weights,
+                                                                                            monkeypatch):
+    """Validation is build_pipeline's sampler on the live DiT: its frames are those of build_pipeline with the
+    checkpoint's DiT (a save_pretrained folder) and the same seed."""
+    from cascadev.loading import build_pipeline, load_config
+    from cascadev.models import CascadeDiT
+    from cascadev.training.trainer import Trainer
+
+    seen = []
+    validation_recon = Trainer.validation_recon
+    monkeypatch.setattr(Trainer, "validation_recon", lambda self: seen.append(validation_recon(self)) or seen[-1])
+    work = tmp_path / "w"
+    argv = ["train", TINY, "--work-dir", str(work), "--weights-dir", str(tiny_weights), "--quiet", "--device", "cpu",
+            "--max-steps", "2", "--cfg-options", f"video_list=['{clips / 'four.txt'}']", "validation.interval=2",
+            f"validation.video={clips / 'v3.mp4'}"]
+    assert main(argv) == 0
+    (clip, _, recon, _), = seen
+    folder = work / "checkpoint-00000002" / checkpoints.MODEL_DIR
+    assert {"dit/config.json", DIT_WEIGHTS} <= set(json.loads((folder.parent / "manifest.json").read_text())["files"])
+    assert not (folder.parent / "model.safetensors").exists()  # the DiT is saved once
+    dit = CascadeDiT.from_pretrained(str(folder))
+    assert dit.config.hidden_size == 96 and dit.config.lats_per_vid == 4  # tiny's model, from config.json
+    cfg = load_config(TINY)
+    frames = clip  # (T, 3, S, S)
+
+    def run(ckpt):
+        pipe = build_pipeline(cfg, weights_dir=tiny_weights, ckpt=ckpt)
+        latent = pipe.encode(frames)
+        return torch.cat(list(pipe.decode(lambda a, b: latent[:, a:b], latent.shape[1], steps=cfg.validation.steps,
+                                          scheduler=cfg.validation.scheduler, seed=0, progress=False)))
+
+    expected = run(folder)
+    assert recon.shape == expected.shape == frames.shape
+    assert torch.allclose(recon, expected, atol=1e-4), (recon - expected).abs().max()
+    assert (recon - run(None)).abs().max() > 1e-3  # the untrained DiT gives other frames: the live weights are used
 
 
 def test_bad_videos_are_skipped_counted_and_all_bad_is_an_error(tmp_path, clips, capsys):
@@ -157,7 +196,7 @@ def test_resize_condition_adamw_accumulation_bf16_and_warmup(tmp_path, clips):
     assert records[-1]["global_batch"] == 4  # 2 per process x 2 accumulated micro-batches
     state = json.loads((work / "checkpoint-00000002" / "trainer_state.json").read_text())
     assert state["micro_step"] == 4
-    weights = load_file(work / "checkpoint-00000002" / "model.safetensors")
+    weights = load_file(work / "checkpoint-00000002" / DIT_WEIGHTS)
     assert weights["x_embedder.proj.weight"].shape[1] == 8
 
 

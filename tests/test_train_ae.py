@@ -74,7 +74,7 @@ def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
     assert train_ae("vae", tmp_path / "w", clips / "two.txt", "--max-steps", 1, "--export", export) == 0
     assert sorted(p.name for p in export.iterdir()) == ["svd_vae"]  # tiny's weights.vae name
     vae = build_pipeline(load_config(TINY), ["vae"], weights_dir=export).vae
-    trained = load_file(tmp_path / "w" / "checkpoint-00000001" / "model.safetensors")
+    trained = load_file(tmp_path / "w" / "checkpoint-00000001" / "vae" / "diffusion_pytorch_model.safetensors")
     assert torch.equal(vae.encoder.conv_in.weight, trained["encoder.conv_in.weight"])
 
 

@@ -78,14 +78,17 @@ def _truncate(path: Path, size: int | None = None) -> None:
 def _keep_only_state(folder: Path) -> None:
     """What an interrupted non-atomic prune left: trainer_state.json and nothing else."""
     for path in folder.iterdir():
-        if path.name != checkpoints.STATE_FILE:
+        if path.is_dir():  # the DiT's save_pretrained folder
+            shutil.rmtree(path)
+        elif path.name != checkpoints.STATE_FILE:
             path.unlink()
 
 
+DIT = "dit/diffusion_pytorch_model.safetensors"  # the DiT's save_pretrained folder in a checkpoint
 DAMAGE = {
-    "truncated model": ("model.safetensors", lambda d: _truncate(d / "model.safetensors")),
-    "empty model": ("model.safetensors", lambda d: _truncate(d / "model.safetensors", 0)),
-    "deleted model": ("model.safetensors", lambda d: (d / "model.safetensors").unlink()),
+    "truncated model": (DIT, lambda d: _truncate(d / DIT)),
+    "empty model": (DIT, lambda d: _truncate(d / DIT, 0)),
+    "deleted model": (DIT, lambda d: (d / DIT).unlink()),
     "truncated trainer state": ("trainer_state.json", lambda d: _truncate(d / "trainer_state.json")),
     "truncated optimizer": ("optimizer.bin", lambda d: _truncate(d / "optimizer.bin")),
     "missing manifest": ("manifest.json", lambda d: (d / "manifest.json").unlink()),
@@ -176,8 +179,8 @@ class _RunsCodeWhenUnpickled:
 
 def _plant(folder: Path, name: str, marker: Path) -> None:
     """A crafted checkpoint: ``name`` is a pickle that runs code, and the manifest matches the files."""
-    if name == "pytorch_model.bin":  # accelerate falls back to it when model.safetensors is absent
-        (folder / "model.safetensors").unlink()
+    if name == "pytorch_model.bin":  # accelerate falls back to it when neither dit/ nor model.safetensors is there
+        shutil.rmtree(folder / checkpoints.MODEL_DIR)
     torch.save({"state": torch.ones(2), "payload": _RunsCodeWhenUnpickled(marker)}, folder / name)
     (folder / "manifest.json").unlink()
     checkpoints.write_manifest(folder)
@@ -313,7 +316,7 @@ def test_sigterm_saves_the_current_step_and_a_resume_continues_from_it(tmp_path,
     assert steps_logged(work) == list(range(1, step + 1))
     folder = work / match.group(1)
     assert checkpoints.verify(folder) is None and checkpoints.read_state(folder)["step"] == step
-    for path in folder.iterdir():  # model.safetensors included (accelerate writes it 0600)
+    for path in (p for p in folder.rglob("*") if p.is_file()):  # the DiT's folder included (written 0600)
         assert path.stat().st_mode & 0o777 == 0o644, path.name
 
     capsys.readouterr()
@@ -331,3 +334,34 @@ def test_metrics_log_keeps_the_resumed_steps_and_drops_replayed_and_cut_lines(tm
     assert metrics_log.keep_until(log, 2) == 3  # step 3, the blank line, the cut line
     assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
     assert metrics_log.keep_until(log, 2) == 0 and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+# ------------------------------------------------------------------ the previous checkpoint layout
+
+
+def _to_previous_layout(folder: Path) -> None:
+    """The checkpoint as the previous layout wrote it: the DiT as accelerate's top-level model.safetensors."""
+    (folder / DIT).rename(folder / checkpoints.MODEL_FILE)
+    shutil.rmtree(folder / checkpoints.MODEL_DIR)
+    (folder / "manifest.json").unlink()
+    checkpoints.write_manifest(folder)
+
+
+def test_previous_layout_checkpoint_resumes_exactly_and_loads_as_ckpt(trained, tmp_path, clips, capsys):
+    from safetensors.torch import load_file
+
+    from cascadev.loading import build_pipeline, load_config
+
+    new, old = copy_of(trained, tmp_path / "new"), copy_of(trained, tmp_path / "old")
+    _to_previous_layout(old / CKPT4)
+    capsys.readouterr()
+    for work in (new, old):
+        assert train(work, clips, 5, "validation.interval=0") == 0
+        assert f"cascadev: resuming from {CKPT4} (step 4)" in capsys.readouterr().err.splitlines()
+    resumed, reference = load_file(old / "checkpoint-00000005" / DIT), load_file(new / "checkpoint-00000005" / DIT)
+    assert resumed.keys() == reference.keys()
+    assert all(torch.allclose(resumed[k], reference[k], atol=1e-6) for k in reference)  # the old weights were loaded
+    weights = load_file(old / CKPT4 / checkpoints.MODEL_FILE)
+    for ckpt in (old / CKPT4, old / CKPT4 / checkpoints.MODEL_FILE, new / CKPT4):  # a checkpoint folder is its DiT
+        dit = build_pipeline(load_config(TINY), ["dit"], random_init=True, ckpt=ckpt).dit
+        assert all(torch.equal(dit.state_dict()[k], weights[k]) for k in weights), ckpt

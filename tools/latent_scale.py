@@ -15,15 +15,15 @@ import torch
 
 from cascadev.argparsing import Parser
 from cascadev.argtypes import positive_int
-from cascadev.data import VideoClipDataset, read_video_list
+from cascadev.config_defaults import setting
 from cascadev.errors import CascadeVError
 from cascadev.loading import build_pipeline, load_config
+from cascadev.training.trainer import build_dataset
 
 
 def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
     vae = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).vae
-    dataset = VideoClipDataset(read_video_list(cfg.video_list), int(cfg.num_frames_per_video), int(cfg.time_stride),
-                               int(cfg.sample_size), seed=int(cfg.get("seed", 0)), **dict(cfg.get("data", {})))
+    dataset = build_dataset(cfg, int(setting(cfg, "seed")), global_batch=1)  # the training clips, as the trainer reads them
     generator = torch.Generator().manual_seed(0)
     samples = []
     with torch.no_grad():

@@ -57,5 +57,7 @@ mkdir -p pretrained/nano
 cp "$WEIGHTS/compressor.safetensors" "$WEIGHTS/previewer.safetensors" pretrained/nano/
 rm -rf pretrained/nano/vae && cp -r "$WEIGHTS/vae" pretrained/nano/vae
 LAST=$(ls -d "$WORK"/dit/checkpoint-* | sort | tail -n 1)
-cp "$LAST/model.safetensors" pretrained/nano/dit.safetensors
+DIT="$LAST/dit/diffusion_pytorch_model.safetensors"  # the checkpoint's save_pretrained folder
+[ -f "$DIT" ] || DIT="$LAST/model.safetensors"  # a checkpoint of the previous layout
+cp "$DIT" pretrained/nano/dit.safetensors
 echo "done: pretrained/nano (set scale_factor = $SCALE in configs/nano.py if it differs)"

@@ -336,20 +336,31 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def evaluate(
-    options: EvalOptions,
-    *,
-    lpips_loader: Callable[..., torch.nn.Module] | None = None,
-) -> dict[str, Any]:
-    """Compute the results dictionary of ``options`` (nothing is written).
+@dataclass
+class _MetricSetup:
+    """Which requested metrics can run here, and the shared state they need."""
 
-    ``lpips_loader(net, device)`` builds the LPIPS model (default :func:`metrics.load_lpips`).
-    Raises CascadeVError for bad input, and when none of the requested metrics can run here.
-    """
+    wanted: list[str]  # requested metrics in table order
+    unavailable: dict[str, str]  # metric -> why it cannot run
+    device: torch.device | None  # resolved once a metric needs a device
+    lpips_metric: M.LPIPSMetric | None
+    vbench_dims: list[str]  # requested VBench dimensions, available or not
+
+    @property
+    def runnable(self) -> list[str]:
+        return [m for m in self.wanted if m not in self.unavailable]
+
+
+def _check_options(options: EvalOptions) -> list[str]:
+    """Step 1: the requested metrics in table order (all when none were named); the cheap option checks."""
     requested = parse_metrics(options.metrics)
-    wanted = list(ALL_METRICS) if requested is None else requested
     check_device_name(options.device)
     check_whole(options.chunk_frames, "--chunk-frames")
+    return list(ALL_METRICS) if requested is None else requested
+
+
+def _find_pairs(options: EvalOptions, wanted: Sequence[str]) -> list[PairPlan]:
+    """Step 2: match REF and REC videos, open every pair, and check sizes and counts for ``wanted``."""
     plans = plan_pairs(
         match_videos(options.ref, options.rec), resize=options.resize, max_frames=options.max_frames
     )
@@ -361,69 +372,82 @@ def evaluate(
                 f"Video {small[0].pair.name} is {w}x{h} pixels; SSIM needs frames at least "
                 f"{SSIM_MIN_SIDE} pixels high and wide (leave ssim out with --metrics)."
             )
+    return plans
 
-    unavailable: dict[str, str] = {}
-    device: torch.device | None = None
-    lpips_metric = None
+
+def _set_up_metrics(
+    options: EvalOptions, wanted: list[str], lpips_loader: Callable[..., torch.nn.Module] | None
+) -> _MetricSetup:
+    """Step 3: load LPIPS and check VBench; raises when none of ``wanted`` can run here."""
+    setup = _MetricSetup(wanted, {}, None, None, [m for m in wanted if m in vb.VBENCH_DIMENSIONS])
     if "lpips" in wanted:
         loader = lpips_loader or M.load_lpips
         try:
             model = loader(options.lpips_net, "cpu")
         except M.MetricUnavailable as exc:
-            unavailable["lpips"] = str(exc)
+            setup.unavailable["lpips"] = str(exc)
         else:
-            device = _resolve_device(options.device)
-            lpips_metric = M.LPIPSMetric(model.to(device), batch_size=options.chunk_frames)
-    vbench_dims = [m for m in wanted if m in vb.VBENCH_DIMENSIONS]
-    unavailable.update(vb.check_vbench(vbench_dims))
-    runnable = [m for m in wanted if m not in unavailable]
-    if not runnable:
-        metric, reason = next(iter(unavailable.items()))
+            setup.device = _resolve_device(options.device)
+            setup.lpips_metric = M.LPIPSMetric(model.to(setup.device), batch_size=options.chunk_frames)
+    setup.unavailable.update(vb.check_vbench(setup.vbench_dims))
+    if not setup.runnable:
+        metric, reason = next(iter(setup.unavailable.items()))
         raise CascadeVError(f"{metric} cannot run: {reason}")
+    return setup
 
+
+def _score_videos(options: EvalOptions, plans: Sequence[PairPlan], setup: _MetricSetup) -> list[_VideoScores]:
+    """Step 4: the per-frame metrics of every pair (in a process pool when the job is large enough)."""
+    runnable = setup.runnable
     paired = [m for m in PAIRED_METRICS if m in runnable]
     flicker = "temporal_flickering" in runnable
-    videos: dict[str, dict[str, float]] = {}
-    per_frame: dict[str, dict[str, list[float]]] = {}
     bar = tqdm(total=len(plans), desc="evaluating", unit="video", disable=not options.progress)
     workers = options.workers
     if workers is None:  # every core, unless the job is too small to repay starting the workers
         pixels = sum(p.frames * p.ref_size[0] * p.ref_size[1] for p in plans)
         workers = available_cores() if pixels >= PARALLEL_MIN_PIXELS else 1
     if workers > 1 and len(plans) > 1 and (flicker or set(paired) - {"lpips"}):
-        all_scores = score_pairs(plans, paired, lpips_metric, flicker, options.chunk_frames, workers, _score_pair,
+        all_scores = score_pairs(plans, paired, setup.lpips_metric, flicker, options.chunk_frames, workers, _score_pair,
                                  on_done=lambda: bar.update(1))
     else:
         all_scores = []
         for plan in plans:
-            all_scores.append(_score_pair(plan, paired, lpips_metric, flicker, options.chunk_frames))
+            all_scores.append(_score_pair(plan, paired, setup.lpips_metric, flicker, options.chunk_frames))
             bar.update(1)
     bar.close()
-    for plan, scores in zip(plans, all_scores):
-        videos[plan.pair.name] = scores.values
-        per_frame[plan.pair.name] = scores.per_frame
+    return all_scores
 
-    vbench_mean: dict[str, float] = {}
-    vbench_version = None
-    runnable_vbench = [m for m in vbench_dims if m in runnable]
-    if runnable_vbench:
-        device = device or _resolve_device(options.device)
-        got = vb.run_vbench({p.pair.name: p.pair.rec for p in plans}, runnable_vbench, str(device))
-        unavailable.update(got.unavailable)
-        vbench_mean, vbench_version = got.mean, got.version
-        for name, values in got.videos.items():
-            videos.setdefault(name, {}).update(values)
 
+def _run_vbench(
+    options: EvalOptions, plans: Sequence[PairPlan], setup: _MetricSetup, videos: dict[str, dict[str, float]]
+) -> tuple[dict[str, float], str | None]:
+    """Step 5: VBench's model-based dimensions on the REC files, merged into ``videos``; (means, version)."""
+    runnable_vbench = [m for m in setup.vbench_dims if m not in setup.unavailable]
+    if not runnable_vbench:
+        return {}, None
+    setup.device = setup.device or _resolve_device(options.device)
+    got = vb.run_vbench({p.pair.name: p.pair.rec for p in plans}, runnable_vbench, str(setup.device))
+    setup.unavailable.update(got.unavailable)
+    for name, values in got.videos.items():
+        videos.setdefault(name, {}).update(values)
+    return got.mean, got.version
+
+
+def _aggregate(
+    setup: _MetricSetup, videos: dict[str, dict[str, float]], vbench_mean: dict[str, float]
+) -> dict[str, float]:
+    """Step 6: the mean over videos of each metric (VBench's own means for its dimensions); a metric with
+    no value becomes unavailable. Each video's metrics are put in table order."""
     mean: dict[str, float] = {}
-    for metric in wanted:
-        if metric in unavailable:
+    for metric in setup.wanted:
+        if metric in setup.unavailable:
             continue
         if metric in vbench_mean:
             mean[metric] = vbench_mean[metric]
             continue
         value = _mean([v[metric] for v in videos.values() if metric in v])
         if value is None:
-            unavailable[metric] = (
+            setup.unavailable[metric] = (
                 "every video has a single frame (it needs consecutive frames)"
                 if metric == "temporal_flickering"
                 else "no video gave a value"
@@ -432,9 +456,14 @@ def evaluate(
             mean[metric] = value
     for name in videos:  # keep each video's metrics in table order
         videos[name] = {m: videos[name][m] for m in ALL_METRICS if m in videos[name]}
+    return mean
 
-    rec_path = Path(options.rec)
-    label = options.label or (rec_path.name if rec_path.is_dir() else rec_path.stem) or str(rec_path)
+
+def _measured_on(
+    options: EvalOptions, plans: Sequence[PairPlan], setup: _MetricSetup, mean: dict[str, float],
+    vbench_version: str | None,
+) -> dict[str, Any]:
+    """Step 7: what was compared, how, and with which versions (``results.json``'s ``measured_on``)."""
     per_video = {
         p.pair.name: {
             "ref": str(p.pair.ref),
@@ -450,33 +479,57 @@ def evaluate(
         for p in plans
     }
     return {
+        "ref": str(options.ref),
+        "rec": str(options.rec),
+        "videos": len(plans),
+        "frames": int(sum(p.frames for p in plans)),
+        "frames_per_video": {p.pair.name: p.frames for p in plans},
+        "sizes": {p.pair.name: list(p.ref_size) for p in plans},
+        "resized": any(p.resized for p in plans),
+        "resized_videos": [p.pair.name for p in plans if p.resized],
+        "truncated_videos": [p.pair.name for p in plans if p.truncated],
+        "resize_option": bool(options.resize),
+        "frame_count_policy": COUNT_POLICY,
+        "max_frames": options.max_frames,
+        "psnr_cap_db": M.PSNR_CAP_DB,
+        "lpips_net": options.lpips_net if "lpips" in mean else None,
+        "device": str(setup.device) if setup.device is not None else "cpu",
+        "vbench_cache_dir": str(vb.vbench_cache_dir()) if setup.vbench_dims else None,
+        "per_video": per_video,
+        "versions": _versions(vbench_version),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def evaluate(
+    options: EvalOptions,
+    *,
+    lpips_loader: Callable[..., torch.nn.Module] | None = None,
+) -> dict[str, Any]:
+    """Compute the results dictionary of ``options`` (nothing is written).
+
+    ``lpips_loader(net, device)`` builds the LPIPS model (default :func:`metrics.load_lpips`).
+    Raises CascadeVError for bad input, and when none of the requested metrics can run here.
+    """
+    wanted = _check_options(options)
+    plans = _find_pairs(options, wanted)
+    setup = _set_up_metrics(options, wanted, lpips_loader)
+    all_scores = _score_videos(options, plans, setup)
+    videos = {plan.pair.name: scores.values for plan, scores in zip(plans, all_scores)}
+    per_frame = {plan.pair.name: scores.per_frame for plan, scores in zip(plans, all_scores)}
+    vbench_mean, vbench_version = _run_vbench(options, plans, setup, videos)
+    mean = _aggregate(setup, videos, vbench_mean)
+
+    rec_path = Path(options.rec)
+    label = options.label or (rec_path.name if rec_path.is_dir() else rec_path.stem) or str(rec_path)
+    return {
         "label": label,
         "metrics": wanted,
         "mean": {m: mean[m] for m in ALL_METRICS if m in mean},
         "videos": videos,
-        "unavailable": {m: unavailable[m] for m in ALL_METRICS if m in unavailable},
+        "unavailable": {m: setup.unavailable[m] for m in ALL_METRICS if m in setup.unavailable},
         "per_frame": per_frame,
-        "measured_on": {
-            "ref": str(options.ref),
-            "rec": str(options.rec),
-            "videos": len(plans),
-            "frames": int(sum(p.frames for p in plans)),
-            "frames_per_video": {p.pair.name: p.frames for p in plans},
-            "sizes": {p.pair.name: list(p.ref_size) for p in plans},
-            "resized": any(p.resized for p in plans),
-            "resized_videos": [p.pair.name for p in plans if p.resized],
-            "truncated_videos": [p.pair.name for p in plans if p.truncated],
-            "resize_option": bool(options.resize),
-            "frame_count_policy": COUNT_POLICY,
-            "max_frames": options.max_frames,
-            "psnr_cap_db": M.PSNR_CAP_DB,
-            "lpips_net": options.lpips_net if "lpips" in mean else None,
-            "device": str(device) if device is not None else "cpu",
-            "vbench_cache_dir": str(vb.vbench_cache_dir()) if vbench_dims else None,
-            "per_video": per_video,
-            "versions": _versions(vbench_version),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
+        "measured_on": _measured_on(options, plans, setup, mean, vbench_version),
     }
 
 

@@ -6,7 +6,10 @@ into a rough RGB image at 1/4 of the original resolution (8x upsampling of the 1
 shows it as the reconstruction "without LDM".
 
 Both modules use the parameter names of StableCascade's released files (``effnet_encoder.safetensors``
-and ``previewer.safetensors``) so that those files load with ``strict=True``. Both are frozen in
+and ``previewer.safetensors``) so that those files load with ``strict=True``. The previewer is a diffusers
+model (``ModelMixin, ConfigMixin``: ``save_pretrained`` writes ``config.json`` beside the same keys). The
+compressor stays a plain module: its config argument ``backbone`` (a torchvision name) and its released
+submodule ``backbone`` share a name, and diffusers would answer ``self.backbone`` with the config value. Both are frozen in
 CascadeV and are therefore constructed in eval mode (BatchNorm uses its running statistics and the
 backbone's stochastic depth is off); call ``.train()`` explicitly if you really want to train them.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import torch
 import torchvision
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from cascadev.errors import CascadeVError
@@ -111,7 +116,7 @@ class EfficientNetEncoder(nn.Module):
         return self.forward((x01 - mean) / std)
 
 
-class Previewer(nn.Module):
+class Previewer(ModelMixin, ConfigMixin):
     """StableCascade's previewer: decodes a semantic latent to a rough RGB image, 8x upsampled.
 
     Three 1x/3x3 conv stages at the latent resolution and three stride-2 transposed convolutions,
@@ -125,6 +130,7 @@ class Previewer(nn.Module):
         c_out: output channels (3, RGB).
     """
 
+    @register_to_config
     def __init__(self, c_in: int = 16, c_hidden: int = 512, c_out: int = 3) -> None:
         super().__init__()
         if c_hidden % 4:

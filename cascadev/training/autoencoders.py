@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import save_safetensors
+from ..config_defaults import setting
 from ..config_schema import validate_config
 from ..frames import resize, to_uint8
 from ..models import build_model
@@ -68,19 +69,17 @@ class AutoencoderTrainer(Trainer):
 
     def __init__(self, cfg, options: TrainOptions, part: str, export_dir: str | Path | None = None):
         self.part = part
+        self.model_folder = part  # the VAE's save_pretrained folder in checkpoints
         self.export_dir = Path(export_dir) if export_dir is not None else Path(options.work_dir) / "weights"
         super().__init__(part_config(cfg, part), options)
 
-    def _build_model(self) -> None:
+    def build_model(self) -> nn.Module:
+        """The trained network, at random (seeded): compressor + previewer, or the VAE."""
         cfg = self.cfg
         torch.manual_seed(self.seed)
         if self.part == "compressor":
-            model: nn.Module = CompressorAutoencoder(build_model(dict(cfg.compressor)), build_model(dict(cfg.previewer)))
-        else:
-            model = build_model(dict(cfg.vae))
-        self.resume_from = self._resume_point()
-        model.to(self.accelerator.device).train()
-        self._prepare(model)
+            return CompressorAutoencoder(build_model(dict(cfg.compressor)), build_model(dict(cfg.previewer)))
+        return build_model(dict(cfg.vae))
 
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.accelerator.device)
@@ -96,7 +95,7 @@ class AutoencoderTrainer(Trainer):
         latent = posterior.mean + posterior.std * eps
         recon = self.dit.decode(latent, num_frames=video.shape[1]).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + float(self.cfg.get("kl_weight", 1e-4)) * kl
+        return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + float(setting(self.cfg, "kl_weight")) * kl
 
     @torch.no_grad()
     def _validate(self, step: int) -> None:

@@ -1,8 +1,10 @@
 """Training checkpoints in the work dir: ``checkpoint-00001000/`` folders, complete or absent.
 
 A checkpoint is written into ``.checkpoint-00001000.partial/`` and renamed when every file is in it, so a
-run killed while saving leaves no folder that looks complete. Each holds accelerate's state (the DiT
-as ``model.safetensors`` — loadable by ``cascadev decode --ckpt`` —, optimizer, scheduler, RNG states),
+run killed while saving leaves no folder that looks complete. Each holds the DiT as a ``save_pretrained``
+folder ``dit/`` (config.json + safetensors: ``CascadeDiT.from_pretrained``, ``cascadev decode --ckpt``),
+accelerate's state (optimizer, scheduler, RNG states; checkpoints of the previous layout hold the DiT as
+a top-level ``model.safetensors`` instead, and still resume),
 ``ema.safetensors`` when EMA is on, ``trainer_state.json`` (step, epoch, counters) and, written last,
 ``manifest.json``: every other file's relative path, size and sha256. A checkpoint counts as complete
 only through a manifest its files match; a damaged one is moved aside (never deleted) and the previous
@@ -27,7 +29,9 @@ from ..errors import CascadeVError
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-MODEL_FILE = "model.safetensors"
+MODEL_FILE = "model.safetensors"  # accelerate's: networks that are no diffusers model, and the previous layout's DiT
+MODEL_DIR = "dit"  # the DiT's save_pretrained folder
+MODEL_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' weights file in it
 MANIFEST_FILE = "manifest.json"
 # accelerate writes these with torch.save (pickles): optimizer.bin, scheduler.bin, random_states_0.pkl, ...
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
@@ -204,7 +208,7 @@ def finish(work_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write the trainer state and manifest into the partial folder, rename it into place, prune (main process)."""
     tmp, final = partial_dir(work_dir, step), checkpoint_dir(work_dir, step)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    mode = 0o666 & ~_UMASK  # accelerate's model.safetensors comes out 0600; checkpoints are shared like outputs
+    mode = 0o666 & ~_UMASK  # accelerate's files come out 0600; checkpoints are shared like outputs
     for path in tmp.rglob("*"):
         if path.is_file():
             path.chmod(mode)

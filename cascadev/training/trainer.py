@@ -1,4 +1,4 @@
-"""The training loop of the LDM-VAE's DiT: the release's recipe (DESIGN.md §4) on accelerate.
+"""The training loop of the LDM-VAE's DiT: the release's recipe (README.md, "Train the LDM-VAE") on accelerate.
 
 One process per device (``accelerate launch`` / ``train_vae.sh``); accelerate handles DDP (or FSDP and
 DeepSpeed through its config), mixed precision and gradient accumulation. Every random draw of a step
@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,12 +24,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .. import conditioning
-from ..checkpoint import load_weights, save_safetensors
+from ..checkpoint import check_fit, load_weights, read_state_dict, save_safetensors
+from ..config_defaults import setting
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
 from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
 from ..frames import resize, to_uint8
-from ..loading import build_pipeline
+from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline
@@ -36,6 +38,10 @@ from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
 from .targets import FrozenEncoders, LatentCache
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
 
 
 @dataclass
@@ -90,9 +96,10 @@ def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
 
 
 def _load_from_path(load_from) -> Path:
-    """The config's ``load_from`` (a path, or a list whose first existing entry is used), checked."""
+    """The config's ``load_from`` (a path, or a list whose first existing entry is used), checked: a weights
+    file, a ``save_pretrained`` folder or a training checkpoint folder."""
     candidates = [Path(p) for p in ([load_from] if isinstance(load_from, (str, Path)) else load_from)]
-    found = next((p for p in candidates if p.is_file()), None)
+    found = next((p for p in candidates if p.exists()), None)
     if found is None:
         raise CascadeVError(
             f"load_from {candidates[0]} does not exist (the released DiT, ByteDance/CascadeV s1024.effn-f32.pth: run "
@@ -109,101 +116,169 @@ def _mixed_precision(requested: str, cpu: bool) -> str:
     return requested
 
 
+# ---------------------------------------------------------------------- builders (accelerate-examples style)
+
+
+def build_accelerator(cfg, options: TrainOptions) -> Accelerator:
+    """accelerate's Accelerator for the config's mixed precision and accumulation, logging to WORK_DIR/logs."""
+    from accelerate import Accelerator
+
+    cpu = options.device == "cpu" or not torch.cuda.is_available()
+    return Accelerator(
+        mixed_precision=_mixed_precision(setting(cfg, "mixed_precision"), cpu),
+        gradient_accumulation_steps=int(setting(cfg, "gradient_accumulation_steps")),
+        log_with="tensorboard",
+        project_dir=str(Path(options.work_dir) / "logs"),
+        cpu=cpu,
+    )
+
+
+def build_dataset(cfg, seed: int, global_batch: int) -> VideoClipDataset:
+    """The training clips of the config's video lists."""
+    videos = read_video_list(cfg.video_list)
+    # A list smaller than one global batch (a smoke run on one video) draws several clips per video
+    # per epoch; real lists keep the release's one clip per video per epoch.
+    return VideoClipDataset(
+        videos, int(cfg.num_frames_per_video), int(cfg.time_stride), int(cfg.sample_size), seed=seed,
+        clips_per_video=-(-global_batch // len(videos)), **dict(setting(cfg, "data")),
+    )
+
+
+def build_ema(model: torch.nn.Module, cfg, device: torch.device) -> EMAModel | None:
+    """diffusers' EMAModel of ``model``'s parameters when the config's ``ema.enabled``, else None."""
+    if not setting(cfg, "ema.enabled"):
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(model.parameters(), decay=float(setting(cfg, "ema.decay")))
+    ema.to(device)
+    return ema
+
+
+def build_latent_cache(cfg, work_dir: Path) -> LatentCache | None:
+    """The on-disk cache of encoded clips when the config's ``cache_latents``, else None."""
+    if not setting(cfg, "cache_latents"):
+        return None
+    return LatentCache(setting(cfg, "latent_cache_dir") or work_dir / "latent_cache")
+
+
 class Trainer:
-    """Builds everything from the config, resumes from the work dir, and runs ``fit()``."""
+    """Builds everything from the config, resumes from the work dir, and runs ``fit()``.
+
+    ``__init__`` reads as the steps of accelerate's examples: accelerator, data, model, EMA, optimizer and
+    schedule, ``prepare``, resume. Subclasses (:mod:`.autoencoders`) replace ``build_model`` and the loss.
+    """
+
+    #: Checkpoint subfolder of the trained network when it is a diffusers model (``save_pretrained``).
+    model_folder = checkpoints.MODEL_DIR
 
     def __init__(self, cfg, options: TrainOptions):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         self.cfg, self.opts = cfg, options
         self.work_dir = Path(options.work_dir)
-        cpu = options.device == "cpu" or not torch.cuda.is_available()
-        self.accelerator = Accelerator(
-            mixed_precision=_mixed_precision(cfg.get("mixed_precision", "no"), cpu),
-            gradient_accumulation_steps=int(cfg.get("gradient_accumulation_steps", 1)),
-            log_with="tensorboard",
-            project_dir=str(self.work_dir / "logs"),
-            cpu=cpu,
-        )
-        acc = self.accelerator
-        self.seed = int(cfg.get("seed", 0))
+        self.accelerator = acc = build_accelerator(cfg, options)
+        self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
         if acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             cfg.dump(str(self.work_dir / "config.py"))
         acc.wait_for_everyone()
 
-        videos = read_video_list(cfg.video_list)
         self.batch_size = int(cfg.train_batch_size)
         global_batch = self.batch_size * acc.num_processes
-        # A list smaller than one global batch (a smoke run on one video) draws several clips per video
-        # per epoch; real lists keep the release's one clip per video per epoch.
-        self.dataset = VideoClipDataset(
-            videos, int(cfg.num_frames_per_video), int(cfg.time_stride), int(cfg.sample_size), seed=self.seed,
-            clips_per_video=-(-global_batch // len(videos)), **dict(cfg.get("data", {})),
-        )
+        self.dataset = build_dataset(cfg, self.seed, global_batch)
         self.batches_per_epoch = len(self.dataset) // global_batch
-        self._build_model()
+        self.resume_from = self._resume_point()
+        model = self.build_model()
+        model.to(acc.device).train()
+        self.ema = build_ema(model, cfg, acc.device)
+        optimizer = build_optimizer(model, self._optimizer_spec())
+        scheduler = build_lr_scheduler(optimizer, setting(cfg, "lr_schedule_args.num_warmup_steps"))
+        self.dit, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, scheduler)
+        self._register_checkpoint_hooks()
+        self.state = self._resume()
+        self.cache = build_latent_cache(cfg, self.work_dir)
 
-    def _build_model(self) -> None:
-        """The frozen encoders and the DiT, then ``_prepare``; other trainers build other networks here."""
+    def build_model(self) -> torch.nn.Module:
+        """The frozen networks the DiT learns from (``self.frozen``, ``self.encoders``), then the DiT itself."""
+        self._build_frozen()
+        return self._build_dit()
+
+    def _build_frozen(self) -> None:
+        """The diffusion, and the frozen VAE / compressor (/ previewer for validation) through ``build_pipeline``."""
         cfg, acc, options = self.cfg, self.accelerator, self.opts
-        self.diffusion = GaussianDiffusion(int(cfg.get("train_sampling_steps", 1000)))
-
+        self.diffusion = GaussianDiffusion(int(setting(cfg, "train_sampling_steps")))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         condition = conditioning.condition_kind(cfg)
         parts = conditioning.with_encoder(condition, ["vae"])
-        if cfg.get("validation", {}).get("video") and "compressor" in parts:  # a preview needs a semantic latent
+        if setting(cfg, "validation.video") and "compressor" in parts:  # a preview needs a semantic latent
             parts.append("previewer")
         frozen = build_pipeline(cfg, parts, device=acc.device, dtype=weight_dtype, weights_dir=options.weights_dir,
                                 random_init=options.random_init)
         self.frozen = frozen
         self.encoders = FrozenEncoders(frozen.vae, frozen.compressor, condition=condition, scale_factor=cfg.scale_factor,
-                                       sr_scale=cfg.sr_scale, chunk=int(cfg.get("encode_chunk", 4)), dtype=weight_dtype)
+                                       sr_scale=cfg.sr_scale, chunk=int(setting(cfg, "encode_chunk")), dtype=weight_dtype)
 
-        spec = dict(conditioning.dit_spec(cfg), fp32_attention=bool(cfg.get("fp32_attention", False)))
+    def _build_dit(self) -> torch.nn.Module:
+        """The DiT of the config's ``model``: from ``load_from`` on a fresh run, at random (seeded) otherwise."""
+        cfg = self.cfg
+        spec = dict(conditioning.dit_spec(cfg), fp32_attention=bool(setting(cfg, "fp32_attention")))
         torch.manual_seed(self.seed)
         dit = build_model(spec)
-        dit.gradient_checkpointing = bool(cfg.get("grad_checkpointing", False))
-        self.resume_from = self._resume_point()
-        if self.resume_from is None and cfg.get("load_from"):
-            load_weights(dit, _load_from_path(cfg.load_from), "the DiT of the training config (load_from)")
-        dit.to(acc.device).train()
-        self._prepare(dit)
+        dit.gradient_checkpointing = bool(setting(cfg, "grad_checkpointing"))
+        if self.resume_from is None and setting(cfg, "load_from"):
+            load_weights(dit, dit_weights_file(_load_from_path(cfg.load_from)), "the DiT of the training config (load_from)")
+        return dit
 
-    def _prepare(self, dit: torch.nn.Module) -> None:
-        """EMA, optimizer and schedule of the trained network (``self.dit`` after accelerate's prepare), then resume."""
-        cfg, acc = self.cfg, self.accelerator
-        self.ema = None
-        if cfg.get("ema", {}).get("enabled", False):
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(dit.parameters(), decay=float(cfg.ema.get("decay", 0.9999)))
-            self.ema.to(acc.device)
-
-        optimizer = build_optimizer(dit, self._optimizer_spec())
-        scheduler = build_lr_scheduler(optimizer, cfg.get("lr_schedule_args", {}).get("num_warmup_steps", 0))
-        self.dit, self.optimizer, self.lr_scheduler = acc.prepare(dit, optimizer, scheduler)
-        self.state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
+    def _resume(self) -> dict:
+        """The loop's counters: from the resume point (with accelerate's and EMA's states), else fresh."""
+        acc = self.accelerator
+        state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
-            self.state.update(checkpoints.read_state(self.resume_from))
+            state.update(checkpoints.read_state(self.resume_from))
             if self.ema is not None:
-                self._load_ema(self.resume_from)
-            self._say(f"resuming from {self.resume_from.name} (step {self.state['step']})")
+                self._load_ema(self.resume_from, int(state.get("ema_step", 0)))
+            self._say(f"resuming from {self.resume_from.name} (step {state['step']})")
         if acc.is_main_process:  # the steps after the checkpoint are trained and logged again
-            metrics_log.keep_until(self.work_dir / "metrics.jsonl", self.state["step"])
+            metrics_log.keep_until(self.work_dir / "metrics.jsonl", state["step"])
+        return state
 
-        self.cache = None
-        if cfg.get("cache_latents", False):
-            self.cache = LatentCache(cfg.get("latent_cache_dir") or self.work_dir / "latent_cache")
+    def _register_checkpoint_hooks(self) -> None:
+        """A diffusers model goes into checkpoints as a ``save_pretrained`` folder (``model_folder``), the way
+        diffusers' training examples hook accelerate's save_state/load_state; other networks stay in
+        accelerate's ``model.safetensors``, and so do checkpoints of the previous layout, which still resume."""
+        from diffusers.models.modeling_utils import ModelMixin
+
+        acc = self.accelerator
+        if not isinstance(self._unwrapped(), ModelMixin) or acc.distributed_type.value in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
+            return  # sharded engines save their models themselves
+
+        def save(models: list, weights: list, output_dir: str) -> None:
+            if acc.is_main_process:
+                self._unwrapped().save_pretrained(str(Path(output_dir) / self.model_folder), safe_serialization=True)
+            weights.pop()  # accelerate then writes no model.safetensors
+
+        def load(models: list, input_dir: str) -> None:
+            folder = Path(input_dir) / self.model_folder
+            if not (folder / "config.json").is_file():
+                return  # the previous layout: accelerate loads the top-level model.safetensors
+            models.pop()
+            path = folder / checkpoints.MODEL_WEIGHTS
+            state = read_state_dict(path)
+            model = self._unwrapped()
+            check_fit(model, state, f"the {self.model_folder} of {Path(input_dir).name}", source=path)
+            model.load_state_dict(state, strict=True)  # in place: the optimizer holds these parameters
+
+        acc.register_save_state_pre_hook(save)
+        acc.register_load_state_pre_hook(load)
 
     def _optimizer_spec(self) -> dict:
         """The config's optimizer with PixArt's ``auto_lr`` rule applied for this run's global batch."""
         acc, spec = self.accelerator, dict(self.cfg.optimizer)
         global_batch = self.batch_size * acc.num_processes * acc.gradient_accumulation_steps
-        rule = (self.cfg.get("auto_lr") or {}).get("rule")
+        rule = (setting(self.cfg, "auto_lr") or {}).get("rule")
         base = spec.get("lr", 0)
         spec["lr"] = scaled_lr(float(base), global_batch, rule)  # a positive number: config_schema checked it
         if acc.is_main_process and self.opts.progress:
@@ -238,14 +313,14 @@ class Trainer:
     def _unwrapped(self):
         return self.accelerator.unwrap_model(self.dit)
 
-    def _load_ema(self, ckpt: Path) -> None:
+    def _load_ema(self, ckpt: Path, ema_step: int) -> None:
         from safetensors.torch import load_file
 
         shadow = load_file(ckpt / "ema.safetensors")
         names = [n for n, _ in self._unwrapped().named_parameters()]
         for param, name in zip(self.ema.shadow_params, names):
             param.data.copy_(shadow[name].to(param.device))
-        self.ema.optimization_step = int(self.state.get("ema_step", 0))
+        self.ema.optimization_step = ema_step
 
     def _fill_cache(self) -> None:
         """Encode every item's epoch-0 clip once (each process its share); later steps read the cache."""
@@ -267,7 +342,7 @@ class Trainer:
         x_start, cond = self.encoders.training_pair(encoded, generator)
         b, _, frames = x_start.shape[:3]
         # The release draws image mode per batch and keeps one timestep per video in both modes.
-        as_images = torch.rand((), generator=generator).item() < float(self.cfg.get("joint_training", 0.0))
+        as_images = torch.rand((), generator=generator).item() < float(setting(self.cfg, "joint_training"))
         t = self.diffusion.sample_timesteps(b, generator=generator).to(device)
         noise = torch.randn(x_start.shape, generator=generator).to(device)
 
@@ -288,7 +363,7 @@ class Trainer:
             return DataLoader(IndexDataset(len(self.dataset)), batch_size=self.batch_size, sampler=sampler)
         self.dataset.set_epoch(epoch)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=int(self.cfg.get("num_workers", 0)), drop_last=True)
+                          num_workers=int(setting(self.cfg, "num_workers")), drop_last=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -296,7 +371,7 @@ class Trainer:
         if self.opts.max_steps is not None:
             return int(self.opts.max_steps)
         accum = self.accelerator.gradient_accumulation_steps
-        return int(self.cfg.get("num_epochs", 1)) * self.batches_per_epoch // accum
+        return int(setting(self.cfg, "num_epochs")) * self.batches_per_epoch // accum
 
     def fit(self) -> Path | None:
         """Train until ``total_steps()``; returns the last checkpoint folder."""
@@ -307,10 +382,10 @@ class Trainer:
             acc.init_trackers("cascadev", init_kwargs={"tensorboard": {"purge_step": state["step"] + 1}})
         if self.cache is not None:
             self._fill_cache()
-        log_every = int(cfg.get("log_interval", 10))
-        save_every = int(cfg.get("save_model_steps", 1000))
-        val_every = int(cfg.get("validation", {}).get("interval", 0) or 0)
-        if val_every and not cfg.get("validation", {}).get("video"):  # said once set-up has succeeded
+        log_every = int(setting(cfg, "log_interval"))
+        save_every = int(setting(cfg, "save_model_steps"))
+        val_every = int(setting(cfg, "validation.interval") or 0)
+        if val_every and not setting(cfg, "validation.video"):  # said once set-up has succeeded
             self._say("validation is off: validation.video is not set (validation.interval needs a clip)")
         bar = tqdm(total=total, initial=state["step"], desc="training", unit="step",
                    disable=not (self.opts.progress and acc.is_main_process))
@@ -376,7 +451,7 @@ class Trainer:
             loss = self._loss(batch, generator)
             acc.backward(loss)
             if acc.sync_gradients:
-                grad_norm = acc.clip_grad_norm_(self.dit.parameters(), float(self.cfg.get("gradient_clip", 1.0)))
+                grad_norm = acc.clip_grad_norm_(self.dit.parameters(), float(setting(self.cfg, "gradient_clip")))
                 grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             self.optimizer.step()
             self.lr_scheduler.step()
@@ -429,7 +504,7 @@ class Trainer:
                     names = [n for n, _ in self._unwrapped().named_parameters()]
                     save_safetensors(dict(zip(names, self.ema.shadow_params)), tmp / "ema.safetensors")
                 state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
-                final = checkpoints.finish(self.work_dir, step, state, int(self.cfg.get("keep_checkpoints", 0)))
+                final = checkpoints.finish(self.work_dir, step, state, int(setting(self.cfg, "keep_checkpoints")))
         except Exception as exc:  # a full disk above all: one line, and no partial checkpoint left
             error = checkpoints.save_failed(exc, self.work_dir, step) if acc.is_main_process else None
             if error is not None:
@@ -438,23 +513,42 @@ class Trainer:
         acc.wait_for_everyone()
         return final or checkpoints.checkpoint_dir(self.work_dir, step)
 
+    def validation_pipeline(self) -> CascadeVPipeline:
+        """``build_pipeline`` (the sampler of ``cascadev decode``) on the live DiT, unwrapped, and the frozen
+        networks: the config's sampling options, in the training's precision."""
+        live = {"dit": self._unwrapped(), "vae": self.frozen.vae, "compressor": self.frozen.compressor,
+                "previewer": self.frozen.previewer}
+        live = {part: module for part, module in live.items() if module is not None}
+        dtype = self.encoders.dtype
+        return build_pipeline(self.cfg, tuple(live), device=self.accelerator.device, dtype=dtype, modules=live,
+                              autocast_dtype=None if dtype == torch.float32 else dtype)
+
+    @torch.no_grad()
+    def validation_recon(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CascadeVPipeline]:
+        """The held-out clip (T, 3, S, S) in [-1, 1], its condition latent (C, T, S/32, S/32) and its
+        reconstruction (T, 3, S, S) by :meth:`validation_pipeline`, with the pipeline."""
+        cfg = self.cfg
+        pipe = self.validation_pipeline()
+        # The whole held-out frame, resized (no crop at native size, no flip), padded when the clip is short.
+        clip = VideoClipDataset([setting(cfg, "validation.video")], int(cfg.num_frames_per_video), int(cfg.time_stride),
+                                int(cfg.sample_size), seed=self.seed, short_video="pad", resize=True,
+                                hflip_prob=0.0).load_clip(0, np.random.default_rng(0))
+        # The condition's one implementation (cascadev.conditioning), as in training: (C, T, h, w) on the CPU.
+        cond = pipe.conditioner.latent(clip).cpu().transpose(0, 1)  # (T, C, h, w) -> (C, T, h, w)
+        # Seed 0 every time: successive validation pictures differ only by the weights.
+        recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b], cond.shape[1], progress=False, seed=0,
+                                           steps=int(setting(cfg, "validation.steps")),
+                                           scheduler=setting(cfg, "validation.scheduler"))))
+        return clip, cond, recon, pipe
+
     @torch.no_grad()
     def _validate(self, step: int) -> None:
         """Reconstruct the held-out clip with the current weights and save original | preview | recon."""
-        acc, cfg = self.accelerator, self.cfg
-        spec = cfg.validation
-        if acc.is_main_process and spec.get("video"):
+        acc = self.accelerator
+        if acc.is_main_process and setting(self.cfg, "validation.video"):
             dit = self._unwrapped()
             dit.eval()
-            clip = VideoClipDataset([spec.video], int(cfg.num_frames_per_video), int(cfg.time_stride),
-                                    int(cfg.sample_size), seed=self.seed).load_clip(0, np.random.default_rng(0))
-            cond = self.encoders.encode(clip[None].to(acc.device))["cond"][0]
-            pipe = CascadeVPipeline(dit=dit, vae=self.frozen.vae, previewer=self.frozen.previewer,
-                                    scale_factor=cfg.scale_factor, sr_scale=cfg.sr_scale, schedule=dict(cfg.schedule),
-                                    device=acc.device, dtype=self.encoders.dtype, segment_frames=0)
-            with acc.autocast():
-                recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b].cpu(), cond.shape[1], progress=False,
-                                                   steps=int(spec.get("steps", 8)), scheduler=spec.get("scheduler", "euler_a"))))
+            clip, cond, recon, pipe = self.validation_recon()
             columns, titles = [to_uint8(clip)], ["original"]
             if pipe.previewer is not None:
                 preview = resize(pipe.preview(cond.cpu()), recon.shape[-2:])  # (T, 3, S/4, S/4) -> (T, 3, S, S)
