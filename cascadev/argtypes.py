@@ -10,8 +10,19 @@ import os
 from .errors import CascadeVError
 from .rules import SEED_LIMIT, check_device_name, whole_problem
 
-__all__ = ["positive_int", "non_negative_int", "positive_float", "seed", "device", "frame_size", "max_size",
-           "size_limit_problem", "SEED_LIMIT", "MAX_SIZE", "MAX_SIZE_ENV"]
+__all__ = [
+    "positive_int",
+    "non_negative_int",
+    "positive_float",
+    "seed",
+    "device",
+    "frame_size",
+    "max_size",
+    "size_limit_problem",
+    "SEED_LIMIT",
+    "MAX_SIZE",
+    "MAX_SIZE_ENV",
+]
 
 
 def whole(value: str, lo: int, hi: int | None = None) -> int:
@@ -79,8 +90,10 @@ def size_limit_problem(short_side: int) -> str | None:
     if short_side <= limit:
         return None
     gib = 3 * 4 * short_side * short_side / 2**30  # one square float32 RGB frame
-    return (f"{short_side} pixels is above the maximum short side of {limit} (one such frame alone is "
-            f"{gib:.1f} GiB as float32; set {MAX_SIZE_ENV} to allow more)")
+    return (
+        f"{short_side} pixels is above the maximum short side of {limit} (one such frame alone is "
+        f"{gib:.1f} GiB as float32; set {MAX_SIZE_ENV} to allow more)"
+    )
 
 
 def frame_size(value: str) -> int:

@@ -30,15 +30,24 @@ _LIVE: set[Path] = set()
 # A short tag of this machine's name, so that a PID in a shared (network) folder is only judged here.
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _PARTIAL = re.compile(r"^\..+\.partial-(?:(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})-)?[^/]*$")
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-            (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 # A full disk or quota shows up as an OSError, or only as text: safetensors' Rust "StorageFull", torch's
 # "PytorchStreamWriter failed writing file ... file write failed" / "unexpected pos".
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "StorageFull", "file write failed",
-                   "unexpected pos")
+_DISK_FULL_TEXT = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "StorageFull",
+    "file write failed",
+    "unexpected pos",
+)
 
 
 def is_disk_full(exc: BaseException | None) -> bool:
@@ -55,8 +64,10 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 
 def disk_full_error(path: str | os.PathLike) -> CascadeVError:
-    return CascadeVError(f"The disk is full: writing {path} failed (no space left on the device, or the disk "
-                         "quota is used up); free some space and run again.")
+    return CascadeVError(
+        f"The disk is full: writing {path} failed (no space left on the device, or the disk "
+        "quota is used up); free some space and run again."
+    )
 
 
 def write_error(path: str | os.PathLike, exc: BaseException) -> CascadeVError:
@@ -176,10 +187,14 @@ def sweep_stale_partials(folder: str | os.PathLike) -> str | None:
                 unknown.append(entry.name)
     parts = []
     if removed:
-        parts.append(f"removed {len(removed)} partial file(s) left in {folder} by runs that died ({', '.join(removed[:3])})")
+        parts.append(
+            f"removed {len(removed)} partial file(s) left in {folder} by runs that died ({', '.join(removed[:3])})"
+        )
     if unknown:
-        parts.append(f"{len(unknown)} partial file(s) in {folder} may belong to another run and were left "
-                     f"({', '.join(unknown[:3])})")
+        parts.append(
+            f"{len(unknown)} partial file(s) in {folder} may belong to another run and were left "
+            f"({', '.join(unknown[:3])})"
+        )
     return "; ".join(parts) + "." if parts else None
 
 

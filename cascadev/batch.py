@@ -66,8 +66,11 @@ def is_batch(items: Sequence[str]) -> bool:
     if len(items) != 1:
         return True
     path = Path(items[0])
-    return path.is_dir() or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES) or (
-        not path.exists() and any(c in items[0] for c in _GLOB_CHARS))
+    return (
+        path.is_dir()
+        or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES)
+        or (not path.exists() and any(c in items[0] for c in _GLOB_CHARS))
+    )
 
 
 def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES) -> list[Path]:
@@ -79,8 +82,14 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
     for item in items:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
-                            and not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
+            files = sorted(
+                (
+                    p
+                    for p in path.iterdir()
+                    if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+                ),
+                key=lambda p: _natural_key(p.name),
+            )
             if not files:
                 raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
             found.extend(files)
@@ -89,8 +98,10 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
         elif path.is_file():
             found.append(path)
         elif any(c in item for c in _GLOB_CHARS):
-            files = sorted((Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()),
-                           key=lambda p: _natural_key(str(p)))
+            files = sorted(
+                (Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()),
+                key=lambda p: _natural_key(str(p)),
+            )
             if not files:
                 raise CascadeVError(f"The pattern {item} matches no files.")
             found.extend(files)
@@ -108,7 +119,9 @@ def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]
     for source in sources:
         name = source.stem
         if name in names:
-            raise CascadeVError(f"Two inputs are named {name} ({names[name]} and {source}); their outputs would collide.")
+            raise CascadeVError(
+                f"Two inputs are named {name} ({names[name]} and {source}); their outputs would collide."
+            )
         names[name] = source
         if command == "recon":
             from .reconstruct import recon_outputs
@@ -227,8 +240,15 @@ def run_batch(
     for i in bar:
         job = pending[i]
         started = time.perf_counter()
-        record = {"input": str(job.source), "outputs": [str(p) for p in job.outputs], "seconds": None,
-                  "frames": costs[i], "status": "done", "error": None, "process": state.process_index}
+        record = {
+            "input": str(job.source),
+            "outputs": [str(p) for p in job.outputs],
+            "seconds": None,
+            "frames": costs[i],
+            "status": "done",
+            "error": None,
+            "process": state.process_index,
+        }
         try:
             written = task(job)
             if isinstance(written, (list, tuple)):
@@ -262,9 +282,17 @@ def run_batch(
                 result.records.extend(ran[key])  # one record per input, unless a process repeated one
             else:  # complete before this run started
                 old = previous.get(key, {})
-                result.records.append({"input": key, "outputs": [str(p) for p in job.outputs],
-                                       "seconds": old.get("seconds"), "frames": old.get("frames"),
-                                       "status": "skipped", "error": None, "process": None})
+                result.records.append(
+                    {
+                        "input": key,
+                        "outputs": [str(p) for p in job.outputs],
+                        "seconds": old.get("seconds"),
+                        "frames": old.get("frames"),
+                        "status": "skipped",
+                        "error": None,
+                        "process": None,
+                    }
+                )
         _write_jsonl(manifest, result.records)
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -282,10 +310,14 @@ def report(result: BatchResult, out_dir: Path) -> None:
     if failed:  # one error line, from the main process
         first = failed[0]
         what = first["error"] if first["input"] in first["error"] else f"{first['input']}: {first['error']}"
-        raise CascadeVError(f"{len(failed)} of {len(result.records)} inputs failed (first: {what.rstrip('.')}); "
-                            f"{counts['done']} done, {counts['skipped']} already complete; see {out_dir / MANIFEST}.")
-    print(f"cascadev: wrote {out_dir} ({counts['done']} done, {counts['skipped']} already complete; "
-          f"manifest {out_dir / MANIFEST})")
+        raise CascadeVError(
+            f"{len(failed)} of {len(result.records)} inputs failed (first: {what.rstrip('.')}); "
+            f"{counts['done']} done, {counts['skipped']} already complete; see {out_dir / MANIFEST}."
+        )
+    print(
+        f"cascadev: wrote {out_dir} ({counts['done']} done, {counts['skipped']} already complete; "
+        f"manifest {out_dir / MANIFEST})"
+    )
 
 
 def _use_process_device(args) -> None:
@@ -331,6 +363,7 @@ def run_command(args, inputs: Sequence[str], make_loader: Callable[[Sequence[str
         with output_lock(job.target):  # one writer per output, also across concurrent batches
             return task(job.source, job.target, load)
 
-    result = run_batch(jobs, run_one, out_dir, latent_inputs=latent,
-                       frames_limit=frames, progress=not args.quiet, desc=args.command)
+    result = run_batch(
+        jobs, run_one, out_dir, latent_inputs=latent, frames_limit=frames, progress=not args.quiet, desc=args.command
+    )
     report(result, out_dir)

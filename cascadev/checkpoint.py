@@ -25,9 +25,7 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 # torch's weights-only unpickler names the global it refused, e.g. "Unsupported global: GLOBAL io.open".
-_UNSAFE_GLOBAL = re.compile(
-    r"(?:Unsupported global: GLOBAL|unrecognized function|Unsupported class)\s+([\w.]+)"
-)
+_UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unrecognized function|Unsupported class)\s+([\w.]+)")
 
 # How many names of each kind of difference check_fit lists before writing "...".
 _MAX_LISTED = 5
@@ -77,15 +75,11 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises SafetensorError/OSError/... for bad files
-            raise CascadeVError(
-                f"checkpoint {path} is corrupt or not a safetensors file ({_short(exc)})."
-            ) from None
+            raise CascadeVError(f"checkpoint {path} is corrupt or not a safetensors file ({_short(exc)}).") from None
 
     if suffix not in PICKLE_SUFFIXES:
         known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
-        raise CascadeVError(
-            f"checkpoint {path} has an unknown extension '{path.suffix}' (expected one of {known})."
-        )
+        raise CascadeVError(f"checkpoint {path} has an unknown extension '{path.suffix}' (expected one of {known}).")
 
     try:
         with warnings.catch_warnings():
@@ -101,23 +95,16 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
                 "containers are accepted)."
             ) from None
         raise CascadeVError(
-            f"checkpoint {path} is corrupt or cannot be loaded safely as a torch checkpoint "
-            "of tensors."
+            f"checkpoint {path} is corrupt or cannot be loaded safely as a torch checkpoint of tensors."
         ) from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError/... for bad files
-        raise CascadeVError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint ({_short(exc)})."
-        ) from None
+        raise CascadeVError(f"checkpoint {path} is corrupt or not a torch checkpoint ({_short(exc)}).") from None
 
     if not isinstance(obj, Mapping):
-        raise CascadeVError(
-            f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors."
-        )
+        raise CascadeVError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors.")
     if key is not None:
         if key not in obj:
-            raise CascadeVError(
-                f"checkpoint {path} has no entry '{key}' (entries: {_describe_entries(obj)})."
-            )
+            raise CascadeVError(f"checkpoint {path} has no entry '{key}' (entries: {_describe_entries(obj)}).")
         sd = _as_state_dict(obj[key])
         if sd is None:
             raise CascadeVError(f"entry '{key}' of checkpoint {path} is not a dict of tensors.")
@@ -125,9 +112,7 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     if "state_dict" in obj:
         sd = _as_state_dict(obj["state_dict"])
         if sd is None:
-            raise CascadeVError(
-                f"entry 'state_dict' of checkpoint {path} is not a dict of tensors."
-            )
+            raise CascadeVError(f"entry 'state_dict' of checkpoint {path} is not a dict of tensors.")
         return sd
     sd = _as_state_dict(obj)
     if sd is None:
@@ -275,9 +260,7 @@ def save_safetensors(
         CascadeVError: bad entries, a missing destination directory, or a write failure.
     """
     path = check_output_path(path, "checkpoint")
-    if metadata is not None and not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise CascadeVError(f"cannot write {path}: safetensors metadata must map str to str.")
 
     tensors: dict[str, torch.Tensor] = {}

@@ -35,28 +35,48 @@ def _default_config() -> str:
 def add_device_options(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """--device and --dtype, declared once for the commands and the tools that run the models."""
     p.add_argument("--device", type=device, default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=PRECISIONS, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 "
-                   "(the release's: half weights under fp16 autocast) or bf16")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (the release's: half weights under fp16 autocast) or bf16",
+    )
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--config", default=None, help=f"model config (default {DEFAULT_CONFIG})")
     g.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
-    g.add_argument("--ckpt", default=None, help="DiT checkpoint (.safetensors or .pth), loaded even with --random-init; default from the config")
-    g.add_argument("--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)")
-    g.add_argument("--random-init", action="store_true", help="random weights for the parts --ckpt does not give (smoke tests only)")
+    g.add_argument(
+        "--ckpt",
+        default=None,
+        help="DiT checkpoint (.safetensors or .pth), loaded even with --random-init; default from the config",
+    )
+    g.add_argument(
+        "--weights-dir", default=None, help="folder of the weight files (default: the config's, pretrained/)"
+    )
+    g.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights for the parts --ckpt does not give (smoke tests only)",
+    )
     add_device_options(g)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_preset_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="default", choices=list(PRESETS),
-                   help="default (this project's improved behaviour) or release (the release's recon step by step; "
-                        "README: Default vs release)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=list(PRESETS),
+        help="default (this project's improved behaviour) or release (the release's recon step by step; "
+        "README: Default vs release)",
+    )
 
 
-def _add_frame_options(p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)") -> None:
+def _add_frame_options(
+    p: argparse.ArgumentParser, size_help: str = "resize so the short side has this many pixels (default: keep)"
+) -> None:
     g = p.add_argument_group("frames")
     g.add_argument("--size", type=frame_size, default=None, help=size_help)
     g.add_argument("--start", type=non_negative_int, default=0, help="first frame (default 0)")
@@ -67,8 +87,12 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default from the config: 8)")
     g.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="euler_a (default), ddim or dpm_solver")
-    g.add_argument("--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video")
-    g.add_argument("--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)")
+    g.add_argument(
+        "--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video"
+    )
+    g.add_argument(
+        "--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)"
+    )
     g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
     g.add_argument("--vae-chunk", type=positive_int, default=None, help="frames per SVD decoder call")
 
@@ -76,11 +100,18 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output video")
     g.add_argument("--codec", default="libx264", help="video encoder (default libx264; e.g. libx265, libx264rgb)")
-    g.add_argument("--crf", type=non_negative_int, default=18,
-                   help="constant quality for libx264, libx264rgb and libx265: 0 (lossless) to 51 (default 18); "
-                        "other codecs use their own defaults")
-    g.add_argument("--pix-fmt", default=None,
-                   help="pixel format (default yuv420p, odd sizes padded to even by one pixel; yuv444p keeps them)")
+    g.add_argument(
+        "--crf",
+        type=non_negative_int,
+        default=18,
+        help="constant quality for libx264, libx264rgb and libx265: 0 (lossless) to 51 (default 18); "
+        "other codecs use their own defaults",
+    )
+    g.add_argument(
+        "--pix-fmt",
+        default=None,
+        help="pixel format (default yuv420p, odd sizes padded to even by one pixel; yuv444p keeps them)",
+    )
 
 
 _MANY = "; several inputs (paths, folders, list files, globs) make OUTPUT a folder of outputs named after them"
@@ -88,12 +119,20 @@ _MANY = "; several inputs (paths, folders, list files, globs) make OUTPUT a fold
 
 def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str, size_help: str) -> None:
     p.add_argument("video", nargs="+", help="input video(s), e.g. another text-to-video model's output")
-    p.add_argument("-o", "--output", required=True,
-                   help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY)
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="video file to write (.mp4, .mkv, .mov); the input's audio is copied" + _MANY,
+    )
     p.add_argument(count, type=positive_int, default=None, metavar="N", help=count_help)
-    p.add_argument("--mode", default="tiles", choices=MODES,
-                   help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
-                        "the trained size): the DiT's 2x mode, experimental (the release never trained it)")
+    p.add_argument(
+        "--mode",
+        default="tiles",
+        choices=MODES,
+        help="tiles (default: trained-size tiles, the trained path); 2x or auto (2x for latents >= twice "
+        "the trained size): the DiT's 2x mode, experimental (the release never trained it)",
+    )
     _add_frame_options(p, size_help=size_help)
     _add_sampling_options(p)
     _add_output_options(p)
@@ -103,9 +142,16 @@ def _add_enhance_options(p: argparse.ArgumentParser, count: str, count_help: str
 def _add_store_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latent store (many videos -> shards of clip latents)")
     g.add_argument("--shards", action="store_true", help="write a sharded latent store into the folder OUTPUT")
-    g.add_argument("--shard-size", type=positive_float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)")
-    g.add_argument("--clip-frames", type=positive_int, default=None, metavar="N",
-                   help="cut each video into clips of N frames (default: one clip of all frames)")
+    g.add_argument(
+        "--shard-size", type=positive_float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)"
+    )
+    g.add_argument(
+        "--clip-frames",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="cut each video into clips of N frames (default: one clip of all frames)",
+    )
 
 
 RECON_FILES_HELP = """files written to the output folder:
@@ -119,8 +165,9 @@ RECON_FILES_HELP = """files written to the output folder:
 
 def _subparser(sub, name: str, summary: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     # Raw description: the file lists and metric names keep their lines instead of being re-wrapped.
-    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name, help=summary, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -139,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cascadev {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = _subparser(sub, "encode", "video -> semantic latent (.safetensors)",
-                   "Compress a video to its semantic latent (16, T, H/32, W/32) with StableCascade's EfficientNet encoder.")
+    p = _subparser(
+        sub,
+        "encode",
+        "video -> semantic latent (.safetensors)",
+        "Compress a video to its semantic latent (16, T, H/32, W/32) with StableCascade's EfficientNet encoder.",
+    )
     p.add_argument("video", nargs="+", help="input video file(s) (.mp4, .mkv, .mov, ...), folders, list files or globs")
     p.add_argument("-o", "--output", required=True, help="latent file to write (.safetensors)" + _MANY)
     _add_frame_options(p)
@@ -148,50 +199,95 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(p)
     _add_model_options(p)
 
-    p = _subparser(sub, "decode", "semantic latent -> video (DiT refinement + SVD decoding)",
-                   "Decode a latent from `cascadev encode`: the DiT samples the SVD latent, the SVD VAE makes frames.")
-    p.add_argument("latent", nargs="+", help="latent file(s) written by cascadev encode (.safetensors), folders, list files or globs")
+    p = _subparser(
+        sub,
+        "decode",
+        "semantic latent -> video (DiT refinement + SVD decoding)",
+        "Decode a latent from `cascadev encode`: the DiT samples the SVD latent, the SVD VAE makes frames.",
+    )
+    p.add_argument(
+        "latent",
+        nargs="+",
+        help="latent file(s) written by cascadev encode (.safetensors), folders, list files or globs",
+    )
     p.add_argument("-o", "--output", required=True, help="video file to write (.mp4, .mkv, .mov)" + _MANY)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_preset_option(p)
     _add_model_options(p)
 
-    p = _subparser(sub, "recon", "video -> latent -> video, with previews and a comparison",
-                   "Encode a video and decode it again (the release's recon.sh), writing the latent, the "
-                   "reconstruction and comparisons.", RECON_FILES_HELP)
+    p = _subparser(
+        sub,
+        "recon",
+        "video -> latent -> video, with previews and a comparison",
+        "Encode a video and decode it again (the release's recon.sh), writing the latent, the "
+        "reconstruction and comparisons.",
+        RECON_FILES_HELP,
+    )
     p.add_argument("video", nargs="+", help="input video file(s) (.mp4, .mkv, .mov, ...), folders, list files or globs")
-    p.add_argument("-o", "--output", required=True,
-                   help="output folder (created if missing)" + _MANY.replace("make OUTPUT a folder of", "put in it"))
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder (created if missing)" + _MANY.replace("make OUTPUT a folder of", "put in it"),
+    )
     _add_frame_options(p)
     _add_sampling_options(p)
     _add_output_options(p)
     _add_preset_option(p)
     _add_model_options(p)
 
-    p = _subparser(sub, "upscale", "another model's video -> 4x resolution (2x mode up to 2K), streamed",
-                   "Raise another model's video to N x its resolution with the LDM-VAE (paper Fig. 1), streamed, audio kept.")
-    _add_enhance_options(p, "--scale", "output size = N x the input's (default 4)",
-                         "short side of the output in pixels, instead of --scale")
+    p = _subparser(
+        sub,
+        "upscale",
+        "another model's video -> 4x resolution (2x mode up to 2K), streamed",
+        "Raise another model's video to N x its resolution with the LDM-VAE (paper Fig. 1), streamed, audio kept.",
+    )
+    _add_enhance_options(
+        p,
+        "--scale",
+        "output size = N x the input's (default 4)",
+        "short side of the output in pixels, instead of --scale",
+    )
 
-    p = _subparser(sub, "interpolate", "another model's video -> 4x frame rate, streamed",
-                   "Raise another model's video to N x its frame rate with the LDM-VAE (paper Fig. 1), streamed, audio kept.")
-    _add_enhance_options(p, "--factor", "N - 1 new frames between each pair of input frames, N x the frame rate (default 4)",
-                         "resize the output so its short side has this many pixels (default: keep)")
+    p = _subparser(
+        sub,
+        "interpolate",
+        "another model's video -> 4x frame rate, streamed",
+        "Raise another model's video to N x its frame rate with the LDM-VAE (paper Fig. 1), streamed, audio kept.",
+    )
+    _add_enhance_options(
+        p,
+        "--factor",
+        "N - 1 new frames between each pair of input frames, N x the frame rate (default 4)",
+        "resize the output so its short side has this many pixels (default: keep)",
+    )
 
-    p = _subparser(sub, "train", "train the DiT on a list of videos (accelerate; resumes from the work dir)",
-                   "Train the LDM-VAE's DiT with the config's recipe; started again with the same --work-dir it resumes.")
+    p = _subparser(
+        sub,
+        "train",
+        "train the DiT on a list of videos (accelerate; resumes from the work dir)",
+        "Train the LDM-VAE's DiT with the config's recipe; started again with the same --work-dir it resumes.",
+    )
     _add_training_options(p)
     p.add_argument("--weights-dir", default=None, help="folder of the frozen networks' weights (default: the config's)")
     p.add_argument("--random-init", action="store_true", help="frozen VAE/compressor at random (smoke tests only)")
 
-    p = _subparser(sub, "train-ae", "train the semantic compressor + previewer, or the video VAE (accelerate; resumes)",
-                   "Train the networks the DiT stands on with the same loop, logs, checkpoints and resume as train: "
-                   "--part compressor (compressor + previewer) or --part vae (AutoencoderKLTemporalDecoder).")
+    p = _subparser(
+        sub,
+        "train-ae",
+        "train the semantic compressor + previewer, or the video VAE (accelerate; resumes)",
+        "Train the networks the DiT stands on with the same loop, logs, checkpoints and resume as train: "
+        "--part compressor (compressor + previewer) or --part vae (AutoencoderKLTemporalDecoder).",
+    )
     _add_training_options(p)
     p.add_argument("--part", required=True, choices=AUTOENCODER_PARTS, help="compressor (with its previewer) or vae")
-    p.add_argument("--export", default=None, help="folder for the trained weights, under the config's weights names "
-                   "(default: WORK_DIR/weights; pass it to other commands as --weights-dir)")
+    p.add_argument(
+        "--export",
+        default=None,
+        help="folder for the trained weights, under the config's weights names "
+        "(default: WORK_DIR/weights; pass it to other commands as --weights-dir)",
+    )
 
     from .evaluation.cli import add_eval_parser
 
@@ -226,10 +322,18 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
 
     def load():
         return build_pipeline(
-            cfg, parts, device=device, dtype=precision.dtype, autocast_dtype=precision.autocast,
-            weights_dir=args.weights_dir, ckpt=args.ckpt, random_init=args.random_init,
-            tile_blend=preset.tile_blend, round_timesteps=preset.round_timesteps,
-            fp32_attention=preset.fp32_attention and precision.autocast is not None, **overrides,
+            cfg,
+            parts,
+            device=device,
+            dtype=precision.dtype,
+            autocast_dtype=precision.autocast,
+            weights_dir=args.weights_dir,
+            ckpt=args.ckpt,
+            random_init=args.random_init,
+            tile_blend=preset.tile_blend,
+            round_timesteps=preset.round_timesteps,
+            fp32_attention=preset.fp32_attention and precision.autocast is not None,
+            **overrides,
         )
 
     return load
@@ -246,8 +350,13 @@ def _sampling(args: argparse.Namespace, cfg):
     from .reconstruct import SamplingArgs
 
     scheduler = args.scheduler or setting(cfg, "sampling.scheduler")  # the parser and the schema checked both
-    return SamplingArgs(scheduler=scheduler, steps=args.steps or setting(cfg, "sampling.steps"), seed=args.seed,
-                        progress=not args.quiet, preset=_preset(args))
+    return SamplingArgs(
+        scheduler=scheduler,
+        steps=args.steps or setting(cfg, "sampling.steps"),
+        seed=args.seed,
+        progress=not args.quiet,
+        preset=_preset(args),
+    )
 
 
 def _check_work_dir(work_dir: Path) -> None:
@@ -321,8 +430,14 @@ def run(args: argparse.Namespace) -> None:
 
         cfg = load_config(args.config, args.cfg_options)
         _check_work_dir(Path(args.work_dir))
-        options = TrainOptions(Path(args.work_dir), args.max_steps, getattr(args, "weights_dir", None),
-                               getattr(args, "random_init", False), args.device, progress=not args.quiet)
+        options = TrainOptions(
+            Path(args.work_dir),
+            args.max_steps,
+            getattr(args, "weights_dir", None),
+            getattr(args, "random_init", False),
+            args.device,
+            progress=not args.quiet,
+        )
         if args.command == "train-ae":
             from .training.autoencoders import AutoencoderTrainer
 
@@ -347,8 +462,11 @@ def run(args: argparse.Namespace) -> None:
         batch.run_command(args, inputs, lambda parts: _loader(args, cfg, parts), _task(args, cfg))
     else:
         parts, task = _task(args, cfg, single=True)
-        batch.on_main_process(args, lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
-                              everyone=args.command in ("decode", "recon"))
+        batch.on_main_process(
+            args,
+            lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
+            everyone=args.command in ("decode", "recon"),
+        )
         if batch.distributed_state().is_main_process:
             written = os.path.join(args.output, "") if args.command == "recon" else args.output  # a folder: "out/"
             _wrote(written, _summary(args.command, args.output))
@@ -375,22 +493,40 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
 
     if args.command == "encode":
         return ["compressor"], lambda source, output, load: reconstruct.encode_video(
-            load, source, output, size=args.size, start=args.start, num_frames=args.num_frames, progress=not args.quiet,
-            preset=_preset(args))
+            load,
+            source,
+            output,
+            size=args.size,
+            start=args.start,
+            num_frames=args.num_frames,
+            progress=not args.quiet,
+            preset=_preset(args),
+        )
     sampling = _sampling(args, cfg)
     video_options = dict(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
     if args.command == "decode":
         from .segments import decode_latent_split
 
-        decode = decode_latent_split if single else reconstruct.decode_latent  # one latent: processes share its segments
+        decode = (
+            decode_latent_split if single else reconstruct.decode_latent
+        )  # one latent: processes share its segments
         return ["dit", "vae"], lambda source, output, load: decode(load, source, output, sampling, **video_options)
     if args.command == "recon":
         from .segments import reconstruct_split
 
-        recon = reconstruct_split if single else reconstruct.reconstruct_video  # one video: processes share its segments
+        recon = (
+            reconstruct_split if single else reconstruct.reconstruct_video
+        )  # one video: processes share its segments
         return ["dit", "compressor", "previewer", "vae"], lambda source, output, load: recon(
-            load, source, output, sampling, size=args.size, start=args.start, num_frames=args.num_frames,
-            **video_options)
+            load,
+            source,
+            output,
+            sampling,
+            size=args.size,
+            start=args.start,
+            num_frames=args.num_frames,
+            **video_options,
+        )
     from . import enhance
 
     if args.command == "upscale":
@@ -400,8 +536,17 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
     else:
         fn, count = enhance.interpolate_video, {"factor": args.factor or 4}
     return _enhance_parts(cfg), lambda source, output, load: fn(
-        load, source, output, sampling, size=args.size, mode=args.mode, start=args.start, num_frames=args.num_frames,
-        **video_options, **count)
+        load,
+        source,
+        output,
+        sampling,
+        size=args.size,
+        mode=args.mode,
+        start=args.start,
+        num_frames=args.num_frames,
+        **video_options,
+        **count,
+    )
 
 
 def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
@@ -489,7 +634,10 @@ def _main(args: argparse.Namespace) -> int:
             print(f"cascadev: error: {disk_full_error(where)}", file=sys.stderr)
             return 2
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     if interrupted:
         # Out of the except block the traceback (holding readers and writers) is gone: with signals

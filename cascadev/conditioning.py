@@ -114,8 +114,12 @@ class Conditioner:
 
     def _chunked(self, fn, frames: torch.Tensor) -> torch.Tensor:
         # Bounded memory: the encoders see `chunk` frames at a time, whatever N is.
-        return torch.cat([fn(frames[i:i + self.chunk].to(self.device, self.dtype)).float()
-                          for i in range(0, frames.shape[0], self.chunk)])
+        return torch.cat(
+            [
+                fn(frames[i : i + self.chunk].to(self.device, self.dtype)).float()
+                for i in range(0, frames.shape[0], self.chunk)
+            ]
+        )
 
     @torch.no_grad()
     def semantic(self, frames: torch.Tensor) -> torch.Tensor:

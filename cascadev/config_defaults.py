@@ -46,4 +46,6 @@ def setting(cfg: Any, key: str) -> Any:
         value = _lookup(source, key)
         if value is not _MISSING:
             return value
-    raise CascadeVError(f"the config has no key {key}, and the shipped config {SHIPPED_CONFIG} that gives its default is missing")
+    raise CascadeVError(
+        f"the config has no key {key}, and the shipped config {SHIPPED_CONFIG} that gives its default is missing"
+    )

@@ -68,13 +68,20 @@ def sequence(item: Callable[[Any], bool] | None = None, what: str = "a list", nu
 
 
 def one_or_more_strings(nullable: bool = False) -> Rule:
-    return Rule(lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
-                "a file name or a list of file names", nullable)
+    return Rule(
+        lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+        "a file name or a list of file names",
+        nullable,
+    )
 
 
 def positive_or_pair_of_positive() -> Rule:
-    return Rule(lambda v: (_is_number(v) and v > 0) or (isinstance(v, (list, tuple)) and all(_is_number(x) and x > 0 for x in v)),
-                "a positive number or a list of positive numbers")
+    return Rule(
+        lambda v: (
+            (_is_number(v) and v > 0) or (isinstance(v, (list, tuple)) and all(_is_number(x) and x > 0 for x in v))
+        ),
+        "a positive number or a list of positive numbers",
+    )
 
 
 COUNT = integer(1)

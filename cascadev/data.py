@@ -65,17 +65,14 @@ def _read_json_list(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CascadeVError(f"The video list {path} is not valid JSON ({exc}).") from exc
     if not isinstance(data, list):
-        raise CascadeVError(
-            f"The video list {path} must hold a JSON list of paths or of objects with a 'path' key."
-        )
+        raise CascadeVError(f"The video list {path} must hold a JSON list of paths or of objects with a 'path' key.")
     entries = []
     for i, item in enumerate(data):
         if isinstance(item, dict):
             item = item.get("path", item.get("video"))
         if not isinstance(item, str) or not item.strip():
             raise CascadeVError(
-                f"Entry {i} of the video list {path} is neither a path nor an object with a "
-                "'path' (or 'video') string."
+                f"Entry {i} of the video list {path} is neither a path nor an object with a 'path' (or 'video') string."
             )
         entries.append(item.strip())
     return entries
@@ -154,9 +151,7 @@ def _natural_key(name: str) -> list[Any]:
 
 def _list_frames(folder: Path) -> list[Path]:
     try:
-        files = [
-            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        ]
+        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     except OSError as exc:
         raise CascadeVError(f"The frame folder {folder} cannot be listed ({exc}).") from exc
     return sorted(files, key=lambda p: _natural_key(p.name))
@@ -172,9 +167,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise CascadeVError(f"The frame {path} is not a readable image.") from exc
 
 
-def _read_frames(
-    path: str, num_frames: int, time_stride: int, rng: np.random.Generator, pad: bool
-) -> np.ndarray:
+def _read_frames(path: str, num_frames: int, time_stride: int, rng: np.random.Generator, pad: bool) -> np.ndarray:
     """uint8 ``(num_frames, H, W, 3)`` RGB frames of one clip; CascadeVError when unusable."""
     source = Path(path)
     if source.is_dir():

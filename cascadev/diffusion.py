@@ -52,9 +52,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
     ``"squaredcos_cap_v2"``): alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2, betas capped at 0.999.
     """
     if int(num_timesteps) != num_timesteps or num_timesteps < 2:
-        raise CascadeVError(
-            f"The number of diffusion steps must be a whole number of at least 2, got {num_timesteps}."
-        )
+        raise CascadeVError(f"The number of diffusion steps must be a whole number of at least 2, got {num_timesteps}.")
     n = int(num_timesteps)
     if name == "linear":
         scale = 1000.0 / n
@@ -66,9 +64,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
 
         betas = [min(1.0 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
         return np.asarray(betas, dtype=np.float64)
-    raise CascadeVError(
-        f"Unknown beta_schedule {name!r}; expected 'linear' or 'cosine' ('squaredcos_cap_v2')."
-    )
+    raise CascadeVError(f"Unknown beta_schedule {name!r}; expected 'linear' or 'cosine' ('squaredcos_cap_v2').")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -76,13 +72,9 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else x
 
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """Elementwise ``KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)))`` in nats (broadcasts)."""
-    return 0.5 * (
-        logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -90,9 +82,7 @@ def approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor
-) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
     """Elementwise log-probability (nats) of ``x`` in [-1, 1] under a Gaussian discretised to 256 bins.
 
     Each value owns the bin ``x +- 1/255``; values beyond +-0.999 own the whole tail on their side.
@@ -126,9 +116,7 @@ class GaussianDiffusion:
     loss is the MSE alone (``vb`` is zero).
     """
 
-    def __init__(
-        self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True
-    ) -> None:
+    def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True) -> None:
         betas = get_named_beta_schedule(beta_schedule, num_timesteps)
         self.num_timesteps = int(betas.shape[0])
         self.beta_schedule = beta_schedule
@@ -146,13 +134,9 @@ class GaussianDiffusion:
         # q(x_{t-1} | x_t, x_0)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # The posterior variance is 0 at t = 0; its log takes the t = 1 value there instead.
-        self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:])
-        )
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (
-            (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
-        )
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         self.log_betas = np.log(betas)
         # float32 copies of the arrays above, per device, made on first use (see _gather).
         self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -170,9 +154,7 @@ class GaussianDiffusion:
                 raise ValueError("t must hold whole timesteps")
             t = t.long()
         if n and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
-            raise ValueError(
-                f"timesteps must lie in [0, {self.num_timesteps - 1}], got {int(t.min())}..{int(t.max())}"
-            )
+            raise ValueError(f"timesteps must lie in [0, {self.num_timesteps - 1}], got {int(t.min())}..{int(t.max())}")
         return t.long()
 
     @staticmethod
@@ -200,9 +182,7 @@ class GaussianDiffusion:
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Noise ``x_start`` (N, ...) to timesteps ``t`` (N,): ``sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise``."""
         if noise.shape != x_start.shape:
-            raise ValueError(
-                f"noise has shape {tuple(noise.shape)}, x_start {tuple(x_start.shape)}; they must match"
-            )
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, x_start {tuple(x_start.shape)}; they must match")
         t = self._check_t(t, x_start.shape[0])
         return (
             self._gather("sqrt_alphas_cumprod", t, x_start) * x_start
@@ -214,8 +194,7 @@ class GaussianDiffusion:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log-variance of ``q(x_{t-1} | x_t, x_0)``, both broadcastable to x_t."""
         mean = (
-            self._gather("posterior_mean_coef1", t, x_t) * x_start
-            + self._gather("posterior_mean_coef2", t, x_t) * x_t
+            self._gather("posterior_mean_coef1", t, x_t) * x_start + self._gather("posterior_mean_coef2", t, x_t) * x_t
         )
         return mean, self._gather("posterior_log_variance_clipped", t, x_t)
 

@@ -74,14 +74,16 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
 
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True):
+    def step(
+        self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True
+    ):
         """One solver step from time ``t_k`` to ``t_{k+1}``, given the noise prediction at ``t_k``."""
         k, steps = self._step_index, self.num_inference_steps
         s, t = self.t_continuous[k], self.t_continuous[k + 1]
         alpha_s, sigma_s, lambda_s = self._coefficients(s)
         alpha_t, sigma_t, lambda_t = self._coefficients(t)
         x0 = (sample - sigma_s * model_output) / alpha_s  # DPM-Solver++ works on data predictions
-        self._history = (self._history + [x0])[-self.config.solver_order:]
+        self._history = (self._history + [x0])[-self.config.solver_order :]
         order = min(self.config.solver_order, len(self._history))
         if self.config.lower_order_final and steps < 10:
             order = min(order, steps - k)  # the release's rule: lower orders on the final steps

@@ -84,6 +84,7 @@ def condition_encoder(pipe: CascadeVPipeline, size: tuple[int, int]) -> Callable
     def encode(chunk: np.ndarray) -> torch.Tensor:
         x = resize_for_encoding(from_uint8(chunk), low)  # (n, h, w, 3) uint8 -> (n, 3, *low), training's filter
         return conditioner.encode(pad_to(x, *low_padded)).cpu().transpose(0, 1)  # (n, C, h, w) -> (C, n, h, w)
+
     return encode
 
 
@@ -95,8 +96,14 @@ class ConditionStream:
     only about one segment of latents in memory. A read further back starts again from ``t0``.
     """
 
-    def __init__(self, reader: VideoReader, start: int, count: int, encode: Callable[[np.ndarray], torch.Tensor],
-                 chunk: int = READ_CHUNK):
+    def __init__(
+        self,
+        reader: VideoReader,
+        start: int,
+        count: int,
+        encode: Callable[[np.ndarray], torch.Tensor],
+        chunk: int = READ_CHUNK,
+    ):
         self.reader, self.start, self.count, self.encode, self.chunk = reader, start, count, encode, chunk
         self._lo = 0
         self._latent: torch.Tensor | None = None  # latents of frames [_lo, _lo + _latent.shape[1])
@@ -113,7 +120,7 @@ class ConditionStream:
         elif t0 > self._lo:
             # decode's reads never go back before t0, so frames before it can go. A slice is a view
             # that keeps the whole old tensor alive (memory would grow with the video); clone frees it.
-            self._latent = self._latent[:, t0 - self._lo:].clone()
+            self._latent = self._latent[:, t0 - self._lo :].clone()
             self._lo = t0
         parts = [] if self._latent is None else [self._latent]
         hi = self._lo + (0 if self._latent is None else self._latent.shape[1])
@@ -126,7 +133,7 @@ class ConditionStream:
             self.frames_encoded += n
             hi += n
         self._latent = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return self._latent[:, t0 - self._lo:t1 - self._lo]  # (C, t1 - t0, h, w), the latent file's layout
+        return self._latent[:, t0 - self._lo : t1 - self._lo]  # (C, t1 - t0, h, w), the latent file's layout
 
 
 def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) -> tuple[LatentRange, int]:
@@ -153,18 +160,47 @@ def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) 
     return read, count
 
 
-def _open_writer(output: str | os.PathLike, video: VideoReader, fps: float, size: tuple[int, int], start: int,
-                 codec: str, crf: int, pix_fmt: str | None, audio: bool, times: np.ndarray | None = None) -> VideoWriter:
+def _open_writer(
+    output: str | os.PathLike,
+    video: VideoReader,
+    fps: float,
+    size: tuple[int, int],
+    start: int,
+    codec: str,
+    crf: int,
+    pix_fmt: str | None,
+    audio: bool,
+    times: np.ndarray | None = None,
+) -> VideoWriter:
     audio_start = video.start_time(start)  # variable frame rate: the frames keep their times, audio follows
     if video.frame_times is not None:
         fps = frame_times.average_fps(times) if len(times) > 1 else fps
     make_folder(Path(output).parent)
-    return VideoWriter(output, fps, size[0], size[1], codec=codec, crf=crf, pix_fmt=pix_fmt,
-                       audio_from=video.path if audio else None, audio_start=audio_start, frame_times=times)
+    return VideoWriter(
+        output,
+        fps,
+        size[0],
+        size[1],
+        codec=codec,
+        crf=crf,
+        pix_fmt=pix_fmt,
+        audio_from=video.path if audio else None,
+        audio_start=audio_start,
+        frame_times=times,
+    )
 
 
-def _stream(load_pipeline: PipelineLoader, writer: VideoWriter, reader: VideoReader, start: int, count: int,
-            size: tuple[int, int], sampling: SamplingArgs, mode: str, factor: int | None) -> CascadeVPipeline:
+def _stream(
+    load_pipeline: PipelineLoader,
+    writer: VideoWriter,
+    reader: VideoReader,
+    start: int,
+    count: int,
+    size: tuple[int, int],
+    sampling: SamplingArgs,
+    mode: str,
+    factor: int | None,
+) -> CascadeVPipeline:
     with writer:
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
@@ -202,8 +238,18 @@ def upscale_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, scale=None if size is not None else scale, size=size)
-    writer = _open_writer(output, reader, reader.fps or 30.0, out_size, start, codec, crf, pix_fmt, audio,
-                          frame_times.select(reader.frame_times, start, count))
+    writer = _open_writer(
+        output,
+        reader,
+        reader.fps or 30.0,
+        out_size,
+        start,
+        codec,
+        crf,
+        pix_fmt,
+        audio,
+        frame_times.select(reader.frame_times, start, count),
+    )
     _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, None)
     return out_size
 
@@ -235,7 +281,17 @@ def interpolate_video(
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, size=size)
     times = frame_times.select(reader.frame_times, start, count)
-    writer = _open_writer(output, reader, (reader.fps or 30.0) * factor, out_size, start, codec, crf, pix_fmt, audio,
-                          None if times is None else frame_times.interpolated_times(times, factor))
+    writer = _open_writer(
+        output,
+        reader,
+        (reader.fps or 30.0) * factor,
+        out_size,
+        start,
+        codec,
+        crf,
+        pix_fmt,
+        audio,
+        None if times is None else frame_times.interpolated_times(times, factor),
+    )
     _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, factor)
     return writer.frames_written

@@ -116,8 +116,12 @@ def loads(text: str, num_frames: int | None = None) -> tuple[float, ...]:
         values = tuple(float(v) for v in json.loads(text))
     except (TypeError, ValueError) as exc:
         raise CascadeVError(f"The latent's frame times are not a list of numbers: {text[:40]!r}.") from exc
-    if (len(values) < 2 or values[0] != 0 or not all(math.isfinite(v) for v in values)
-            or any(b <= a for a, b in zip(values, values[1:]))):
+    if (
+        len(values) < 2
+        or values[0] != 0
+        or not all(math.isfinite(v) for v in values)
+        or any(b <= a for a, b in zip(values, values[1:]))
+    ):
         raise CascadeVError("The latent's frame times must start at 0 and increase.")
     if num_frames is not None and len(values) != num_frames + 1:
         raise CascadeVError(f"The latent has {num_frames} frames but {len(values) - 1} frame times.")
@@ -128,7 +132,7 @@ def select(times: np.ndarray | None, start: int, count: int) -> np.ndarray | Non
     """The frame times of frames [start, start + count), shifted to start at 0 (None stays None)."""
     if times is None:
         return None
-    part = np.asarray(times[start:start + count + 1], dtype=np.float64)
+    part = np.asarray(times[start : start + count + 1], dtype=np.float64)
     return part - part[0]
 
 

@@ -64,8 +64,7 @@ def to_uint8(frames: torch.Tensor, truncate: bool = False) -> np.ndarray:
     return _float_as_uint8(x.clamp(-1.0, 1.0).add(1.0).mul_(127.5))
 
 
-def crop(frames: torch.Tensor, height: int, width: int,
-         corner: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+def crop(frames: torch.Tensor, height: int, width: int, corner: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """A ``height`` x ``width`` window of ``(..., H, W)``; by default the top-left one (undoes :func:`pad_to`).
 
     ``corner`` places the window: the fractions of the free room above and left of it, rounded down;
@@ -73,7 +72,7 @@ def crop(frames: torch.Tensor, height: int, width: int,
     """
     h, w = frames.shape[-2:]
     top, left = int((h - height) * corner[0]), int((w - width) * corner[1])
-    return frames[..., top:top + height, left:left + width]
+    return frames[..., top : top + height, left : left + width]
 
 
 def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: bool = False) -> np.ndarray:
@@ -99,8 +98,9 @@ def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, _round_half_up(height * size / width)), int(size)
 
 
-def resize(frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear",
-           antialias: bool = False) -> torch.Tensor:
+def resize(
+    frames: torch.Tensor, size: tuple[int, int], mode: str = "bilinear", antialias: bool = False
+) -> torch.Tensor:
     """Resize float ``(..., H, W)`` to ``size`` (H', W') with ``torch.nn.functional.interpolate``.
 
     Four-dimensional input goes to interpolate as it is; other leading dimensions are folded into the
@@ -133,23 +133,20 @@ def resize_short_side(frames: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None:
         return frames
     if int(size) != size or size < 1:
-        raise CascadeVError(
-            f"The resize option must be a positive whole number of pixels, got {size}."
-        )
+        raise CascadeVError(f"The resize option must be a positive whole number of pixels, got {size}.")
     if not frames.is_floating_point():
         raise TypeError(f"resize_short_side needs a float tensor, got {frames.dtype}")
     if frames.ndim < 2:
-        raise ValueError(
-            f"resize_short_side needs (..., H, W) frames, got shape {tuple(frames.shape)}"
-        )
+        raise ValueError(f"resize_short_side needs (..., H, W) frames, got shape {tuple(frames.shape)}")
     h, w = frames.shape[-2:]
     if min(h, w) == size:
         return frames
     return resize(frames, short_side_size(h, w, int(size)), "bilinear", antialias=True)
 
 
-def resize_uint8(video: np.ndarray, height: int, width: int, mode: str = "bilinear",
-                 antialias: bool = True) -> np.ndarray:
+def resize_uint8(
+    video: np.ndarray, height: int, width: int, mode: str = "bilinear", antialias: bool = True
+) -> np.ndarray:
     """uint8 ``(T, h, w, 3)`` -> uint8 ``(T, height, width, 3)``, filtered on the 0-255 scale and rounded.
 
     The evaluation's resampling of a reconstruction to the reference's size (bilinear, antialiased):
@@ -206,9 +203,6 @@ def pad_to_multiple(frames: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
     if multiple < 1:
         raise ValueError(f"multiple must be at least 1, got {multiple}")
     if frames.ndim < 2:
-        raise ValueError(
-            f"pad_to_multiple needs (..., H, W) frames, got shape {tuple(frames.shape)}"
-        )
+        raise ValueError(f"pad_to_multiple needs (..., H, W) frames, got shape {tuple(frames.shape)}")
     h, w = int(frames.shape[-2]), int(frames.shape[-1])
     return pad_to(frames, *padded_size(h, w, multiple)), (h, w)
-

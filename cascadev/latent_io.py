@@ -55,9 +55,7 @@ KEY_FORMAT = "cascadev_latent_version"
 FORMAT_VERSION = "1"
 
 FLOAT_KEYS = frozenset({KEY_FPS})
-INT_KEYS = frozenset(
-    {KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH, KEY_START, KEY_NUM_FRAMES}
-)
+INT_KEYS = frozenset({KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH, KEY_START, KEY_NUM_FRAMES})
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 # What a latent file may hold: floating-point values of sane size. The semantic compressor's output is
@@ -66,9 +64,7 @@ _READABLE_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 MAX_ABS = 1e4
 # Safetensors data is little-endian; writing raw tensor bytes is only right on such hosts.
 if sys.byteorder != "little":  # pragma: no cover
-    raise ImportError(
-        "cascadev.latent_io writes raw little-endian bytes and needs a little-endian host"
-    )
+    raise ImportError("cascadev.latent_io writes raw little-endian bytes and needs a little-endian host")
 
 
 @dataclass(frozen=True)
@@ -95,9 +91,7 @@ class LatentMeta:
             raise CascadeVError(f"The latent's frame rate must be positive, got {self.fps}.")
         for key in (KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH):
             if getattr(self, key) < 1:
-                raise CascadeVError(
-                    f"The latent's {key} must be at least 1, got {getattr(self, key)}."
-                )
+                raise CascadeVError(f"The latent's {key} must be at least 1, got {getattr(self, key)}.")
         if self.start < 0:
             raise CascadeVError(f"The latent's start frame must be 0 or more, got {self.start}.")
 
@@ -111,16 +105,11 @@ class LatentMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentMeta:
         """Build from metadata whose values may still be strings (as stored in the file)."""
-        missing = [
-            k
-            for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
-            if k not in data
-        ]
+        missing = [k for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH) if k not in data]
         if missing:
             raise CascadeVError(f"The latent metadata lacks {', '.join(missing)}.")
         values = {
-            k: _parse_value(k, data[k])
-            for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
+            k: _parse_value(k, data[k]) for k in (KEY_FPS, KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH)
         }
         values[KEY_START] = _parse_value(KEY_START, data.get(KEY_START, 0))
         if data.get(KEY_FRAME_TIMES) is not None:
@@ -154,9 +143,7 @@ def _metadata_strings(metadata: LatentMeta | dict[str, Any] | None) -> dict[str,
         if not isinstance(key, str):
             raise TypeError(f"latent metadata keys must be strings, got {key!r}")
         if not isinstance(value, (str, int, float)):
-            raise TypeError(
-                f"latent metadata value for {key!r} must be str, int or float, got {type(value).__name__}"
-            )
+            raise TypeError(f"latent metadata value for {key!r} must be str, int or float, got {type(value).__name__}")
         out[key] = str(value)  # str() of a float round-trips exactly
     return out
 
@@ -185,9 +172,7 @@ class LatentWriter(AtomicWriter):
         self.path = Path(path)
         check_output_path(self.path, "latent file")
         if len(shape) != 4 or any(int(s) != s or s < 1 for s in shape):
-            raise ValueError(
-                f"latent shape must be four positive sizes (C, T, h, w), got {tuple(shape)}"
-            )
+            raise ValueError(f"latent shape must be four positive sizes (C, T, h, w), got {tuple(shape)}")
         if dtype not in _DTYPES:
             raise ValueError(f"latent dtype must be one of {list(_DTYPES)}, got {dtype}")
         self.shape = tuple(int(s) for s in shape)
@@ -195,9 +180,7 @@ class LatentWriter(AtomicWriter):
         channels, frames, height, width = self.shape
         meta = _metadata_strings(metadata)
         if KEY_NUM_FRAMES in meta and meta[KEY_NUM_FRAMES] != str(frames):
-            raise ValueError(
-                f"metadata num_frames={meta[KEY_NUM_FRAMES]} disagrees with the latent's {frames} frames"
-            )
+            raise ValueError(f"metadata num_frames={meta[KEY_NUM_FRAMES]} disagrees with the latent's {frames} frames")
         meta[KEY_NUM_FRAMES] = str(frames)
         meta.setdefault(KEY_FORMAT, FORMAT_VERSION)
 
@@ -246,9 +229,7 @@ class LatentWriter(AtomicWriter):
             raise ValueError(f"latent chunk must be ({channels}, n, {height}, {width}), got {got}")
         n = int(chunk.shape[1])
         if t0 < 0 or t0 + n > frames:
-            raise ValueError(
-                f"latent chunk covers frames {t0}..{t0 + n - 1}, outside 0..{frames - 1}"
-            )
+            raise ValueError(f"latent chunk covers frames {t0}..{t0 + n - 1}, outside 0..{frames - 1}")
         if n == 0:
             return
         data = chunk.detach().to(device="cpu", dtype=self.dtype).contiguous()
@@ -256,9 +237,7 @@ class LatentWriter(AtomicWriter):
         raw = data.view(torch.uint8).numpy().reshape(channels, -1)
         try:
             for c in range(channels):
-                self._file.seek(
-                    self._data_start + ((c * frames + t0) * self._plane) * self._itemsize
-                )
+                self._file.seek(self._data_start + ((c * frames + t0) * self._plane) * self._itemsize)
                 self._file.write(raw[c].data)
         except OSError as exc:
             self.abort()
@@ -296,7 +275,6 @@ class LatentWriter(AtomicWriter):
             self._tmp = None
 
 
-
 class LatentReader:
     """Lazy frame-range access to a latent file written by :class:`LatentWriter` (or any safetensors file
     with a 4-D ``latent`` tensor).
@@ -304,9 +282,7 @@ class LatentReader:
     ``channels`` is the channel count to insist on (16 for the semantic latent; None accepts any).
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], channels: int | None = LATENT_CHANNELS
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], channels: int | None = LATENT_CHANNELS) -> None:
         from safetensors import safe_open
 
         self.path = Path(path)
@@ -318,16 +294,10 @@ class LatentReader:
             self._file = safe_open(str(self.path), framework="pt")
             keys = list(self._file.keys())
             raw_meta = self._file.metadata() or {}
-        except (
-            Exception
-        ) as exc:  # safetensors raises SafetensorError / OSError for anything malformed
-            raise CascadeVError(
-                f"{self.path} is not a readable latent file (not valid safetensors)."
-            ) from exc
+        except Exception as exc:  # safetensors raises SafetensorError / OSError for anything malformed
+            raise CascadeVError(f"{self.path} is not a readable latent file (not valid safetensors).") from exc
         if LATENT_KEY not in keys:
-            raise CascadeVError(
-                f"{self.path} holds no '{LATENT_KEY}' tensor; is it a CascadeV latent file?"
-            )
+            raise CascadeVError(f"{self.path} holds no '{LATENT_KEY}' tensor; is it a CascadeV latent file?")
         self._slice = self._file.get_slice(LATENT_KEY)
         dtype = str(self._slice.get_dtype())
         if dtype not in _READABLE_DTYPES:
@@ -336,13 +306,9 @@ class LatentReader:
             )
         shape = tuple(int(s) for s in self._slice.get_shape())
         if len(shape) != 4:
-            raise CascadeVError(
-                f"The latent in {self.path} has shape {shape}; expected (C, T, h, w)."
-            )
+            raise CascadeVError(f"The latent in {self.path} has shape {shape}; expected (C, T, h, w).")
         if channels is not None and shape[0] != channels:
-            raise CascadeVError(
-                f"The latent in {self.path} has {shape[0]} channels; expected {channels}."
-            )
+            raise CascadeVError(f"The latent in {self.path} has {shape[0]} channels; expected {channels}.")
         if min(shape) < 1:
             raise CascadeVError(f"The latent in {self.path} is empty (shape {shape}).")
         self.shape: tuple[int, int, int, int] = shape  # type: ignore[assignment]
@@ -378,9 +344,7 @@ class LatentReader:
         try:
             chunk = self._slice[:, t0:t1]
         except Exception as exc:
-            raise CascadeVError(
-                f"{self.path} is not a readable latent file (reading frames failed)."
-            ) from exc
+            raise CascadeVError(f"{self.path} is not a readable latent file (reading frames failed).") from exc
         _check_values(chunk, self.path, t0)
         return chunk.to(torch.float32)
 
@@ -415,9 +379,7 @@ def save_latent(
 ) -> None:
     """Write a whole latent (C, T, h, w) at once; half-precision latents keep their dtype."""
     if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
-        raise ValueError(
-            f"save_latent needs a (C, T, h, w) tensor, got {getattr(latent, 'shape', type(latent))}"
-        )
+        raise ValueError(f"save_latent needs a (C, T, h, w) tensor, got {getattr(latent, 'shape', type(latent))}")
     dtype = latent.dtype if latent.dtype in _DTYPES else torch.float32
     with LatentWriter(path, tuple(latent.shape), metadata, dtype=dtype) as writer:  # type: ignore[arg-type]
         writer.write(0, latent)

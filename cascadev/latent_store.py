@@ -136,8 +136,11 @@ def complete_videos(clips: Sequence[dict[str, Any]]) -> dict[str, list[dict[str,
     found: dict[str, dict[int, dict[str, Any]]] = {}
     for clip in clips:
         found.setdefault(clip["video"], {}).setdefault(clip["clip"], clip)
-    return {video: [got[i] for i in sorted(got)] for video, got in found.items()
-            if len(got) == next(iter(got.values()))["num_clips"]}
+    return {
+        video: [got[i] for i in sorted(got)]
+        for video, got in found.items()
+        if len(got) == next(iter(got.values()))["num_clips"]
+    }
 
 
 def write_index(root: Path) -> int:
@@ -182,16 +185,33 @@ def encode_store(args: argparse.Namespace, cfg, make_loader) -> None:
         for i, (s0, n) in enumerate(clips):
             frames, (height, width) = prepare_frames(reader.read(range(s0, s0 + n)), args.size, preset)
             latent = pipe.encode(frames)
-            record = {"video": job.name, "clip": i, "num_clips": len(clips), "start": s0, "frames": n,
-                      "fps": reader.fps or 30.0, "height": height, "width": width,
-                      "source_height": reader.height, "source_width": reader.width,
-                      "latent_shape": list(latent.shape), "caption": captions.get(str(job.source.resolve()))}
+            record = {
+                "video": job.name,
+                "clip": i,
+                "num_clips": len(clips),
+                "start": s0,
+                "frames": n,
+                "fps": reader.fps or 30.0,
+                "height": height,
+                "width": width,
+                "source_height": reader.height,
+                "source_width": reader.width,
+                "latent_shape": list(latent.shape),
+                "caption": captions.get(str(job.source.resolve())),
+            }
             shards.append(str(root / writer.add(record, latent)))
         return sorted(set(shards))
 
-    result = batch.run_batch(jobs, encode, root, done=lambda job: job.name in stored, finish=writer.flush,
-                             frames_limit=lambda n: min(n, args.num_frames) if args.num_frames else n,
-                             progress=not args.quiet, desc="encoding")
+    result = batch.run_batch(
+        jobs,
+        encode,
+        root,
+        done=lambda job: job.name in stored,
+        finish=writer.flush,
+        frames_limit=lambda n: min(n, args.num_frames) if args.num_frames else n,
+        progress=not args.quiet,
+        desc="encoding",
+    )
     if state.is_main_process:
         write_index(root)
     state.wait_for_everyone()
@@ -210,7 +230,9 @@ class LatentStore(torch.utils.data.Dataset):
         self.root = Path(root)
         index = self.root / INDEX
         if not index.is_file():
-            raise CascadeVError(f"{self.root} is not a latent store: {index} is missing (run cascadev encode --shards).")
+            raise CascadeVError(
+                f"{self.root} is not a latent store: {index} is missing (run cascadev encode --shards)."
+            )
         self.clips = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
         self._open: dict[str, Any] = {}
 

@@ -58,7 +58,9 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # mmengine reports syntax and _base_ errors with many exception types
-        raise CascadeVError(f"config {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        raise CascadeVError(
+            f"config {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
     for option in options or ():
         if "=" not in option:
             raise CascadeVError(f"--cfg-options takes key=value pairs, got {option!r}")
@@ -173,7 +175,9 @@ def load_dit_folder(path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     weights = path / "diffusion_pytorch_model.safetensors"
     if not (path / "config.json").is_file() or not weights.is_file():
-        raise CascadeVError(f"DiT folder {path} needs config.json and diffusion_pytorch_model.safetensors (save_pretrained)")
+        raise CascadeVError(
+            f"DiT folder {path} needs config.json and diffusion_pytorch_model.safetensors (save_pretrained)"
+        )
     try:
         config = CascadeDiT.load_config(str(path))
         with torch.device("meta"):
@@ -249,7 +253,11 @@ def build_pipeline(
         if part == "dit":
             module.set_fp32_attention(fp32_attention)
 
-    options = {k: v for k, v in dict(cfg.get("sampling", {})).items() if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")}
+    options = {
+        k: v
+        for k, v in dict(cfg.get("sampling", {})).items()
+        if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")
+    }
     options["encode_chunk"] = int(setting(cfg, "encode_chunk"))  # frames per frozen-encoder call, as in training
     options.update({k: v for k, v in sampling.items() if v is not None})
     return CascadeVPipeline(

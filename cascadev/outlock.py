@@ -37,8 +37,10 @@ def _acquire(path: Path, output: Path) -> int:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CascadeVError(f"{output} is being written by another cascadev run (PID {owner}); "
-                                "wait for it or choose another output.") from None
+            raise CascadeVError(
+                f"{output} is being written by another cascadev run (PID {owner}); "
+                "wait for it or choose another output."
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

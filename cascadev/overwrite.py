@@ -20,8 +20,10 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-def check_not_inputs(inputs: Mapping[str, PathLike | Iterable[PathLike] | None],
-                     outputs: Mapping[str, PathLike | Iterable[PathLike] | None]) -> None:
+def check_not_inputs(
+    inputs: Mapping[str, PathLike | Iterable[PathLike] | None],
+    outputs: Mapping[str, PathLike | Iterable[PathLike] | None],
+) -> None:
     """Refuse, before any work, an output that is one of the inputs.
 
     ``inputs`` and ``outputs`` map a description (e.g. "input video", "--output") to a path, to several

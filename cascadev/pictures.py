@@ -56,7 +56,7 @@ def contact_sheet(rows: Sequence[np.ndarray], titles: Sequence[str], frame_numbe
         top, _ = tile_origin(r, 0, height, width)
         draw.text((2, top - TITLE_HEIGHT + 2), f"frame {number}", fill=BLACK)
         for c in range(columns):
-            tile = np.ascontiguousarray(row[:, c * width:(c + 1) * width])
+            tile = np.ascontiguousarray(row[:, c * width : (c + 1) * width])
             sheet.paste(Image.fromarray(tile), tile_origin(r, c, height, width)[::-1])
     return np.asarray(sheet)
 
@@ -69,9 +69,7 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     check_output_path(path, "output image")
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise CascadeVError(
-            f"The image for {path} must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}."
-        )
+        raise CascadeVError(f"The image for {path} must be uint8 (H, W, 3), got {arr.dtype} {arr.shape}.")
     with atomic_output(path, "output image") as tmp:
         Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
 

@@ -120,8 +120,16 @@ class CascadeVPipeline:
     @property
     def conditioner(self) -> Conditioner:
         """The condition's one implementation (:mod:`cascadev.conditioning`), shared with training."""
-        return Conditioner(self.compressor, self.vae, kind=self.condition_kind, scale_factor=self.scale_factor,
-                           sr_scale=self.sr_scale, chunk=self.encode_chunk, device=self.device, dtype=self.dtype)
+        return Conditioner(
+            self.compressor,
+            self.vae,
+            kind=self.condition_kind,
+            scale_factor=self.scale_factor,
+            sr_scale=self.sr_scale,
+            chunk=self.encode_chunk,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     # ------------------------------------------------------------------ semantic latent
 
@@ -143,7 +151,7 @@ class CascadeVPipeline:
         """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1]."""
         frames = latent.transpose(0, 1)  # the file's (16, T, h, w) -> (T, 16, h, w)
         out = [
-            self.previewer.decode_frames(frames[i:i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
+            self.previewer.decode_frames(frames[i : i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
             for i in range(0, frames.shape[0], self.encode_chunk)
         ]
         return torch.cat(out)
@@ -215,10 +223,14 @@ class CascadeVPipeline:
         sched = make_scheduler(scheduler, self.schedule)
         sched.set_timesteps(steps, device=self.device)
         if latents is None:
-            latents = randn_tensor((canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32)
+            latents = randn_tensor(
+                (canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32
+            )
         else:
             if tuple(latents.shape) != (num_frames, 4, height, width):
-                raise CascadeVError(f"latents must have shape {(num_frames, 4, height, width)}, got {tuple(latents.shape)}")
+                raise CascadeVError(
+                    f"latents must have shape {(num_frames, 4, height, width)}, got {tuple(latents.shape)}"
+                )
             latents = _pad_to(latents.to(self.device, torch.float32), *canvas)
         latents = latents * sched.init_noise_sigma
         tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride, self.tile_blend)
@@ -236,19 +248,20 @@ class CascadeVPipeline:
         inputs_all = torch.cat([x, cond], dim=1)
         jobs = list(tiling)
         for i in range(0, len(jobs), self.batch_size):
-            batch = jobs[i:i + self.batch_size]
+            batch = jobs[i : i + self.batch_size]
             inputs = torch.stack(
-                [inputs_all[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] for t0, r0, c0, _ in batch]
+                [inputs_all[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] for t0, r0, c0, _ in batch]
             ).transpose(1, 2)  # (B, C, frames, tile, tile)
             timestep = torch.as_tensor(t, device=self.device, dtype=torch.float32).expand(len(batch))
             if self.round_timesteps:
                 timestep = timestep.half().float()
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
                 pred = self.dit(inputs.to(self.dtype), timestep)
             pred = pred[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
             for (t0, r0, c0, weight), eps in zip(batch, pred):
-                noise[t0:t0 + frames, :, r0:r0 + tile, c0:c0 + tile] += eps * weight.to(eps.device)[:, None]
+                noise[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] += eps * weight.to(eps.device)[:, None]
         return noise
 
     # ------------------------------------------------------------------ SVD decoding
@@ -258,7 +271,7 @@ class CascadeVPipeline:
         """SVD latent (T, 4, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], in chunks of ``vae_chunk`` frames."""
         out = []
         for i in range(0, latent.shape[0], self.vae_chunk):
-            z = latent[i:i + self.vae_chunk].to(self.device, self.dtype)
+            z = latent[i : i + self.vae_chunk].to(self.device, self.dtype)
             out.append(self.vae.decode(z, num_frames=z.shape[0]).sample.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
@@ -288,8 +301,16 @@ class CascadeVPipeline:
         """One segment of ``segments``, sampled on its own: (s1 - s0, 4, H, W), before the cross-fade.
 
         ``latents``: the segment's initial noise (default: drawn per frame from ``seed``, see ``sample``)."""
-        return self.sample(self.condition(read_latent(s0, s1)), scheduler=scheduler, steps=steps, seed=seed,
-                           frame_offset=s0, progress=progress, mode=mode, latents=latents)
+        return self.sample(
+            self.condition(read_latent(s0, s1)),
+            scheduler=scheduler,
+            steps=steps,
+            seed=seed,
+            frame_offset=s0,
+            progress=progress,
+            mode=mode,
+            latents=latents,
+        )
 
     def decode(
         self,
@@ -330,8 +351,17 @@ class CascadeVPipeline:
                 # frame_offset = s0 inside sample: a frame's noise depends on its index in the video, not
                 # in the segment, so two segments sharing frames start them from the same noise and the
                 # cross-fade blends two samples of one trajectory rather than two unrelated videos.
-                z = self.sample_segment(read_latent, s0, s1, scheduler=scheduler, steps=steps, seed=seed, progress=bar,
-                                        mode=mode, latents=None if latents is None else latents[s0:s1])
+                z = self.sample_segment(
+                    read_latent,
+                    s0,
+                    s1,
+                    scheduler=scheduler,
+                    steps=steps,
+                    seed=seed,
+                    progress=bar,
+                    mode=mode,
+                    latents=None if latents is None else latents[s0:s1],
+                )
             finished = stream.add(k, z)  # final frames, whole VAE chunks (all of them at the end)
             if finished.shape[0]:
                 # Decoded and handed out at once: the writer gets frames while later segments are still

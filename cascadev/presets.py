@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_NOTE = ("release preset: noise comes from cascadev's per-frame generators, not the release's global CUDA RNG, "
-              "so samples match the release's only given the same initial latents")
+NOISE_NOTE = (
+    "release preset: noise comes from cascadev's per-frame generators, not the release's global CUDA RNG, "
+    "so samples match the release's only given the same initial latents"
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,16 @@ class Preset:
 PRESETS = {
     "default": Preset("default"),
     "release": Preset(
-        "release", square_crop=True, blur_resize=True, round_timesteps=True, tile_blend="overwrite",
-        pixart_dpm_solver=True, whole_clip=True, release_vae_chunks=True, truncate=True, fp32_attention=True,
+        "release",
+        square_crop=True,
+        blur_resize=True,
+        round_timesteps=True,
+        tile_blend="overwrite",
+        pixart_dpm_solver=True,
+        whole_clip=True,
+        release_vae_chunks=True,
+        truncate=True,
+        fp32_attention=True,
     ),
 }
 
@@ -73,7 +83,7 @@ def center_square(frames: np.ndarray) -> np.ndarray:
     h, w = frames.shape[1:3]
     s = min(h, w)
     top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    return frames[:, top:top + s, left:left + s]
+    return frames[:, top : top + s, left : left + s]
 
 
 def blur_resize(frames: np.ndarray, size: int | None) -> np.ndarray:

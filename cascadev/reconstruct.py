@@ -51,8 +51,9 @@ class SamplingArgs:
 
     def decode_options(self) -> dict:
         """Keyword arguments of ``CascadeVPipeline.decode``."""
-        return dict(scheduler=self.preset.scheduler(self.scheduler), steps=self.steps, seed=self.seed,
-                    progress=self.progress)
+        return dict(
+            scheduler=self.preset.scheduler(self.scheduler), steps=self.steps, seed=self.seed, progress=self.progress
+        )
 
     def __post_init__(self) -> None:
         # The library's check of each sampling option (the CLI's types and the config schema use the same rules).
@@ -61,7 +62,9 @@ class SamplingArgs:
         check_seed(self.seed)
 
 
-def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset = PRESETS["default"]) -> tuple[torch.Tensor, tuple[int, int]]:
+def prepare_frames(
+    frames: np.ndarray, size: int | None = None, preset: Preset = PRESETS["default"]
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 (n, H, W, 3) -> model frames (n, 3, H', W') in [-1, 1], padded to multiples of 32, and (h, w):
     what ``CascadeVPipeline.encode`` takes.
 
@@ -73,8 +76,9 @@ def prepare_frames(frames: np.ndarray, size: int | None = None, preset: Preset =
     return pad_to_multiple(x, LATENT_STRIDE)
 
 
-def decode_frames(pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tensor], total: int, sampling: SamplingArgs,
-                  **options) -> Iterator[torch.Tensor]:
+def decode_frames(
+    pipe: CascadeVPipeline, read: Callable[[int, int], torch.Tensor], total: int, sampling: SamplingArgs, **options
+) -> Iterator[torch.Tensor]:
     """``pipe.decode`` under one progress bar over output frames ("decoding", frames/s).
 
     Counting frames, not sampling steps, keeps the rate steady: the time a frame takes includes its
@@ -112,8 +116,12 @@ def encode_video(
     first, (height, width) = prepare_frames(reader.read([start]), size, preset)
     times = frame_times.select(reader.frame_times, start, count)  # variable frame rate: kept in the latent
     meta = LatentMeta(
-        fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times), height=height, width=width,
-        source_height=reader.height, source_width=reader.width, start=start,
+        fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times),
+        height=height,
+        width=width,
+        source_height=reader.height,
+        source_width=reader.width,
+        start=start,
         frame_times=None if times is None else tuple(times),
     )
     shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
@@ -142,8 +150,9 @@ def decode_latent(
     reader = LatentReader(latent)
     meta = reader.meta
     make_folder(Path(output).parent)
-    with VideoWriter(output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times,
-                     **writer_options) as writer:
+    with VideoWriter(
+        output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times, **writer_options
+    ) as writer:
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
         for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
@@ -178,16 +187,28 @@ def reconstruct_video(
     check_not_inputs({"input video": video}, {"output folder": out_dir, "output": paths.values()})
     source = VideoReader(video)
     select_frames(source, start, num_frames)  # a bad input fails before the folder is made
-    check_encoder_options(writer_options.get("codec", "libx264"), writer_options.get("crf", 18),
-                          writer_options.get("pix_fmt"))  # so do bad output options
+    check_encoder_options(
+        writer_options.get("codec", "libx264"), writer_options.get("crf", 18), writer_options.get("pix_fmt")
+    )  # so do bad output options
     made_dir = not out_dir.exists()
     make_folder(out_dir)
     try:
         with output_lock(out_dir, folder=True):  # two runs into one folder would mix their outputs
             existed = {name for name, path in paths.items() if path.exists()}
             try:
-                _reconstruct(load_pipeline, source, video, paths, sampling, size, start, num_frames, compare_frames,
-                             writer_options, share_segments)
+                _reconstruct(
+                    load_pipeline,
+                    source,
+                    video,
+                    paths,
+                    sampling,
+                    size,
+                    start,
+                    num_frames,
+                    compare_frames,
+                    writer_options,
+                    share_segments,
+                )
             except BaseException:
                 # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
                 for name, path in paths.items():
@@ -204,14 +225,32 @@ def reconstruct_video(
     return paths
 
 
-def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str | os.PathLike, paths: dict[str, Path],
-                 sampling: SamplingArgs, size: int | None, start: int, num_frames: int | None, compare_frames: int,
-                 writer_options: dict, share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None) -> None:
+def _reconstruct(
+    load_pipeline: PipelineLoader,
+    source: VideoReader,
+    video: str | os.PathLike,
+    paths: dict[str, Path],
+    sampling: SamplingArgs,
+    size: int | None,
+    start: int,
+    num_frames: int | None,
+    compare_frames: int,
+    writer_options: dict,
+    share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None,
+) -> None:
     load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
     preset = sampling.preset
-    meta = encode_video(load_once, video, paths["latent.safetensors"], size=size, start=start,
-                        num_frames=num_frames, progress=sampling.progress, preset=preset)
+    meta = encode_video(
+        load_once,
+        video,
+        paths["latent.safetensors"],
+        size=size,
+        start=start,
+        num_frames=num_frames,
+        progress=sampling.progress,
+        preset=preset,
+    )
     pipe = load_once()
     sampled = share_segments(paths["latent.safetensors"]) if share_segments is not None else None
     latent = LatentReader(paths["latent.safetensors"])
@@ -221,9 +260,18 @@ def _reconstruct(load_pipeline: PipelineLoader, source: VideoReader, video: str 
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
     audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
-    writers = [VideoWriter(paths[n], meta.fps, h, w * (3 if n == "compare.mp4" else 1), frame_times=meta.frame_times,
-                           **writer_options, **(audio if n in ("original.mp4", "recon.mp4") else {}))
-               for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")]
+    writers = [
+        VideoWriter(
+            paths[n],
+            meta.fps,
+            h,
+            w * (3 if n == "compare.mp4" else 1),
+            frame_times=meta.frame_times,
+            **writer_options,
+            **(audio if n in ("original.mp4", "recon.mp4") else {}),
+        )
+        for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
+    ]
     with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
         done = 0
         for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):

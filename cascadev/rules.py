@@ -36,8 +36,12 @@ def either(choices: Collection[str]) -> str:
 
 def is_whole(value: Any, lo: int = 0, hi: int | None = None) -> bool:
     """A whole number (not a bool, not a float) with ``lo <= value`` and, given ``hi``, ``value <= hi``."""
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and value >= lo and (hi is None or value <= hi))
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value >= lo
+        and (hi is None or value <= hi)
+    )
 
 
 def whole_description(lo: int = 0, hi: int | None = None) -> str:

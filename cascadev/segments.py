@@ -27,8 +27,9 @@ from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, frames_to_
 from .video_io import VideoWriter
 
 
-def share_segments(pipe: CascadeVPipeline, latent: str | os.PathLike, sampling: SamplingArgs,
-                   folder: Path) -> Callable[[int], torch.Tensor]:
+def share_segments(
+    pipe: CascadeVPipeline, latent: str | os.PathLike, sampling: SamplingArgs, folder: Path
+) -> Callable[[int], torch.Tensor]:
     """Every process: sample this process's segments of ``latent`` into ``folder`` and wait for the others.
 
     Returns ``sampled(k)`` reading segment k back (for ``pipe.decode`` in the main process).

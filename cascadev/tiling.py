@@ -42,12 +42,12 @@ def crossfade_weights(size: int, window: int, starts: list[int]) -> torch.Tensor
         if k + 1 < len(starts):
             overlap = starts[k] + length - starts[k + 1]
             if overlap > 0:
-                weights[k, length - overlap:] *= _ramp(overlap).flip(0)
+                weights[k, length - overlap :] *= _ramp(overlap).flip(0)
     total = torch.zeros(max(size, length), dtype=torch.float64)
     for k, s in enumerate(starts):
-        total[s:s + length] += weights[k]
+        total[s : s + length] += weights[k]
     for k, s in enumerate(starts):
-        weights[k] /= total[s:s + length]
+        weights[k] /= total[s : s + length]
     return weights.float()
 
 
@@ -88,8 +88,8 @@ def overwrite_weights(size: int, window: int, starts: list[int]) -> torch.Tensor
     length = min(size, window)
     owner = torch.full((max(size, length),), -1, dtype=torch.long)
     for k, s in enumerate(starts):
-        owner[s:s + length] = k
-    return torch.stack([(owner[s:s + length] == k).float() for k, s in enumerate(starts)])
+        owner[s : s + length] = k
+    return torch.stack([(owner[s : s + length] == k).float() for k, s in enumerate(starts)])
 
 
 def _ramp(overlap: int) -> torch.Tensor:
@@ -175,7 +175,7 @@ class SegmentStream:
         # start (everything before it was final after segment k - 1), so the overlap is _blend's head.
         shared = self._done + self._blend.shape[0] - s0  # frames of this segment already in _blend
         if shared > 0:
-            self._blend[s0 - self._done:] += weighted[:shared]
+            self._blend[s0 - self._done :] += weighted[:shared]
             self._blend = torch.cat([self._blend, weighted[shared:]])
         else:  # the first segment (or no overlap): nothing to blend with
             self._blend = weighted

@@ -131,15 +131,11 @@ class VideoReader:
         try:
             import decord
         except ImportError as exc:  # pragma: no cover - decord is a declared dependency
-            raise CascadeVError(
-                "Reading videos needs the 'decord' package (pip install decord)."
-            ) from exc
+            raise CascadeVError("Reading videos needs the 'decord' package (pip install decord).") from exc
         try:
             quiet_decord_ffmpeg()
             with quiet_native_stderr():  # a damaged file's reasons are summed up in one line below
-                self._vr = decord.VideoReader(
-                    str(self.path), ctx=decord.cpu(0), num_threads=num_threads
-                )
+                self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
                 self._num_frames = len(self._vr)
                 if self._num_frames <= 0:
                     raise CascadeVError(f"{self.path} is not a readable video (it has no frames).")
@@ -148,9 +144,7 @@ class VideoReader:
                 self._vr.seek(0)
         except CascadeVError:
             raise
-        except (
-            Exception
-        ) as exc:  # decord raises DECORDError/RuntimeError for anything it cannot open
+        except Exception as exc:  # decord raises DECORDError/RuntimeError for anything it cannot open
             raise _unreadable(self.path) from exc
         if first.ndim != 3:
             raise _unreadable(self.path, f"decoded frames have shape {tuple(first.shape)}")
@@ -177,8 +171,10 @@ class VideoReader:
         lost = count - self._num_frames
         if lost > (0 if exact else max(1, round(0.02 * count))):  # estimated counts are good to about a frame
             _LOST_REPORTED.add(key)
-            warn(f"{self.path} is damaged: only {self._num_frames} of the {count} frames its container "
-                 f"announces could be decoded ({lost} lost); going on with those.")
+            warn(
+                f"{self.path} is damaged: only {self._num_frames} of the {count} frames its container "
+                f"announces could be decoded ({lost} lost); going on with those."
+            )
 
     def start_time(self, index: int) -> float:
         """Seconds from frame 0 to frame ``index``: its own timestamp for variable frame rate."""
@@ -246,9 +242,7 @@ class VideoReader:
             return np.zeros((0, self._height, self._width, 3), dtype=np.uint8)
         bad = [i for i in idx if not 0 <= i < self._num_frames]
         if bad:
-            raise CascadeVError(
-                f"{self.path} has {self._num_frames} frames; frame {bad[0]} was asked for."
-            )
+            raise CascadeVError(f"{self.path} has {self._num_frames} frames; frame {bad[0]} was asked for.")
         try:
             frames = self._decode(idx)
         except Exception as exc:
@@ -314,11 +308,7 @@ def select_frames(info_or_reader: Any, start: int, num_frames: int | None) -> tu
     if num_frames is None:
         return int(start), total - int(start)
     if num_frames < 1:
-        raise CascadeVError(
-            f"The number of frames must be at least 1, got {num_frames} (for {name})."
-        )
+        raise CascadeVError(f"The number of frames must be at least 1, got {num_frames} (for {name}).")
     if start + num_frames > total:
-        raise CascadeVError(
-            f"{name} has {total} frames; frames {start}..{start + num_frames - 1} were asked for."
-        )
+        raise CascadeVError(f"{name} has {total} frames; frames {start}..{start + num_frames - 1} were asked for.")
     return int(start), int(num_frames)

@@ -111,13 +111,9 @@ class VideoWriter(AtomicWriter):
                 f"Cannot write {self.path}: the file name must end in one of {', '.join(_OUTPUT_SUFFIXES)}."
             )
         if not (isinstance(fps, numbers.Real) and math.isfinite(float(fps)) and fps > 0):
-            raise CascadeVError(
-                f"Cannot write {self.path}: the frame rate must be positive, got {fps}."
-            )
+            raise CascadeVError(f"Cannot write {self.path}: the frame rate must be positive, got {fps}.")
         if int(height) != height or int(width) != width or height < 1 or width < 1:
-            raise CascadeVError(
-                f"Cannot write {self.path}: frame size {width}x{height} is not valid."
-            )
+            raise CascadeVError(f"Cannot write {self.path}: frame size {width}x{height} is not valid.")
         check_encoder_options(codec, crf, pix_fmt)
         self.height, self.width = int(height), int(width)
         self.stored_size = (self.height, self.width)
@@ -257,16 +253,10 @@ class VideoWriter(AtomicWriter):
         self._tmp = None
 
 
-
-def write_video(
-    path: str | os.PathLike[str], frames: np.ndarray, fps: float, **kwargs: Any
-) -> None:
+def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float, **kwargs: Any) -> None:
     """Write uint8 RGB frames ``(T, H, W, 3)`` to ``path``; ``kwargs`` go to :class:`VideoWriter`."""
     arr = np.asarray(frames)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise CascadeVError(
-            f"Frames for {path} must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}."
-        )
+        raise CascadeVError(f"Frames for {path} must be uint8 (T, H, W, 3), got {arr.dtype} {arr.shape}.")
     with VideoWriter(path, fps, arr.shape[1], arr.shape[2], **kwargs) as writer:
         writer.write(arr)
-

@@ -35,8 +35,10 @@ def test_non_floating_latents_are_refused(tmp_path, capsys, dtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors"]
 
 
-@pytest.mark.parametrize("value,needle", [(float("nan"), "non-finite"), (float("inf"), "non-finite"),
-                                          (-float("inf"), "non-finite"), (3e5, "beyond")])
+@pytest.mark.parametrize(
+    "value,needle",
+    [(float("nan"), "non-finite"), (float("inf"), "non-finite"), (-float("inf"), "non-finite"), (3e5, "beyond")],
+)
 def test_bad_values_are_found_in_the_chunk_that_holds_them(tmp_path, value, needle):
     latent = torch.zeros(16, 6, 1, 1)
     latent[3, 4, 0, 0] = value
@@ -59,8 +61,21 @@ def test_decode_stops_mid_video_and_removes_the_partial_output(tmp_path, capsys,
         written.append(self._tmp)
 
     monkeypatch.setattr(VideoWriter, "write", spy)
-    code, err = run_cli(capsys, "decode", tmp_path / "l.safetensors", "-o", tmp_path / "v.mp4", "--config", TINY,
-                        "--random-init", "--quiet", "--steps", "1", "--segment-frames", "4")
+    code, err = run_cli(
+        capsys,
+        "decode",
+        tmp_path / "l.safetensors",
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--random-init",
+        "--quiet",
+        "--steps",
+        "1",
+        "--segment-frames",
+        "4",
+    )
     assert_one_line_error(code, err, "l.safetensors", "non-finite", "frame 11")
     assert written and written[0] is not None  # frames had been written when the damage was read
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors"]
@@ -75,7 +90,19 @@ def test_checkpoint_with_nan_weights(tmp_path, capsys, tiny_weights):
     ckpt = tmp_path / "nan.safetensors"
     save_safetensors(state, ckpt)
     save_latent(tmp_path / "l.safetensors", torch.zeros(16, 2, 1, 1), META)
-    code, err = run_cli(capsys, "decode", tmp_path / "l.safetensors", "-o", tmp_path / "v.mp4", "--config", TINY,
-                        "--weights-dir", tiny_weights, "--ckpt", ckpt, "--quiet")
+    code, err = run_cli(
+        capsys,
+        "decode",
+        tmp_path / "l.safetensors",
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--weights-dir",
+        tiny_weights,
+        "--ckpt",
+        ckpt,
+        "--quiet",
+    )
     assert_one_line_error(code, err, "nan.safetensors", "blocks.1.attn.qkv.weight", "non-finite")
     assert not (tmp_path / "v.mp4").exists()

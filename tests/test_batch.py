@@ -100,19 +100,33 @@ def test_latent_store_round_trip_shards_captions_and_resume(tmp_path, vids):
     listing.write_text(json.dumps([{"path": str(vids / "a.mp4"), "caption": "a square"}, str(vids / "b.mp4")]))
     store = tmp_path / "store"
     # Each clip latent is 16 x 4 x 2 x 2 float32 = 1 KiB: 1.5 KiB shards hold one clip each.
-    args = ["encode", str(listing), "-o", str(store), "--shards", "--clip-frames", "4", "--shard-size", "0.0015", *MODEL]
+    args = [
+        "encode",
+        str(listing),
+        "-o",
+        str(store),
+        "--shards",
+        "--clip-frames",
+        "4",
+        "--shard-size",
+        "0.0015",
+        *MODEL,
+    ]
     assert main(args) == 0
     shards = sorted(store.glob("shard-*.safetensors"))
     assert len(shards) == 5 and all(p.stat().st_size < 0.0015 * 2**20 + 1024 for p in shards)
     data = LatentStore(store)
     assert len(data) == 5  # a: 2 clips of 4 frames, b: 3
-    whole = {n: load_latent(p)[0] for n, p in (("a", tmp_path / "a.st"), ("b", tmp_path / "b.st"))
-             if main(["encode", str(vids / f"{n}.mp4"), "-o", str(p), *MODEL]) == 0}
+    whole = {
+        n: load_latent(p)[0]
+        for n, p in (("a", tmp_path / "a.st"), ("b", tmp_path / "b.st"))
+        if main(["encode", str(vids / f"{n}.mp4"), "-o", str(p), *MODEL]) == 0
+    }
     for item in data:
         name = Path(item["video"]).stem
         assert item["latent"].shape == (16, 4, 2, 2) and item["fps"] == pytest.approx(24.0)
         assert item["caption"] == ("a square" if name == "a" else "") and (item["height"], item["width"]) == (64, 64)
-        expected = whole[name][:, item["start"]:item["start"] + 4]
+        expected = whole[name][:, item["start"] : item["start"] + 4]
         torch.testing.assert_close(item["latent"], expected, rtol=1e-4, atol=1e-5)
     batch_ = next(iter(torch.utils.data.DataLoader(data, batch_size=4, shuffle=False)))
     assert batch_["latent"].shape == (4, 16, 4, 2, 2) and len(batch_["caption"]) == 4
@@ -123,7 +137,8 @@ def test_latent_store_round_trip_shards_captions_and_resume(tmp_path, vids):
     assert main(args) == 0
     again = LatentStore(store)
     assert len(again) == 5 and sorted((c["video"], c["clip"]) for c in again.clips) == sorted(
-        (c["video"], c["clip"]) for c in data.clips)
+        (c["video"], c["clip"]) for c in data.clips
+    )
     assert manifest(store)["b"]["status"] == "done" and manifest(store)["a"]["status"] == "skipped"
 
 

@@ -10,9 +10,26 @@ ROOT = Path(__file__).parents[1]
 
 def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--config", str(ROOT / "configs" / "tiny.py"),
-           "--device", "cpu", "--case", "custom", "--frames", "6", "--size", "64x64", "--steps", "2",
-           "--settings", "both", "-o", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "benchmark.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--device",
+        "cpu",
+        "--case",
+        "custom",
+        "--frames",
+        "6",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--settings",
+        "both",
+        "-o",
+        str(out),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())

@@ -108,12 +108,15 @@ def test_pickle_that_runs_code_is_refused_and_never_executed(tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("name, data", [
-    ("garbage.pth", b"this is not a checkpoint at all" * 4),
-    ("empty.pth", b""),
-    ("garbage.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"),
-    ("empty.safetensors", b""),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("garbage.pth", b"this is not a checkpoint at all" * 4),
+        ("empty.pth", b""),
+        ("garbage.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json"),
+        ("empty.safetensors", b""),
+    ],
+)
 def test_corrupt_files_are_refused(tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)
@@ -292,9 +295,7 @@ def test_load_weights_refuses_misfit_and_leaves_model_untouched(tmp_path):
 
 
 def _convert(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(CONVERT), *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(CONVERT), *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_convert_checkpoint_cli(tmp_path):
@@ -318,13 +319,16 @@ def test_convert_checkpoint_cli(tmp_path):
     torch.testing.assert_close(half["0.weight"], sd["0.weight"].bfloat16())
 
 
-@pytest.mark.parametrize("make_bad, extra, expect", [
-    ("corrupt", [], "corrupt"),
-    ("evil", [], "cannot be loaded safely"),
-    ("missing", [], "does not exist"),
-    ("good", ["--key", "nothere"], "no entry 'nothere'"),
-    ("good", ["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'; choose bf16, fp16 or fp32"),
-])
+@pytest.mark.parametrize(
+    "make_bad, extra, expect",
+    [
+        ("corrupt", [], "corrupt"),
+        ("evil", [], "cannot be loaded safely"),
+        ("missing", [], "does not exist"),
+        ("good", ["--key", "nothere"], "no entry 'nothere'"),
+        ("good", ["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'; choose bf16, fp16 or fp32"),
+    ],
+)
 def test_convert_checkpoint_cli_errors(tmp_path, make_bad, extra, expect):
     src = tmp_path / "in.pth"
     marker = tmp_path / "code_was_run"
@@ -357,7 +361,12 @@ def test_dit_is_a_diffusers_model_and_loads_from_a_pretrained_folder(tmp_path, c
     dit = build_model(cfg.model)
     torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.02)
     dit.save_pretrained(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["attn_strides"] == [[1, 2], [2, 1], None, [1, 2]]
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["attn_strides"] == [
+        [1, 2],
+        [2, 1],
+        None,
+        [1, 2],
+    ]
     again = CascadeDiT.from_pretrained(tmp_path / "saved")
     x, t = torch.randn(1, 20, 4, 8, 8), torch.tensor([10.0])
     with torch.no_grad():

@@ -40,7 +40,14 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     out = tmp_path / "out"
     code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet", "--crf", 0)
     assert code == 0, err
-    assert leftovers(out) == ["compare.mp4", "compare.png", "latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4"]
+    assert leftovers(out) == [
+        "compare.mp4",
+        "compare.png",
+        "latent.safetensors",
+        "original.mp4",
+        "preview.mp4",
+        "recon.mp4",
+    ]
     for name, width in [("recon.mp4", 100), ("preview.mp4", 100), ("original.mp4", 100), ("compare.mp4", 300)]:
         video = VideoReader(out / name)
         assert (video.num_frames, video.height, video.width) == (7, 70, width)
@@ -56,7 +63,7 @@ def test_recon_random_init_writes_the_five_outputs(tmp_path, capsys, clip):
     sheet = np.asarray(Image.open(out / "compare.png"))
     assert sheet.shape == (*sheet_size(4, 3, 70, 100), 3)  # 4 frames x (original | preview | recon), labelled
     top, left = tile_origin(1, 1, 70, 100)
-    assert (sheet[top - 16:top] < 128).any() and (sheet[top:top + 70, left - 4:left] == 255).all()
+    assert (sheet[top - 16 : top] < 128).any() and (sheet[top : top + 70, left - 4 : left] == 255).all()
     # The left third of the comparison is the original clip, and original.mp4 is that clip.
     original = VideoReader(clip).read([0])[0].astype(int)
     compare = VideoReader(out / "compare.mp4").read([0])[0].astype(int)
@@ -93,8 +100,21 @@ def test_encode_then_decode_with_weight_files(tmp_path, capsys, clip, tiny_weigh
 def test_decode_with_each_scheduler(tmp_path, capsys, clip, scheduler):
     latent = tmp_path / "l.safetensors"
     assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
-                        "--scheduler", scheduler, "--steps", 3, "--quiet")
+    code, err = run_cli(
+        capsys,
+        "decode",
+        latent,
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--random-init",
+        "--scheduler",
+        scheduler,
+        "--steps",
+        3,
+        "--quiet",
+    )
     assert code == 0, err
 
 
@@ -108,7 +128,9 @@ def test_console_script_is_installed(tmp_path):
 
 
 def test_missing_video(tmp_path, capsys):
-    code, err = run_cli(capsys, "recon", tmp_path / "nope.mp4", "-o", tmp_path / "out", "--config", TINY, "--random-init")
+    code, err = run_cli(
+        capsys, "recon", tmp_path / "nope.mp4", "-o", tmp_path / "out", "--config", TINY, "--random-init"
+    )
     assert_one_line_error(code, err, "nope.mp4")
     assert leftovers(tmp_path) == []
 
@@ -125,7 +147,9 @@ def test_non_video_and_corrupt_files(tmp_path, capsys, clip):
 
 
 def test_video_shorter_than_asked(tmp_path, capsys, clip):
-    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--num-frames", 50, "--config", TINY, "--random-init")
+    code, err = run_cli(
+        capsys, "recon", clip, "-o", tmp_path / "out", "--num-frames", 50, "--config", TINY, "--random-init"
+    )
     assert_one_line_error(code, err, "7 frames")
     assert leftovers(tmp_path) == []
 
@@ -135,11 +159,16 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys, clip, tiny_weights):
     from cascadev.models.dit import CascadeDiT
 
     wrong = tmp_path / "wrong.safetensors"
-    save_safetensors(CascadeDiT(input_size=8, in_channels=8, hidden_size=48, depth=3, num_heads=2, lats_per_vid=4).state_dict(), wrong)
+    save_safetensors(
+        CascadeDiT(input_size=8, in_channels=8, hidden_size=48, depth=3, num_heads=2, lats_per_vid=4).state_dict(),
+        wrong,
+    )
     latent = tmp_path / "l.safetensors"
     assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
     out = tmp_path / "v.mp4"
-    code, err = run_cli(capsys, "decode", latent, "-o", out, "--config", TINY, "--weights-dir", tiny_weights, "--ckpt", wrong)
+    code, err = run_cli(
+        capsys, "decode", latent, "-o", out, "--config", TINY, "--weights-dir", tiny_weights, "--ckpt", wrong
+    )
     assert_one_line_error(code, err, "wrong.safetensors", "missing", "blocks.3", "x_embedder.proj.weight")
     assert not out.exists()
 
@@ -153,16 +182,33 @@ def test_pth_checkpoint_loads_through_weights_only(tmp_path, capsys, clip, tiny_
     torch.save({"state_dict": state, "step": 3}, good)
     latent = tmp_path / "l.safetensors"
     assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--weights-dir",
-                        tiny_weights, "--ckpt", good, "--quiet", "--steps", 1)
+    code, err = run_cli(
+        capsys,
+        "decode",
+        latent,
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--weights-dir",
+        tiny_weights,
+        "--ckpt",
+        good,
+        "--quiet",
+        "--steps",
+        1,
+    )
     assert code == 0, err
 
 
-@pytest.mark.parametrize("option,value,needle", [
-    ("--scheduler", "heun", "unknown scheduler"),
-    ("--dtype", "fp8", "unknown dtype"),
-    ("--device", "tpu", "unknown device"),
-])
+@pytest.mark.parametrize(
+    "option,value,needle",
+    [
+        ("--scheduler", "heun", "unknown scheduler"),
+        ("--dtype", "fp8", "unknown dtype"),
+        ("--device", "tpu", "unknown device"),
+    ],
+)
 def test_unknown_options(tmp_path, capsys, clip, option, value, needle):
     code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--random-init", option, value)
     assert_one_line_error(code, err, needle)
@@ -171,7 +217,9 @@ def test_unknown_options(tmp_path, capsys, clip, option, value, needle):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu(tmp_path, capsys, clip):
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init", "--device", "cuda")
+    code, err = run_cli(
+        capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init", "--device", "cuda"
+    )
     assert_one_line_error(code, err, "no CUDA device")
 
 
@@ -191,7 +239,9 @@ def test_every_command_creates_a_missing_output_folder_and_says_what_it_wrote(tm
     latent = tmp_path / "a" / "b" / "l.safetensors"
     fast = ["--config", TINY, "--random-init", "--quiet", "--steps", 1]
     assert main([str(a) for a in ["encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet"]]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {latent} (latent 16x7x3x4 of 7 frames, 100x70, 25 fps)"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"cascadev: wrote {latent} (latent 16x7x3x4 of 7 frames, 100x70, 25 fps)"
+    ]
     video = tmp_path / "c" / "d" / "v.mp4"
     assert main([str(a) for a in ["decode", latent, "-o", video, *fast]]) == 0
     assert capsys.readouterr().out.splitlines() == [f"cascadev: wrote {video} (7 frames, 100x70, 25 fps)"]
@@ -206,9 +256,18 @@ def test_corrupt_latent(tmp_path, capsys):
 
 
 def test_missing_weights_stop_at_once_naming_each_file(tmp_path, capsys, clip):
-    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", tmp_path / "w")
-    assert_one_line_error(code, err, "tiny.safetensors", "effnet_encoder.safetensors", "previewer.safetensors",
-                          "svd_vae", "pretrained/download.sh")
+    code, err = run_cli(
+        capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", tmp_path / "w"
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "tiny.safetensors",
+        "effnet_encoder.safetensors",
+        "previewer.safetensors",
+        "svd_vae",
+        "pretrained/download.sh",
+    )
 
 
 def test_missing_config(tmp_path, capsys, clip):
@@ -221,9 +280,24 @@ def test_recon_sh_runs_cascadev_recon_on_the_users_relative_paths(tmp_path):
     video = tmp_path / "nine.mp4"
     write_test_video(video, 9, 48, 64)
     env = dict(os.environ, CASCADEV=str(Path(sys.executable).with_name("cascadev")))
-    result = subprocess.run(["bash", str(Path(TINY).parents[1] / "recon.sh"), "nine.mp4", "out/nine", "--config", TINY,
-                             "--random-init", "--size", "48", "--quiet"], env=env, capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [
+            "bash",
+            str(Path(TINY).parents[1] / "recon.sh"),
+            "nine.mp4",
+            "out/nine",
+            "--config",
+            TINY,
+            "--random-init",
+            "--size",
+            "48",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert VideoReader(tmp_path / "out" / "nine" / "recon.mp4").num_frames == 8  # recon.sh's --num-frames 8
     assert result.stdout.startswith("cascadev: wrote out/nine/ (latent.safetensors, original.mp4")
@@ -231,12 +305,32 @@ def test_recon_sh_runs_cascadev_recon_on_the_users_relative_paths(tmp_path):
 
 def test_decode_in_bfloat16_on_the_cpu(tmp_path, capsys, clip):
     latent = tmp_path / "l.safetensors"
-    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet", "--dtype", "bf16")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
-                        "--dtype", "bf16", "--steps", 2, "--quiet")
+    assert (
+        run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet", "--dtype", "bf16")[
+            0
+        ]
+        == 0
+    )
+    code, err = run_cli(
+        capsys,
+        "decode",
+        latent,
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--random-init",
+        "--dtype",
+        "bf16",
+        "--steps",
+        2,
+        "--quiet",
+    )
     assert code == 0, err
     assert VideoReader(tmp_path / "v.mp4").num_frames == 7
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "w.mp4", "--config", TINY, "--random-init", "--dtype", "fp16")
+    code, err = run_cli(
+        capsys, "decode", latent, "-o", tmp_path / "w.mp4", "--config", TINY, "--random-init", "--dtype", "fp16"
+    )
     assert_one_line_error(code, err, "fp16 needs a CUDA device")
 
 
@@ -251,8 +345,18 @@ def test_explicit_ckpt_is_loaded_under_random_init(tmp_path, capsys, clip, tiny_
     assert all(torch.equal(p, saved[k]) for k, p in pipe.dit.state_dict().items())
     latent = tmp_path / "l.safetensors"
     assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
-    code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", "--config", TINY, "--random-init",
-                        "--ckpt", tmp_path / "mine.safetensors")
+    code, err = run_cli(
+        capsys,
+        "decode",
+        latent,
+        "-o",
+        tmp_path / "v.mp4",
+        "--config",
+        TINY,
+        "--random-init",
+        "--ckpt",
+        tmp_path / "mine.safetensors",
+    )
     assert_one_line_error(code, err, "mine.safetensors", "--ckpt")
     assert not (tmp_path / "v.mp4").exists()
 
@@ -260,10 +364,27 @@ def test_explicit_ckpt_is_loaded_under_random_init(tmp_path, capsys, clip, tiny_
 def test_each_missing_weight_file_names_its_own_option(tmp_path, capsys, clip, tiny_weights):
     only_dit = tmp_path / "weights"
     only_dit.mkdir()
-    code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit,
-                        "--ckpt", tiny_weights / "tiny.safetensors")
-    assert_one_line_error(code, err, "svd_vae (", "--weights-dir, config key weights.vae",
-                          "config key weights.compressor", "config key weights.previewer")
+    code, err = run_cli(
+        capsys,
+        "recon",
+        clip,
+        "-o",
+        tmp_path / "out",
+        "--config",
+        TINY,
+        "--weights-dir",
+        only_dit,
+        "--ckpt",
+        tiny_weights / "tiny.safetensors",
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "svd_vae (",
+        "--weights-dir, config key weights.vae",
+        "config key weights.compressor",
+        "config key weights.previewer",
+    )
     assert "--ckpt" not in err  # the DiT was found; nothing missing is the --ckpt file's business
     code, err = run_cli(capsys, "recon", clip, "-o", tmp_path / "out", "--config", TINY, "--weights-dir", only_dit)
     assert_one_line_error(code, err, "tiny.safetensors (", "--ckpt or --weights-dir, config key weights.dit")
@@ -273,8 +394,23 @@ def test_recon_keeps_the_inputs_audio_from_start(tmp_path, capsys):
     video = tmp_path / "tone.mp4"
     write_test_video(video, 12, 32, 32, fps=10.0, audio=True)
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "recon", video, "-o", out, "--start", 2, "--num-frames", 5, "--config", TINY,
-                        "--random-init", "--quiet", "--steps", 1)
+    code, err = run_cli(
+        capsys,
+        "recon",
+        video,
+        "-o",
+        out,
+        "--start",
+        2,
+        "--num-frames",
+        5,
+        "--config",
+        TINY,
+        "--random-init",
+        "--quiet",
+        "--steps",
+        1,
+    )
     assert code == 0, err
     for name in ("recon.mp4", "original.mp4"):
         with av.open(str(out / name)) as container:
@@ -338,13 +474,17 @@ def test_a_typo_fails_before_the_heavy_imports(tmp_path):
     """
     exe = str(Path(sys.executable).with_name("cascadev"))
     env = dict(os.environ, PYTHONPATH=str(Path(TINY).parents[1]))
-    for argv in (["recon", "nope.mp4", "-o", "out"], ["decode", "nope.safetensors", "-o", "v.mp4"],
-                 ["train", "nope.py", "--work-dir", "w"]):
+    for argv in (
+        ["recon", "nope.mp4", "-o", "out"],
+        ["decode", "nope.safetensors", "-o", "v.mp4"],
+        ["train", "nope.py", "--work-dir", "w"],
+    ):
         result = subprocess.run([exe, *argv], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert_one_line_error(result.returncode, result.stderr, "nope.")
         assert "torch" not in result.stderr
-        probe = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, *argv], capture_output=True, text=True,
-                               cwd=tmp_path, env=env)
+        probe = subprocess.run(
+            [sys.executable, "-c", _IMPORTS_PROBE, *argv], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
         assert probe.returncode == result.returncode, probe.stderr
         assert probe.stdout.strip() == "[]", (argv, probe.stdout)
 

@@ -52,48 +52,91 @@ def test_every_schema_key_exists_in_the_released_config():
             node = node[part]
 
 
-@pytest.mark.parametrize("option,key", [
-    ("model.depth=abc", "model.depth"),
-    ("sampling.steps=abc", "sampling.steps"),
-    ("scale_factor=abc", "scale_factor"),
-    ("model=abc", "model"),
-    ("optimizer.lr='abc'", "optimizer.lr"),
-    ("sampling.vae_chunk=0", "sampling.vae_chunk"),
-    ("save_model_steps=0", "save_model_steps"),
-    ("log_interval=0", "log_interval"),
-    ("train_batch_size=0", "train_batch_size"),
-    ("model.depth=-1", "model.depth"),
-    ("sampling.steps=0", "sampling.steps"),
-    ("sampling.tile_stride=0", "sampling.tile_stride"),
-    ("seed=-1", "seed"),
-    ("mixed_precision=fp8", "mixed_precision"),
-    ("model.pred_sigma=1", "model.pred_sigma"),
-    ("scale_factor=inf", "scale_factor"),
-])
+@pytest.mark.parametrize(
+    "option,key",
+    [
+        ("model.depth=abc", "model.depth"),
+        ("sampling.steps=abc", "sampling.steps"),
+        ("scale_factor=abc", "scale_factor"),
+        ("model=abc", "model"),
+        ("optimizer.lr='abc'", "optimizer.lr"),
+        ("sampling.vae_chunk=0", "sampling.vae_chunk"),
+        ("save_model_steps=0", "save_model_steps"),
+        ("log_interval=0", "log_interval"),
+        ("train_batch_size=0", "train_batch_size"),
+        ("model.depth=-1", "model.depth"),
+        ("sampling.steps=0", "sampling.steps"),
+        ("sampling.tile_stride=0", "sampling.tile_stride"),
+        ("seed=-1", "seed"),
+        ("mixed_precision=fp8", "mixed_precision"),
+        ("model.pred_sigma=1", "model.pred_sigma"),
+        ("scale_factor=inf", "scale_factor"),
+    ],
+)
 def test_bad_config_values_name_the_key(tmp_path, capsys, clip, option, key):
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
-                        "--cfg-options", option)
+    code, err = run_cli(
+        capsys,
+        "encode",
+        clip,
+        "-o",
+        tmp_path / "l.safetensors",
+        "--config",
+        TINY,
+        "--random-init",
+        "--cfg-options",
+        option,
+    )
     assert_one_line_error(code, err, f"config key {key} must be")
     assert not (tmp_path / "l.safetensors").exists()
 
 
 @pytest.mark.parametrize("option", ["=3", "model..depth=3", ".x=1"])
 def test_empty_cfg_options_key(tmp_path, capsys, clip, option):
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
-                        "--cfg-options", option)
+    code, err = run_cli(
+        capsys,
+        "encode",
+        clip,
+        "-o",
+        tmp_path / "l.safetensors",
+        "--config",
+        TINY,
+        "--random-init",
+        "--cfg-options",
+        option,
+    )
     assert_one_line_error(code, err, "empty key", option)
 
 
 def test_key_below_a_plain_value(tmp_path, capsys, clip):
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--config", TINY, "--random-init",
-                        "--cfg-options", "scale_factor.x=1")
+    code, err = run_cli(
+        capsys,
+        "encode",
+        clip,
+        "-o",
+        tmp_path / "l.safetensors",
+        "--config",
+        TINY,
+        "--random-init",
+        "--cfg-options",
+        "scale_factor.x=1",
+    )
     assert_one_line_error(code, err, "scale_factor.x", "not a section")
 
 
 def test_train_checks_the_config_before_touching_the_work_dir(tmp_path, capsys):
     work = tmp_path / "work"
-    code, err = run_cli(capsys, "train", TINY, "--work-dir", work, "--random-init", "--device", "cpu",
-                        "--cfg-options", "train_batch_size=0")
+    code, err = run_cli(
+        capsys,
+        "train",
+        TINY,
+        "--work-dir",
+        work,
+        "--random-init",
+        "--device",
+        "cpu",
+        "--cfg-options",
+        "train_batch_size=0",
+    )
     assert_one_line_error(code, err, "config key train_batch_size")
     assert not work.exists()
 

@@ -68,13 +68,7 @@ def test_text_list_comments_blank_lines_and_relative_paths(tmp_path):
     sub.mkdir()
     listing = sub / "train.txt"
     listing.write_text(
-        "# my videos\n"
-        "a.mp4\n"
-        "\n"
-        "   clips/b.mp4   \n"
-        f"{tmp_path / 'abs.mp4'}\n"
-        "  # indented comment\n"
-        "frames_dir\n"
+        f"# my videos\na.mp4\n\n   clips/b.mp4   \n{tmp_path / 'abs.mp4'}\n  # indented comment\nframes_dir\n"
     )
     videos = read_video_list([str(listing)])
     assert videos == [
@@ -191,9 +185,7 @@ def test_short_video_is_padded_with_its_last_sampled_frame(tmp_path):
 def test_short_video_skip_mode_substitutes_and_warns(tmp_path):
     short = _write_coded_video(tmp_path / "short.mp4", 7)
     long = _write_coded_video(tmp_path / "long.mp4", 12)
-    ds = VideoClipDataset(
-        [str(short), str(long)], num_frames=4, time_stride=3, sample_size=16, short_video="skip"
-    )
+    ds = VideoClipDataset([str(short), str(long)], num_frames=4, time_stride=3, sample_size=16, short_video="skip")
     with pytest.warns(BadVideoWarning, match="short.mp4 has 7 frames"):
         item = ds[0]
     assert item["substituted"] is True and item["source_index"] == 1 and item["index"] == 0
@@ -290,13 +282,9 @@ def test_hflip_mirrors_deterministically(tmp_path):
     path = tmp_path / "lr.mp4"
     write_video(path, frames, 24, codec="libx264rgb", crf=0)
     plain = VideoClipDataset([str(path)] * 16, num_frames=2, time_stride=1, sample_size=16)
-    always = VideoClipDataset(
-        [str(path)] * 16, num_frames=2, time_stride=1, sample_size=16, hflip_prob=1.0
-    )
+    always = VideoClipDataset([str(path)] * 16, num_frames=2, time_stride=1, sample_size=16, hflip_prob=1.0)
     assert torch.equal(always[0]["video"], plain[0]["video"].flip(-1))
-    half = VideoClipDataset(
-        [str(path)] * 16, num_frames=2, time_stride=1, sample_size=16, hflip_prob=0.5
-    )
+    half = VideoClipDataset([str(path)] * 16, num_frames=2, time_stride=1, sample_size=16, hflip_prob=0.5)
     flipped = [bool(half[i]["video"][0, 0, 0, 0] > 0) for i in range(16)]
     assert 0 < sum(flipped) < 16
     assert flipped == [bool(half[i]["video"][0, 0, 0, 0] > 0) for i in range(16)]
@@ -311,9 +299,7 @@ def test_corrupt_video_is_skipped_once_with_a_warning_and_counted(tmp_path):
     good = _write_coded_video(tmp_path / "good.mp4", 12)
     bad = _bad_file(tmp_path / "bad.mp4")
     missing = tmp_path / "missing.mp4"
-    ds = VideoClipDataset(
-        [str(good), str(bad), str(missing), str(good)], num_frames=2, time_stride=1, sample_size=16
-    )
+    ds = VideoClipDataset([str(good), str(bad), str(missing), str(good)], num_frames=2, time_stride=1, sample_size=16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items = [ds[i] for i in range(4)] + [ds[1], ds[2]]  # bad ones asked for twice

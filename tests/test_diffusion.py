@@ -44,9 +44,10 @@ def test_golden_loss_float64(golden):
     model_fn = _conv_model(golden["weight"], golden["bias"], golden["x_ref"])
     # The golden model is the einsum spelled out in the reference README.
     x_t = golden["x_t"]
-    direct = torch.einsum(
-        "oc,nchw->nohw", golden["weight"], torch.cat([x_t, golden["x_ref"]], 1)
-    ) + golden["bias"][None, :, None, None]
+    direct = (
+        torch.einsum("oc,nchw->nohw", golden["weight"], torch.cat([x_t, golden["x_ref"]], 1))
+        + golden["bias"][None, :, None, None]
+    )
     torch.testing.assert_close(model_fn(x_t, t), direct, rtol=0, atol=1e-14)
 
     _assert_close(diffusion.q_sample(golden["x_start"], t, golden["noise"]), golden["x_t"])
@@ -141,9 +142,7 @@ def test_vb_gradient_matches_finite_difference_in_the_variance_channels():
     eps = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
 
     def loss_of(vv):
-        return diffusion.training_losses(
-            lambda x_t, t_: torch.cat([eps, vv], 1), x_start, t, noise=noise
-        )["vb"].sum()
+        return diffusion.training_losses(lambda x_t, t_: torch.cat([eps, vv], 1), x_start, t, noise=noise)["vb"].sum()
 
     loss_of(v).backward()
     direction = torch.randn(v.shape, generator=gen, dtype=torch.float64)
@@ -161,9 +160,7 @@ def test_variance_interpolation_endpoints():
     out_hi = torch.cat([torch.zeros_like(x_t), torch.ones_like(x_t)], 1)
     _, lo, _ = diffusion.p_mean_log_variance(out_lo, x_t, t)
     _, hi, _ = diffusion.p_mean_log_variance(out_hi, x_t, t)
-    np.testing.assert_allclose(
-        lo.flatten().numpy(), diffusion.posterior_log_variance_clipped[[5, 500]], rtol=1e-6
-    )
+    np.testing.assert_allclose(lo.flatten().numpy(), diffusion.posterior_log_variance_clipped[[5, 500]], rtol=1e-6)
     np.testing.assert_allclose(hi.flatten().numpy(), np.log(diffusion.betas[[5, 500]]), rtol=1e-6)
 
 
@@ -185,6 +182,7 @@ def test_video_shaped_latents_match_the_same_data_as_images(golden):
     """(N, C, T, H, W) inputs give the per-sample numbers of the same values laid out as (N, C, H, T*W)."""
     diffusion = GaussianDiffusion()
     n, t_frames, h, w = 6, 2, 8, 4
+
     # Re-use the golden data: split each 8x8 latent into 2 "frames" of 8x4.
     def to_video(x):
         return x.reshape(n, x.shape[1], h, t_frames, w).permute(0, 1, 3, 2, 4).contiguous()

@@ -89,7 +89,9 @@ def test_encode(tmp_path, capsys, clip, monkeypatch, errno_code):
 
 def test_decode(tmp_path, capsys, video_disk_full):
     latent = tmp_path / "l.safetensors"
-    save_latent(latent, torch.zeros(16, 2, 1, 1), LatentMeta(fps=24.0, height=32, width=32, source_height=32, source_width=32))
+    save_latent(
+        latent, torch.zeros(16, 2, 1, 1), LatentMeta(fps=24.0, height=32, width=32, source_height=32, source_width=32)
+    )
     code, err = run_cli(capsys, "decode", latent, "-o", tmp_path / "v.mp4", *FAST)
     assert_one_line_error(code, err, "disk is full", str(tmp_path / "v.mp4"))
     assert files(tmp_path) == ["l.safetensors"]
@@ -123,10 +125,13 @@ def test_eval_writes_all_reports_or_none(tmp_path, capsys, clip, monkeypatch):
     assert files(tmp_path) == []
 
 
-@pytest.mark.parametrize("message", [
-    "[enforce fail at inline_container.cc:603] . unexpected pos 803392 vs 803284",  # torch.save
-    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[enforce fail at inline_container.cc:603] . unexpected pos 803392 vs 803284",  # torch.save
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
+    ],
+)
 def test_checkpoint_save_errors_say_disk_full_with_the_work_dir(tmp_path, capsys, monkeypatch, message):
     def save_on_full_disk(args):
         raise RuntimeError(message)

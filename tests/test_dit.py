@@ -14,8 +14,18 @@ from cascadev.models.dit import CascadeDiT, GridAttention
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parents[1]
-GOLDEN_KEYS = ["input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
-               "pe_interpolation", "attn_strides", "lats_per_vid"]
+GOLDEN_KEYS = [
+    "input_size",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pe_interpolation",
+    "attn_strides",
+    "lats_per_vid",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +33,7 @@ def golden():
     spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
     tensors = load_file(FIXTURES / "dit_golden_a.safetensors")
     model = CascadeDiT(**{k: spec[k] for k in GOLDEN_KEYS}).eval()
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
     return spec, tensors, model
 
@@ -109,14 +119,25 @@ def test_no_information_crosses_a_grid_cell(ts, xs):
         y[0, (f * rows + r) * cols + c] += 1.0
         changed = (attn(y, (frames, rows, cols, ts, xs)) - base).abs().amax(-1)[0].reshape(frames, rows, cols) > 1e-12
         expect = torch.zeros(frames, rows, cols, dtype=torch.bool)
-        expect[f // gt * gt:(f // gt + 1) * gt, r // gh * gh:(r // gh + 1) * gh, c // gw * gw:(c // gw + 1) * gw] = True
+        expect[
+            f // gt * gt : (f // gt + 1) * gt, r // gh * gh : (r // gh + 1) * gh, c // gw * gw : (c // gw + 1) * gw
+        ] = True
         assert torch.equal(changed, expect)
 
 
 def _tiny(**kw):
     torch.manual_seed(0)
-    spec = dict(input_size=8, patch_size=2, in_channels=20, hidden_size=48, depth=2, num_heads=2,
-                pe_interpolation=2.0, attn_strides=[[1, 2], [4, 1]], lats_per_vid=4)
+    spec = dict(
+        input_size=8,
+        patch_size=2,
+        in_channels=20,
+        hidden_size=48,
+        depth=2,
+        num_heads=2,
+        pe_interpolation=2.0,
+        attn_strides=[[1, 2], [4, 1]],
+        lats_per_vid=4,
+    )
     spec.update(kw)
     model = CascadeDiT(**spec).eval()
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)
@@ -154,12 +175,15 @@ def test_2x_mode_runs_on_twice_the_size_with_a_quarter_of_the_frames():
     assert y.shape == (1, 8, 1, 16, 16) and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("shape,t,as_images", [
-    ((1, 20, 3, 8, 8), [1.0], False),  # wrong window length
-    ((1, 20, 4, 8, 12), [1.0], False),  # not square
-    ((1, 20, 4, 16, 16), [1.0], False),  # 2x mode takes a quarter of the frames
-    ((1, 20, 4, 8, 8), [1.0], True),  # image mode needs one timestep per frame
-])
+@pytest.mark.parametrize(
+    "shape,t,as_images",
+    [
+        ((1, 20, 3, 8, 8), [1.0], False),  # wrong window length
+        ((1, 20, 4, 8, 12), [1.0], False),  # not square
+        ((1, 20, 4, 16, 16), [1.0], False),  # 2x mode takes a quarter of the frames
+        ((1, 20, 4, 8, 8), [1.0], True),  # image mode needs one timestep per frame
+    ],
+)
 def test_rejects_shapes_outside_its_modes(shape, t, as_images):
     with pytest.raises(ValueError):
         _tiny()(torch.randn(*shape), torch.tensor(t), as_images=as_images)

@@ -61,12 +61,15 @@ def clips(tmp_path_factory):
 # ----------------------------------------------------------------------------- upscale
 
 
-@pytest.mark.parametrize("frames,extra,size", [
-    (1, [], (68, 92)),  # the default --scale 4
-    (2, ["--scale", 3], (51, 69)),
-    (3, ["--scale", 1], (17, 23)),  # lats_per_vid - 1 frames
-    (5, ["--size", 40], (40, 54)),  # lats_per_vid + 1 frames; 23 * 40 / 17 = 54.1
-])
+@pytest.mark.parametrize(
+    "frames,extra,size",
+    [
+        (1, [], (68, 92)),  # the default --scale 4
+        (2, ["--scale", 3], (51, 69)),
+        (3, ["--scale", 1], (17, 23)),  # lats_per_vid - 1 frames
+        (5, ["--size", 40], (40, 54)),  # lats_per_vid + 1 frames; 23 * 40 / 17 = 54.1
+    ],
+)
 def test_upscale_sizes_frame_counts_rates_and_audio(tmp_path, capsys, clips, frames, extra, size):
     out = tmp_path / "up.mp4"
     code, err = run_cli(capsys, "upscale", clips[frames], "-o", out, *extra, *FAST)
@@ -266,8 +269,9 @@ def test_frames_are_read_only_as_far_ahead_as_a_segment_needs(tmp_path, capsys, 
         clip = tmp_path / f"clip{n}.mp4"
         write_test_video(clip, n, 8, 8, fps=12.0)
         log.update(read=0, written=0, lead=0)
-        code, err = run_cli(capsys, "interpolate", clip, "-o", tmp_path / f"out{n}.mp4", "--factor", 2,
-                            "--segment-frames", 8, *FAST)
+        code, err = run_cli(
+            capsys, "interpolate", clip, "-o", tmp_path / f"out{n}.mp4", "--factor", 2, "--segment-frames", 8, *FAST
+        )
         assert code == 0, err
         assert probe_video(tmp_path / f"out{n}.mp4").num_frames == 2 * n - 1
         leads.append(log["lead"])
@@ -320,8 +324,16 @@ def test_peak_memory_does_not_grow_with_length(tmp_path, command):
             argv = ["recon", clip, "-o", tmp_path / f"out{n}", "--size", 64]
         argv += ["--segment-frames", 8, *FAST]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the two processes run side by side
-        procs.append(subprocess.Popen([sys.executable, "-c", MEASURE, *map(str, argv)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", MEASURE, *map(str, argv)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=env,
+            )
+        )
     short, long = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     assert short["code"] == long["code"] == 0
     print(command, "peak RSS (KiB) of 24 and 96 frames:", short["maxrss_kb"], long["maxrss_kb"])
@@ -338,8 +350,22 @@ def test_peak_memory_does_not_grow_with_length(tmp_path, command):
 
 def test_output_codec_and_pixel_format(tmp_path, capsys, clips):
     out = tmp_path / "up.mkv"
-    code, err = run_cli(capsys, "upscale", clips[1], "-o", out, "--scale", 2, "--pix-fmt", "yuv444p", "--crf", 0,
-                        "--codec", "libx264", *FAST)
+    code, err = run_cli(
+        capsys,
+        "upscale",
+        clips[1],
+        "-o",
+        out,
+        "--scale",
+        2,
+        "--pix-fmt",
+        "yuv444p",
+        "--crf",
+        0,
+        "--codec",
+        "libx264",
+        *FAST,
+    )
     assert code == 0, err
     with av.open(str(out)) as container:
         assert container.streams.video[0].codec_context.pix_fmt == "yuv444p"
@@ -370,17 +396,20 @@ def test_missing_and_corrupt_inputs(tmp_path, capsys, clips, command):
     assert sorted(os.listdir(tmp_path)) == ["corrupt.mp4"]
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["upscale", "--scale", "0"], "--scale"),
-    (["upscale", "--scale", "-2"], "--scale"),
-    (["upscale", "--scale", "2.5"], "--scale"),
-    (["upscale", "--scale", "2", "--size", "64"], "--size"),
-    (["interpolate", "--factor", "0"], "--factor"),
-    (["interpolate", "--mode", "3x"], "--mode"),
-    (["upscale", "--pix-fmt", "yuv999"], "--pix-fmt"),
-    (["upscale", "--codec", "nocodec"], "nocodec"),
-    (["interpolate", "--num-frames", "9"], "5 frames"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["upscale", "--scale", "0"], "--scale"),
+        (["upscale", "--scale", "-2"], "--scale"),
+        (["upscale", "--scale", "2.5"], "--scale"),
+        (["upscale", "--scale", "2", "--size", "64"], "--size"),
+        (["interpolate", "--factor", "0"], "--factor"),
+        (["interpolate", "--mode", "3x"], "--mode"),
+        (["upscale", "--pix-fmt", "yuv999"], "--pix-fmt"),
+        (["upscale", "--codec", "nocodec"], "nocodec"),
+        (["interpolate", "--num-frames", "9"], "5 frames"),
+    ],
+)
 def test_impossible_options(tmp_path, capsys, clips, argv, needle):
     out = tmp_path / "out.mp4"
     code, err = run_cli(capsys, argv[0], clips[5], "-o", out, *argv[1:], *FAST)
@@ -427,9 +456,11 @@ def test_compare_tool_puts_the_resized_input_beside_the_output(tmp_path, clips, 
     assert tool.matching_indices(3, 9, 3) == ([0, 1, 2], [0, 4, 8])  # frames at the same moments
     first = VideoReader(clips[3]).read([0])[0]
     (top, left), (_, right) = tile_origin(0, 0, 34, 46), tile_origin(0, 1, 34, 46)
-    assert np.array_equal(image[top:top + 34:2, left:left + 46:2], first)  # nearest: each input pixel a 2x2 block
-    assert np.array_equal(image[top:top + 34, right:right + 46], VideoReader(big).read([0])[0])
-    assert (image[top:top + 34, left + 46:right] == 255).all()  # a white separator between the columns
+    assert np.array_equal(
+        image[top : top + 34 : 2, left : left + 46 : 2], first
+    )  # nearest: each input pixel a 2x2 block
+    assert np.array_equal(image[top : top + 34, right : right + 46], VideoReader(big).read([0])[0])
+    assert (image[top : top + 34, left + 46 : right] == 255).all()  # a white separator between the columns
     assert (image[:top] < 128).any()  # text (titles, frame number) above the first row
     assert tool.main([str(tmp_path / "none.mp4"), str(big), "-o", str(png)]) == 2
     assert "none.mp4" in capsys.readouterr().err

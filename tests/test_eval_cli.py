@@ -166,7 +166,9 @@ def test_identical_videos(tmp_path, capsys, folders, random_lpips):
 def test_two_single_videos_and_list_files(tmp_path, capsys, folders):
     ref, rec = folders
     out = tmp_path / "one.json"
-    code, _, err = run_cli(capsys, "--ref", ref / "clip10.mp4", "--rec", rec / "clip10.mp4", "-o", out, "--max-frames", 4)
+    code, _, err = run_cli(
+        capsys, "--ref", ref / "clip10.mp4", "--rec", rec / "clip10.mp4", "-o", out, "--max-frames", 4
+    )
     assert code == 0, err
     one = json.loads(out.read_text())
     assert list(one["videos"]) == ["clip10"] and len(one["per_frame"]["clip10"]["psnr"]) == 4
@@ -218,7 +220,9 @@ def test_other_frame_size_is_an_error_or_resized(tmp_path, capsys, mismatch):
     code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out)
     assert_one_line_error(code, err, "Video a", "32x24", "64x48", "--resize")  # WxH, as video tools write sizes
     assert not out.exists()
-    code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out, "--resize", "--metrics", "psnr,ssim,temporal_flickering")
+    code, _, err = run_cli(
+        capsys, "--ref", ref, "--rec", rec, "-o", out, "--resize", "--metrics", "psnr,ssim,temporal_flickering"
+    )
     assert code == 0, err
     results = json.loads(out.read_text())
     want = resize_uint8(decoded(rec / "a.mp4"), 48, 64)
@@ -304,7 +308,9 @@ def test_a_failure_while_writing_leaves_no_partial_outputs(tmp_path, capsys, fol
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(report, "render_figure", broken)
-    code = main(["eval", "--ref", str(ref), "--rec", str(rec), "-o", str(tmp_path / "r.json"), "--quiet", "--metrics", "psnr"])
+    code = main(
+        ["eval", "--ref", str(ref), "--rec", str(rec), "-o", str(tmp_path / "r.json"), "--quiet", "--metrics", "psnr"]
+    )
     capsys.readouterr()
     assert code == 1
     assert list(tmp_path.iterdir()) == []
@@ -326,8 +332,18 @@ def test_report_files_hold_what_the_table_says(tmp_path, capsys, folders, random
     rows = parse_tables(markdown)
     assert list(rows) == ["Ours/1x32x32=1024"]
     row = rows["Ours/1x32x32=1024"]
-    assert list(row) == ["psnr", "ssim", "lpips", "sharpness", "subject_consistency", "background_consistency",
-                         "temporal_flickering", "motion_smoothness", "imaging_quality", "aesthetic_quality"]
+    assert list(row) == [
+        "psnr",
+        "ssim",
+        "lpips",
+        "sharpness",
+        "subject_consistency",
+        "background_consistency",
+        "temporal_flickering",
+        "motion_smoothness",
+        "imaging_quality",
+        "aesthetic_quality",
+    ]
     for metric, cell in row.items():
         if metric in results["mean"]:
             assert re.fullmatch(r"\d+\.\d{4}", cell) and float(cell) == round(results["mean"][metric], 4)
@@ -343,10 +359,15 @@ def test_report_files_hold_what_the_table_says(tmp_path, capsys, folders, random
 def test_report_combines_rows_and_bolds_the_best(tmp_path, capsys, folders):
     ref, rec = folders
     for name, target in (("model", rec), ("same", ref)):
-        code, _, err = run_cli(capsys, "--ref", ref, "--rec", target, "-o", tmp_path / f"{name}.json", "--metrics", "psnr,ssim")
+        code, _, err = run_cli(
+            capsys, "--ref", ref, "--rec", target, "-o", tmp_path / f"{name}.json", "--metrics", "psnr,ssim"
+        )
         assert code == 0, err
     table = tmp_path / "table.md"
-    assert report.main([str(tmp_path / "model.json"), str(tmp_path / "same.json"), "-o", str(table), "--labels", "A,B"]) == 0
+    assert (
+        report.main([str(tmp_path / "model.json"), str(tmp_path / "same.json"), "-o", str(table), "--labels", "A,B"])
+        == 0
+    )
     text = table.read_text()
     rows = parse_tables(text)
     assert list(rows) == ["A", "B"] and rows["B"]["psnr"] == "100.0000"
@@ -359,7 +380,11 @@ def test_report_combines_rows_and_bolds_the_best(tmp_path, capsys, folders):
 def test_entry_script_runs_eval(tmp_path, capsys, folders, monkeypatch):
     ref, rec = folders
     out = tmp_path / "s.json"
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--ref", str(ref), "--rec", str(rec), "-o", str(out), "--metrics", "ssim", "--quiet"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["evaluate.py", "--ref", str(ref), "--rec", str(rec), "-o", str(out), "--metrics", "ssim", "--quiet"],
+    )
     with pytest.raises(SystemExit) as info:
         runpy.run_path(str(REPO / "scripts" / "evaluate.py"), run_name="__main__")
     assert info.value.code == 0
@@ -380,8 +405,10 @@ def test_vbench_scores_join_the_results_when_installed(tmp_path, capsys, folders
 
         def evaluate(self, videos_path, name, dimension_list, local, mode):
             calls.append(dimension_list)
-            entries = [{"video_path": str(p), "video_results": VideoReader(p).num_frames / 100}
-                       for p in Path(videos_path).iterdir()]
+            entries = [
+                {"video_path": str(p), "video_results": VideoReader(p).num_frames / 100}
+                for p in Path(videos_path).iterdir()
+            ]
             (self.out / f"{name}_eval_results.json").write_text(json.dumps({dimension_list[0]: [0.25, entries]}))
 
     monkeypatch.setitem(sys.modules, "vbench", types.SimpleNamespace(VBench=FakeVBench))
@@ -392,8 +419,19 @@ def test_vbench_scores_join_the_results_when_installed(tmp_path, capsys, folders
     monkeypatch.setenv("VBENCH_CACHE_DIR", str(cache))
     ref, rec = folders
     out = tmp_path / "v.json"
-    code, stdout, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out, "--device", "cpu",
-                                "--metrics", "psnr,subject_consistency,imaging_quality,aesthetic_quality")
+    code, stdout, err = run_cli(
+        capsys,
+        "--ref",
+        ref,
+        "--rec",
+        rec,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "--metrics",
+        "psnr,subject_consistency,imaging_quality,aesthetic_quality",
+    )
     assert code == 0, err
     results = json.loads(out.read_text())
     assert calls == [["subject_consistency"], ["imaging_quality"]]  # one batch per dimension
@@ -408,8 +446,14 @@ def test_vbench_scores_join_the_results_when_installed(tmp_path, capsys, folders
 def test_flickering_is_explained_not_bolded_and_the_figure_is_readable():
     """A frozen previewer 'wins' flickering: the tables say what it means instead of bolding it; the
     figure's flicker axis has no offset notation and an unmeasured metric gets a 'not measured' panel."""
-    frozen = {"label": "previewer", "mean": {"psnr": 20.0, "temporal_flickering": 0.9999999},
-              "videos": {"a": {"psnr": 20.0, "temporal_flickering": 0.9999999}, "b": {"psnr": 20.0, "temporal_flickering": 0.9999998}}}
+    frozen = {
+        "label": "previewer",
+        "mean": {"psnr": 20.0, "temporal_flickering": 0.9999999},
+        "videos": {
+            "a": {"psnr": 20.0, "temporal_flickering": 0.9999999},
+            "b": {"psnr": 20.0, "temporal_flickering": 0.9999998},
+        },
+    }
     model = {"label": "model", "mean": {"psnr": 25.0, "temporal_flickering": 0.95}, "videos": {}}
     text = report.markdown_tables([("previewer", frozen), ("model", model)])
     assert "**1.0000**" not in text and "**25.0000**" in text

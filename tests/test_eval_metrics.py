@@ -84,8 +84,7 @@ def test_metrics_reject_mismatched_shapes(pair):
 def vbench_formula(frames: np.ndarray) -> float:
     """VBench's temporal flickering, written out: mean over consecutive pairs of the pair's MAE."""
     maes = [
-        np.mean(np.abs(frames[i + 1].astype(np.float64) - frames[i].astype(np.float64)))
-        for i in range(len(frames) - 1)
+        np.mean(np.abs(frames[i + 1].astype(np.float64) - frames[i].astype(np.float64))) for i in range(len(frames) - 1)
     ]
     return (255.0 - float(np.mean(maes))) / 255.0
 

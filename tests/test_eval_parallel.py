@@ -39,13 +39,32 @@ def test_workers_give_the_sequential_numbers(tmp_path, pairs, capsys):
     results = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.json"
-        assert main(["eval", "--ref", str(ref), "--rec", str(rec), "-o", str(out), "--workers", str(workers),
-                     "--chunk-frames", "4", "--quiet"]) == 0, capsys.readouterr().err
+        assert (
+            main(
+                [
+                    "eval",
+                    "--ref",
+                    str(ref),
+                    "--rec",
+                    str(rec),
+                    "-o",
+                    str(out),
+                    "--workers",
+                    str(workers),
+                    "--chunk-frames",
+                    "4",
+                    "--quiet",
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
         results[workers] = json.loads(out.read_text())
     one, two = results[1], results[2]
     assert list(two["videos"]) == list(one["videos"]) == ["v0", "v1", "v2"]
     for name, values in one["videos"].items():
-        assert list(two["videos"][name]) == list(values) == ["psnr", "ssim", "lpips", "sharpness", "temporal_flickering"]
+        assert (
+            list(two["videos"][name]) == list(values) == ["psnr", "ssim", "lpips", "sharpness", "temporal_flickering"]
+        )
         for metric, value in values.items():
             assert two["videos"][name][metric] == pytest.approx(value, abs=1e-6)
         for metric, curve in one["per_frame"][name].items():

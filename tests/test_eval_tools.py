@@ -120,11 +120,29 @@ def test_eval_recon_script_with_baselines(tmp_path):
         "    bicubic_video(video, out / 'preview.mp4', 4)\n"
         "    (out / 'compare.png').write_bytes(b'')\n"
     )
-    env = dict(os.environ, PYTHON=sys.executable, RECON_CMD=f"{sys.executable} {fake}",
-               TORCH_HOME=str(tmp_path / "torch"), PYTHONPATH=str(REPO))
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        RECON_CMD=f"{sys.executable} {fake}",
+        TORCH_HOME=str(tmp_path / "torch"),
+        PYTHONPATH=str(REPO),
+    )
     out = tmp_path / "out"
-    cmd = ["bash", str(REPO / "tools" / "eval_recon.sh"), str(ref), str(out), "--baselines",
-           "--metrics", "psnr,ssim", "--config", "my_config.py", "--ckpt", "my.safetensors", "--num-frames", "3"]
+    cmd = [
+        "bash",
+        str(REPO / "tools" / "eval_recon.sh"),
+        str(ref),
+        str(out),
+        "--baselines",
+        "--metrics",
+        "psnr,ssim",
+        "--config",
+        "my_config.py",
+        "--ckpt",
+        "my.safetensors",
+        "--num-frames",
+        "3",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().split()
@@ -136,7 +154,10 @@ def test_eval_recon_script_with_baselines(tmp_path):
     table = (out / "table.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "Factor" not in line and "--" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [
-        "Bicubic x32/1x32x32", "Previewer only (w/o LDM)/1x32x32", "CascadeV/1x32x32"]
+        "Bicubic x32/1x32x32",
+        "Previewer only (w/o LDM)/1x32x32",
+        "CascadeV/1x32x32",
+    ]
     cascadev = json.loads((out / "cascadev.json").read_text())
     bicubic = json.loads((out / "bicubic.json").read_text())
     preview = json.loads((out / "previewer.json").read_text())
@@ -148,7 +169,10 @@ def test_eval_recon_script_with_baselines(tmp_path):
     assert "**100.0000**" in table
     links = [out / "original" / "clip.mp4", out / "recon" / "clip.mp4", out / "preview" / "clip.mp4"]
     assert [os.readlink(link) for link in links] == [
-        "../work/clip/original.mp4", "../work/clip/recon.mp4", "../work/clip/preview.mp4"]
+        "../work/clip/original.mp4",
+        "../work/clip/recon.mp4",
+        "../work/clip/preview.mp4",
+    ]
     moved = tmp_path / "moved"
     out.rename(moved)  # relative links survive a move
     assert all((moved / link.relative_to(out)).is_file() for link in links)

@@ -35,8 +35,9 @@ FAST = ["--config", TINY, "--random-init", "--quiet", "--steps", "1"]
 
 def small_dit(lats_per_vid: int = 8) -> CascadeDiT:
     torch.manual_seed(0)
-    model = CascadeDiT(input_size=4, hidden_size=48, depth=2, num_heads=2, lats_per_vid=lats_per_vid,
-                       attn_strides=[[2, 1], None]).eval()
+    model = CascadeDiT(
+        input_size=4, hidden_size=48, depth=2, num_heads=2, lats_per_vid=lats_per_vid, attn_strides=[[2, 1], None]
+    ).eval()
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
     return model
 
@@ -98,8 +99,18 @@ def train_run(tmp_path):
         cfg = tmp_path / "cfg.py"
         cfg.write_text(f"_base_ = ['{TINY}']\nvideo_list = ['{tmp_path / 'list.txt'}']\n{config_body}\n")
         try:
-            return main(["train", str(cfg), "--work-dir", str(tmp_path / "w"), "--random-init", "--device", "cpu",
-                         *map(str, extra)])
+            return main(
+                [
+                    "train",
+                    str(cfg),
+                    "--work-dir",
+                    str(tmp_path / "w"),
+                    "--random-init",
+                    "--device",
+                    "cpu",
+                    *map(str, extra),
+                ]
+            )
         finally:
             AcceleratorState._reset_state(True)
 
@@ -143,16 +154,16 @@ def release_ddim_loop(model, cond, latents, steps):
         z = torch.zeros_like(x)
         end = None
         for beg in starts:
-            inputs = torch.cat([x, cond], 1)[beg:beg + length].transpose(0, 1)[None]
+            inputs = torch.cat([x, cond], 1)[beg : beg + length].transpose(0, 1)[None]
             pred = model(inputs, torch.tensor([float(t)]))[0, :4].transpose(0, 1)
             overlap = 0 if end is None else end - beg
             if overlap < 2:
-                z[beg:beg + length] = pred
+                z[beg : beg + length] = pred
             else:
                 w = torch.ones(length)
                 w[:overlap] = torch.linspace(0, 1, overlap)
                 w = w[:, None, None, None]
-                z[beg:beg + length] = z[beg:beg + length] * (1 - w) + pred * w
+                z[beg : beg + length] = z[beg : beg + length] * (1 - w) + pred * w
             end = beg + length
         x = sched.step(z, t, x).prev_sample
     return x / 0.13025
@@ -243,7 +254,7 @@ def test_overwrite_tiles_give_each_position_to_the_last_tile():
     total = torch.zeros(8, 20, 20)
     for t0, r0, c0, weight in tiling:
         assert set(weight.unique().tolist()) <= {0.0, 1.0}
-        total[t0:t0 + 8, r0:r0 + 8, c0:c0 + 8] += weight
+        total[t0 : t0 + 8, r0 : r0 + 8, c0 : c0 + 8] += weight
     assert torch.equal(total, torch.ones_like(total))
 
 
@@ -291,5 +302,8 @@ def test_recon_with_the_release_preset(tmp_path, capsys):
     assert "release preset: noise comes from cascadev's per-frame generators" in captured.err
     recon = VideoReader(tmp_path / "out" / "recon.mp4")
     assert (recon.height, recon.width, recon.num_frames) == (32, 32, 5)  # square crop, resized
-    assert_one_line_error(exit_status(main, ["recon", str(clip), "-o", str(tmp_path / "x"), "--preset", "bogus", *FAST]),
-                          capsys.readouterr().err, "--preset")
+    assert_one_line_error(
+        exit_status(main, ["recon", str(clip), "-o", str(tmp_path / "x"), "--preset", "bogus", *FAST]),
+        capsys.readouterr().err,
+        "--preset",
+    )

@@ -46,7 +46,7 @@ def write_vfr_video(path: Path) -> None:
         mux(video.encode(None))
         samples = np.round(8000 * np.sin(np.arange(int(END * AUDIO_RATE)) * 0.05)).astype(np.int16)[None]
         for k in range(0, samples.shape[1], 1024):
-            chunk = av.AudioFrame.from_ndarray(samples[:, k:k + 1024], format="s16", layout="mono")
+            chunk = av.AudioFrame.from_ndarray(samples[:, k : k + 1024], format="s16", layout="mono")
             chunk.sample_rate, chunk.pts = AUDIO_RATE, k
             container.mux(audio.encode(chunk))
         container.mux(audio.encode(None))
@@ -149,7 +149,7 @@ def test_damaged_mkv_warns_once_with_the_lost_count_and_no_ffmpeg_lines(tmp_path
     write_test_video(good, 40, 64, 64, pix_fmt="yuv420p", crf=18)
     data = bytearray(good.read_bytes())
     third = len(data) // 3
-    data[third:third + len(data) // 6] = bytes(len(data) // 6)  # zeros over a stretch mid-stream
+    data[third : third + len(data) // 6] = bytes(len(data) // 6)  # zeros over a stretch mid-stream
     damaged = tmp_path / "damaged.mkv"
     damaged.write_bytes(bytes(data))
     capfd.readouterr()
@@ -158,8 +158,9 @@ def test_damaged_mkv_warns_once_with_the_lost_count_and_no_ffmpeg_lines(tmp_path
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    found = re.fullmatch(r"cascadev: warning: .*damaged\.mkv is damaged: only (\d+) of the 40 frames .*\((\d+) lost\).*",
-                         lines[0])
+    found = re.fullmatch(
+        r"cascadev: warning: .*damaged\.mkv is damaged: only (\d+) of the 40 frames .*\((\d+) lost\).*", lines[0]
+    )
     assert found, lines[0]
     decoded, lost = int(found.group(1)), int(found.group(2))
     assert 0 < decoded < 40 and decoded + lost == 40

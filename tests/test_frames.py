@@ -112,9 +112,7 @@ def test_resize_short_side_values():
     assert torch.allclose(resize_short_side(flat, 20), torch.full((1, 3, 20, 30), 0.25))
     # Every frame and channel is an independent image, whatever the layout of the leading dims.
     tchw = torch.rand(2, 3, 16, 24)
-    expected = torch.nn.functional.interpolate(
-        tchw, size=(8, 12), mode="bilinear", align_corners=False, antialias=True
-    )
+    expected = torch.nn.functional.interpolate(tchw, size=(8, 12), mode="bilinear", align_corners=False, antialias=True)
     torch.testing.assert_close(resize_short_side(tchw, 8), expected)
     cthw = tchw.permute(1, 0, 2, 3)
     torch.testing.assert_close(resize_short_side(cthw, 8), expected.permute(1, 0, 2, 3))
@@ -127,11 +125,13 @@ def test_resize_short_side_values():
 def test_resize_short_side_equals_the_previous_implementation():
     x = from_uint8(_ramp_video(5, 47, 65))
     # video_io.resize_short_side before frames.py: leading dims folded into channels, bilinear, antialiased.
-    old = F.interpolate(x.reshape(1, -1, 47, 65), size=(32, 44), mode="bilinear", align_corners=False,
-                        antialias=True).reshape(5, 3, 32, 44)
+    old = F.interpolate(
+        x.reshape(1, -1, 47, 65), size=(32, 44), mode="bilinear", align_corners=False, antialias=True
+    ).reshape(5, 3, 32, 44)
     torch.testing.assert_close(resize_short_side(x, 32), old)
-    up = F.interpolate(x.reshape(1, -1, 47, 65), size=(94, 130), mode="bilinear", align_corners=False,
-                       antialias=True).reshape(5, 3, 94, 130)
+    up = F.interpolate(
+        x.reshape(1, -1, 47, 65), size=(94, 130), mode="bilinear", align_corners=False, antialias=True
+    ).reshape(5, 3, 94, 130)
     torch.testing.assert_close(resize_short_side(x, 94), up)
     half = resize_short_side(x.half(), 32)  # computed in float32, returned in float16
     assert half.dtype == torch.float16
@@ -141,10 +141,14 @@ def test_resize_short_side_equals_the_previous_implementation():
 def test_resize_keeps_four_dims_as_they_are_and_folds_others():
     x = torch.rand(3, 4, 10, 14)
     # Non-antialiased bilinear (the preview's upsampling, the condition's x4): interpolate's own result.
-    torch.testing.assert_close(resize(x, (20, 28)), F.interpolate(x, size=(20, 28), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        resize(x, (20, 28)), F.interpolate(x, size=(20, 28), mode="bilinear", align_corners=False)
+    )
     five = torch.rand(2, 3, 4, 10, 14)
-    torch.testing.assert_close(resize(five, (5, 7), "bicubic", antialias=True)[1],
-                               F.interpolate(five[1], size=(5, 7), mode="bicubic", align_corners=False, antialias=True))
+    torch.testing.assert_close(
+        resize(five, (5, 7), "bicubic", antialias=True)[1],
+        F.interpolate(five[1], size=(5, 7), mode="bicubic", align_corners=False, antialias=True),
+    )
     area = resize(x, (5, 7), mode="area")
     torch.testing.assert_close(area, F.interpolate(x, size=(5, 7), mode="area"))
     with pytest.raises(TypeError):
@@ -209,4 +213,3 @@ def test_crop_places_its_window():
     assert torch.equal(crop(x, 2, 2), x[..., :2, :2])
     assert torch.equal(crop(x, 2, 2, (0.5, 0.5)), x[..., 1:3, 2:4])  # int(3 * 0.5), int(4 * 0.5)
     assert torch.equal(crop(x, 2, 2, (1.0, 1.0)), x[..., 3:, 4:])
-

@@ -20,15 +20,25 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-KEYS = ["input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
-        "pe_interpolation", "attn_strides", "lats_per_vid"]
+KEYS = [
+    "input_size",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pe_interpolation",
+    "attn_strides",
+    "lats_per_vid",
+]
 
 
 def golden():
     spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
     d = load_file(FIXTURES / "dit_golden_a.safetensors")
     model = CascadeDiT(**{k: spec[k] for k in KEYS}).eval()
-    model.load_state_dict({k[len("model."):]: v for k, v in d.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in d.items() if k.startswith("model.")})
     x = rearrange(d["io.video.x"], "(b t) c h w -> b c t h w", b=spec["videos"])
     return model, x, d["io.video.t"], d["io.video.y"]
 
@@ -59,8 +69,24 @@ def test_default_precision_within_its_measured_tolerance():
 
 def test_benchmark_command_end_to_end_on_cuda(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--config", str(ROOT / "configs" / "tiny.py"),
-           "--device", "cuda", "--case", "custom", "--frames", "8", "--size", "128x128", "--steps", "2", "-o", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "benchmark.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--device",
+        "cuda",
+        "--case",
+        "custom",
+        "--frames",
+        "8",
+        "--size",
+        "128x128",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())

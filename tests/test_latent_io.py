@@ -160,9 +160,7 @@ def test_unreadable_latent_files(tmp_path, kind):
         path.write_text("not a latent\n")
     elif kind == "random":
         path.write_bytes(
-            torch.randint(
-                0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
-            )
+            torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
             .numpy()
             .tobytes()
         )

@@ -21,18 +21,41 @@ FRAMES = 8
 
 def test_shipped_weights_fit_in_40_mb():
     files = [p for p in (ROOT / "pretrained" / "nano").rglob("*") if p.is_file()]
-    assert {p.name for p in files} >= {"dit.safetensors", "compressor.safetensors", "previewer.safetensors",
-                                       "config.json", "diffusion_pytorch_model.safetensors"}
+    assert {p.name for p in files} >= {
+        "dit.safetensors",
+        "compressor.safetensors",
+        "previewer.safetensors",
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    }
     assert sum(p.stat().st_size for p in files) <= 40 * 2**20
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped nano, trained ~25 min on a shared 2-core CPU, does not yet "
-                   "reach the bicubic-of-1/32 floor (docs/nano.md: 12.0 dB against 19.7 dB on this clip); retrain "
-                   "with tools/train_nano.sh and more steps, and this xfail turns into a failure to remove")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped nano, trained ~25 min on a shared 2-core CPU, does not yet "
+    "reach the bicubic-of-1/32 floor (docs/nano.md: 12.0 dB against 19.7 dB on this clip); retrain "
+    "with tools/train_nano.sh and more steps, and this xfail turns into a failure to remove",
+)
 def test_nano_reconstruction_beats_bicubic_of_the_1_32_frames(tmp_path, capsys):
     out = tmp_path / "recon"
-    code = main(["recon", str(CLIP), "-o", str(out), "--config", str(ROOT / "configs" / "nano.py"),
-                 "--weights-dir", str(ROOT / "pretrained" / "nano"), "--num-frames", str(FRAMES), "--seed", "42", "--quiet"])
+    code = main(
+        [
+            "recon",
+            str(CLIP),
+            "-o",
+            str(out),
+            "--config",
+            str(ROOT / "configs" / "nano.py"),
+            "--weights-dir",
+            str(ROOT / "pretrained" / "nano"),
+            "--num-frames",
+            str(FRAMES),
+            "--seed",
+            "42",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     original = VideoReader(CLIP).read(list(range(FRAMES)))
     recon = VideoReader(out / "recon.mp4").read(list(range(FRAMES)))
@@ -44,8 +67,12 @@ def test_nano_reconstruction_beats_bicubic_of_the_1_32_frames(tmp_path, capsys):
 def test_recon_sh_uses_nano_without_the_released_weights(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CASCADEV=str(Path(sys.executable).with_name("cascadev")))
-    result = subprocess.run(["bash", str(ROOT / "recon.sh"), str(CLIP), str(out), "--num-frames", "4", "--quiet"],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", str(ROOT / "recon.sh"), str(CLIP), str(out), "--num-frames", "4", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "small demo model" in lines[0] and "pretrained/download.sh" in lines[0]

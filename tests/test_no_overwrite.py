@@ -32,7 +32,9 @@ def clip(tmp_path):
 @pytest.fixture()
 def latent(tmp_path):
     path = tmp_path / "l.safetensors"
-    save_latent(path, torch.zeros(16, 2, 1, 1), LatentMeta(fps=24.0, height=32, width=32, source_height=32, source_width=32))
+    save_latent(
+        path, torch.zeros(16, 2, 1, 1), LatentMeta(fps=24.0, height=32, width=32, source_height=32, source_width=32)
+    )
     return path
 
 
@@ -121,14 +123,27 @@ def test_eval_reports_must_not_replace_its_inputs(tmp_path, capsys, clip):
     # A --ref list file named like the results file...
     refs = tmp_path / "refs.json"
     refs.write_text("ref/a.mp4\n")
-    code, err = run_cli(capsys, "eval", "--ref", refs, "--rec", tmp_path / "rec", "-o", refs, "--metrics", "psnr", "--quiet")
+    code, err = run_cli(
+        capsys, "eval", "--ref", refs, "--rec", tmp_path / "rec", "-o", refs, "--metrics", "psnr", "--quiet"
+    )
     assert_one_line_error(code, err, "--ref", "refs.json")
     assert refs.read_text() == "ref/a.mp4\n"
     # ... and a --rec list file named like results.md, which is written beside results.json.
     recs = tmp_path / "recs.md"
     recs.write_text("rec/a.mp4\n")
-    code, err = run_cli(capsys, "eval", "--ref", tmp_path / "ref", "--rec", recs, "-o", tmp_path / "recs.json",
-                        "--metrics", "psnr", "--quiet")
+    code, err = run_cli(
+        capsys,
+        "eval",
+        "--ref",
+        tmp_path / "ref",
+        "--rec",
+        recs,
+        "-o",
+        tmp_path / "recs.json",
+        "--metrics",
+        "psnr",
+        "--quiet",
+    )
     assert_one_line_error(code, err, "--rec", "recs.md")
     assert recs.read_text() == "rec/a.mp4\n"
     assert not (tmp_path / "recs.json").exists()

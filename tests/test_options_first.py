@@ -27,13 +27,16 @@ def clip(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("option,value,needle", [
-    ("--codec", "bogus", "'bogus' is not available"),
-    ("--codec", "aac", "not a video encoder"),
-    ("--pix-fmt", "bogus", "no pixel format"),
-    ("--pix-fmt", "rgb24", "cannot write pixel format rgb24"),  # libx264 takes YUV only
-    ("--crf", "60", "between 0 and 51"),
-])
+@pytest.mark.parametrize(
+    "option,value,needle",
+    [
+        ("--codec", "bogus", "'bogus' is not available"),
+        ("--codec", "aac", "not a video encoder"),
+        ("--pix-fmt", "bogus", "no pixel format"),
+        ("--pix-fmt", "rgb24", "cannot write pixel format rgb24"),  # libx264 takes YUV only
+        ("--crf", "60", "between 0 and 51"),
+    ],
+)
 def test_recon_checks_output_options_before_the_latent(tmp_path, capsys, clip, option, value, needle):
     out = tmp_path / "out"
     code, err = run_cli(capsys, "recon", clip, "-o", out, option, value, *MODEL)
@@ -63,7 +66,9 @@ def test_corrupt_video_prints_one_line_only(tmp_path, clip):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     result = subprocess.run(
         [sys.executable, "-m", "cascadev.cli", "encode", str(truncated), "-o", str(tmp_path / "l.safetensors"), *MODEL],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert_one_line_error(result.returncode, result.stderr, "truncated.mp4", "not a readable video")
     assert sorted(os.listdir(tmp_path)) == ["truncated.mp4"]

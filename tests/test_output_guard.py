@@ -67,11 +67,18 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path, capsys, clip):
     out_file, out_dir = tmp_path / "l.safetensors", tmp_path / "recon"
     out_dir.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys\nfrom cascadev.outlock import output_lock\n"
-         f"with output_lock({str(out_file)!r}), output_lock({str(out_dir)!r}, folder=True):\n"
-         "    print('locked', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom cascadev.outlock import output_lock\n"
+            f"with output_lock({str(out_file)!r}), output_lock({str(out_dir)!r}, folder=True):\n"
+            "    print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = run_cli(capsys, "encode", clip, "-o", out_file, "--config", TINY, "--random-init", "--quiet")
@@ -99,8 +106,19 @@ def test_stale_partials_of_dead_runs_are_removed_and_reported(tmp_path, capsys, 
     alive = tmp_path / f".x.mp4.partial-{os.getpid()}.{HOST_TAG}-abcd1234.mp4"  # a live run's
     for p in (stale, foreign, alive):
         p.write_bytes(b"half")
-    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", "--num-frames", 1, "--config", TINY,
-                        "--random-init", "--quiet")
+    code, err = run_cli(
+        capsys,
+        "encode",
+        clip,
+        "-o",
+        tmp_path / "l.safetensors",
+        "--num-frames",
+        1,
+        "--config",
+        TINY,
+        "--random-init",
+        "--quiet",
+    )
     assert code == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cascadev: removed 1 partial file"), err
@@ -120,8 +138,24 @@ def test_a_signal_mid_run_leaves_no_partial_files(tmp_path, signals, code):
     write_test_video(video, 96, 64, 64)
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cascadev.cli", "recon", str(video), "-o", str(out), "--config", TINY,
-         "--random-init", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        [
+            sys.executable,
+            "-m",
+            "cascadev.cli",
+            "recon",
+            str(video),
+            "-o",
+            str(out),
+            "--config",
+            TINY,
+            "--random-init",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     deadline = time.monotonic() + 120
     while not (out.is_dir() and _partials(out)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # wait until the run is writing its outputs

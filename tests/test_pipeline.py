@@ -73,6 +73,12 @@ def test_missing_weights_are_named_with_where_they_come_from(tmp_path):
     with pytest.raises(CascadeVError) as err:
         build_pipeline(load_config(CONFIG), weights_dir=tmp_path)
     message = str(err.value)
-    for name in ("tiny.safetensors", "effnet_encoder.safetensors", "previewer.safetensors", "svd_vae", "pretrained/download.sh"):
+    for name in (
+        "tiny.safetensors",
+        "effnet_encoder.safetensors",
+        "previewer.safetensors",
+        "svd_vae",
+        "pretrained/download.sh",
+    ):
         assert name in message
     assert "\n" not in message

@@ -38,8 +38,12 @@ def fresh(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clone")
     for name in ("example", "configs", "tools", "pretrained"):
         (folder / name).symlink_to(ROOT / name)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+    )
     return folder, env
 
 
@@ -53,8 +57,9 @@ def test_the_readme_has_the_blocks_this_test_runs():
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_block_runs(fresh, index):
     folder, env = fresh
-    result = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PYTHON_BLOCKS[index]], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     made = "outputs/store/index.jsonl" if "LatentStore" in PYTHON_BLOCKS[index] else "outputs/api.mp4"  # what it writes
     assert (folder / made).is_file()
@@ -66,8 +71,9 @@ def test_shell_block_on_tiny_runs(fresh, index):
     code = SHELL_BLOCKS[index]
     for old, new in CHEAPER.items():
         code = code.replace(old, new)
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=folder, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     wrote = [line for line in result.stdout.splitlines() if line.startswith("cascadev: wrote ")]
     assert len(wrote) == len([line for line in code.splitlines() if re.match(r"\s*cascadev \w", line)])

@@ -31,8 +31,15 @@ def launch(*argv, wait: bool = True) -> subprocess.CompletedProcess | subprocess
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), USE_CPU="1", GPUS="2", MASTER_PORT=str(port),
-               ACCELERATE=str(Path(sys.executable).with_name("accelerate")))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        USE_CPU="1",
+        GPUS="2",
+        MASTER_PORT=str(port),
+        ACCELERATE=str(Path(sys.executable).with_name("accelerate")),
+    )
     cmd = ["bash", str(ROOT / "launch.sh"), "-m", "cascadev", *map(str, argv)]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -85,9 +92,14 @@ def test_two_processes_match_one_and_resume_after_one_is_killed(tmp_path):
         assert {f.name: f.stat().st_mtime_ns for f in (two / name).iterdir()} == files
     for name in "abcd":
         assert sorted(p.name for p in (two / name).iterdir() if not p.name.startswith(".")) == sorted(
-            p.name for p in (one / name).iterdir())
-        torch.testing.assert_close(load_latent(two / name / "latent.safetensors")[0],
-                                   load_latent(one / name / "latent.safetensors")[0], rtol=1e-5, atol=1e-6)
+            p.name for p in (one / name).iterdir()
+        )
+        torch.testing.assert_close(
+            load_latent(two / name / "latent.safetensors")[0],
+            load_latent(one / name / "latent.safetensors")[0],
+            rtol=1e-5,
+            atol=1e-6,
+        )
         for video in ("recon.mp4", "preview.mp4", "compare.mp4"):
             diff = np.abs(frames(two / name / video) - frames(one / name / video))
             assert diff.max() <= 2 and diff.mean() < 0.05

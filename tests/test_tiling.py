@@ -7,15 +7,18 @@ from cascadev.pipeline import CascadeVPipeline
 from cascadev.tiling import Tiling, crossfade_weights, window_starts
 
 
-@pytest.mark.parametrize("size,window,stride,expected", [
-    (8, 8, 4, [0]),
-    (3, 8, 4, [0]),
-    (12, 8, 4, [0, 4]),
-    (14, 8, 4, [0, 4, 6]),
-    (16, 8, 4, [0, 4, 8]),
-    (160, 128, 96, [0, 32]),  # a 1280-pixel side with the released 128-latent tiles
-    (300, 128, 96, [0, 96, 172]),
-])
+@pytest.mark.parametrize(
+    "size,window,stride,expected",
+    [
+        (8, 8, 4, [0]),
+        (3, 8, 4, [0]),
+        (12, 8, 4, [0, 4]),
+        (14, 8, 4, [0, 4, 6]),
+        (16, 8, 4, [0, 4, 8]),
+        (160, 128, 96, [0, 32]),  # a 1280-pixel side with the released 128-latent tiles
+        (300, 128, 96, [0, 96, 172]),
+    ],
+)
 def test_window_starts_follow_the_release(size, window, stride, expected):
     assert window_starts(size, window, stride) == expected
 
@@ -26,7 +29,7 @@ def test_crossfade_weights_sum_to_one_everywhere(size, window, stride):
     weights = crossfade_weights(size, window, starts)
     total = torch.zeros(size)
     for s, w in zip(starts, weights):
-        total[s:s + window] += w
+        total[s : s + window] += w
     assert torch.allclose(total, torch.ones(size), atol=1e-6)
     assert (weights >= 0).all()
 
@@ -93,7 +96,9 @@ def test_blending_reproduces_a_position_independent_model_exactly(size):
     assert torch.allclose(noise, x + 2 * cond[:, :4], atol=1e-5)
 
 
-@pytest.mark.parametrize("num_frames,segment,stride,chunk", [(20, 8, 6, 4), (37, 16, 12, 5), (5, 8, 6, 4), (16, 16, 12, 4)])
+@pytest.mark.parametrize(
+    "num_frames,segment,stride,chunk", [(20, 8, 6, 4), (37, 16, 12, 5), (5, 8, 6, 4), (16, 16, 12, 4)]
+)
 def test_segment_stream_blends_in_order_and_hands_out_whole_chunks(num_frames, segment, stride, chunk):
     from cascadev.tiling import SegmentStream, crossfade_weights
 

@@ -35,8 +35,20 @@ def clips(tmp_path_factory):
 
 
 def train(work_dir, video_list, *extra, options=()):
-    argv = ["train", TINY, "--work-dir", str(work_dir), "--random-init", "--quiet", "--device", "cpu",
-            "--cfg-options", f"video_list=['{video_list}']", *options, *map(str, extra)]
+    argv = [
+        "train",
+        TINY,
+        "--work-dir",
+        str(work_dir),
+        "--random-init",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--cfg-options",
+        f"video_list=['{video_list}']",
+        *options,
+        *map(str, extra),
+    ]
     return main(argv)
 
 
@@ -45,7 +57,12 @@ def metrics(work_dir):
 
 
 def test_loss_falls_when_overfitting_one_clip(tmp_path, clips):
-    assert train(tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=["cache_latents=True", "save_model_steps=100"]) == 0
+    assert (
+        train(
+            tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=["cache_latents=True", "save_model_steps=100"]
+        )
+        == 0
+    )
     losses = [m["loss"] for m in metrics(tmp_path / "w")]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
@@ -66,8 +83,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
     assert [m["step"] for m in metrics(tmp_path / "split")] == [1, 2, 3, 4]
     state = json.loads((split / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["micro_step"] == 4
-    assert not torch.equal(load_file(full / DIT_WEIGHTS)["final_layer.linear.weight"],
-                           load_file(full / "ema.safetensors")["final_layer.linear.weight"])
+    assert not torch.equal(
+        load_file(full / DIT_WEIGHTS)["final_layer.linear.weight"],
+        load_file(full / "ema.safetensors")["final_layer.linear.weight"],
+    )
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path, clips):
@@ -91,7 +110,16 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, clips):
 
 def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips, tiny_weights):
     work = tmp_path / "w"
-    assert train(work, clips / "four.txt", "--max-steps", 2, options=["validation.video=" + str(clips / "v3.mp4"), "validation.interval=2"]) == 0
+    assert (
+        train(
+            work,
+            clips / "four.txt",
+            "--max-steps",
+            2,
+            options=["validation.video=" + str(clips / "v3.mp4"), "validation.interval=2"],
+        )
+        == 0
+    )
     ckpt = work / "checkpoint-00000002" / "dit"
     from PIL import Image
 
@@ -103,7 +131,9 @@ def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips
     latent = tmp_path / "l.safetensors"
     common = ["--config", TINY, "--weights-dir", str(tiny_weights), "--quiet"]
     assert main(["encode", str(clips / "v0.mp4"), "-o", str(latent), *common]) == 0
-    assert main(["decode", str(latent), "-o", str(tmp_path / "v.mp4"), "--ckpt", str(ckpt), "--steps", "1", *common]) == 0
+    assert (
+        main(["decode", str(latent), "-o", str(tmp_path / "v.mp4"), "--ckpt", str(ckpt), "--steps", "1", *common]) == 0
+    )
 
     again = tmp_path / "again"
     assert train(again, clips / "four.txt", "--max-steps", 1, options=[f"load_from={ckpt}", "optimizer.lr=1e-12"]) == 0
@@ -112,8 +142,9 @@ def test_trained_checkpoint_decodes_and_load_from_starts_from_it(tmp_path, clips
     assert train(tmp_path / "zero", clips / "four.txt", "--max-steps", 1, options=["optimizer.lr=0"]) == 2
 
 
-def test_validation_samples_as_build_pipeline_does_and_checkpoints_hold_a_pretrained_folder(tmp_path, clips, tiny_weights,
-                                                                                            monkeypatch):
+def test_validation_samples_as_build_pipeline_does_and_checkpoints_hold_a_pretrained_folder(
+    tmp_path, clips, tiny_weights, monkeypatch
+):
     """Validation is build_pipeline's sampler on the live DiT: its frames are those of build_pipeline with the
     checkpoint's DiT (a save_pretrained folder) and the same seed."""
     from cascadev.loading import build_pipeline, load_config
@@ -124,11 +155,25 @@ def test_validation_samples_as_build_pipeline_does_and_checkpoints_hold_a_pretra
     validation_recon = Trainer.validation_recon
     monkeypatch.setattr(Trainer, "validation_recon", lambda self: seen.append(validation_recon(self)) or seen[-1])
     work = tmp_path / "w"
-    argv = ["train", TINY, "--work-dir", str(work), "--weights-dir", str(tiny_weights), "--quiet", "--device", "cpu",
-            "--max-steps", "2", "--cfg-options", f"video_list=['{clips / 'four.txt'}']", "validation.interval=2",
-            f"validation.video={clips / 'v3.mp4'}"]
+    argv = [
+        "train",
+        TINY,
+        "--work-dir",
+        str(work),
+        "--weights-dir",
+        str(tiny_weights),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--cfg-options",
+        f"video_list=['{clips / 'four.txt'}']",
+        "validation.interval=2",
+        f"validation.video={clips / 'v3.mp4'}",
+    ]
     assert main(argv) == 0
-    (clip, _, recon, _), = seen
+    ((clip, _, recon, _),) = seen
     folder = work / "checkpoint-00000002" / checkpoints.MODEL_DIR
     assert {"dit/config.json", DIT_WEIGHTS} <= set(json.loads((folder.parent / "manifest.json").read_text())["files"])
     assert not (folder.parent / "model.safetensors").exists()  # the DiT is saved once
@@ -140,8 +185,18 @@ def test_validation_samples_as_build_pipeline_does_and_checkpoints_hold_a_pretra
     def run(ckpt):
         pipe = build_pipeline(cfg, weights_dir=tiny_weights, ckpt=ckpt)
         latent = pipe.encode(frames)
-        return torch.cat(list(pipe.decode(lambda a, b: latent[:, a:b], latent.shape[1], steps=cfg.validation.steps,
-                                          scheduler=cfg.validation.scheduler, seed=0, progress=False)))
+        return torch.cat(
+            list(
+                pipe.decode(
+                    lambda a, b: latent[:, a:b],
+                    latent.shape[1],
+                    steps=cfg.validation.steps,
+                    scheduler=cfg.validation.scheduler,
+                    seed=0,
+                    progress=False,
+                )
+            )
+        )
 
     expected = run(folder)
     assert recon.shape == expected.shape == frames.shape
@@ -170,10 +225,26 @@ def test_bad_videos_are_skipped_counted_and_all_bad_is_an_error(tmp_path, clips,
 def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
     """train_vae.sh with USE_CPU=1 GPUS=2: accelerate launches 2 gloo processes."""
     work = tmp_path / "w"
-    env = dict(os.environ, USE_CPU="1", GPUS="2", CONFIG=TINY, WORK_DIR=str(work), MASTER_PORT="29617",
-               ACCELERATE=str(Path(sys.executable).with_name("accelerate")), OMP_NUM_THREADS="1")
-    cmd = ["bash", str(ROOT / "train_vae.sh"), "--max-steps", "2", "--random-init", "--quiet",
-           "--cfg-options", f"video_list=['{clips / 'four.txt'}']"]
+    env = dict(
+        os.environ,
+        USE_CPU="1",
+        GPUS="2",
+        CONFIG=TINY,
+        WORK_DIR=str(work),
+        MASTER_PORT="29617",
+        ACCELERATE=str(Path(sys.executable).with_name("accelerate")),
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        "bash",
+        str(ROOT / "train_vae.sh"),
+        "--max-steps",
+        "2",
+        "--random-init",
+        "--quiet",
+        "--cfg-options",
+        f"video_list=['{clips / 'four.txt'}']",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics(work)
@@ -187,9 +258,17 @@ def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
 def test_resize_condition_adamw_accumulation_bf16_and_warmup(tmp_path, clips):
     """Paper Fig. 4b's condition (8 input channels) with the other optimisation options."""
     work = tmp_path / "w"
-    options = ["condition=resize", "optimizer.type=AdamW", "optimizer.lr=1e-3", "optimizer.betas=(0.9,0.999)",
-               "optimizer.eps=1e-8", "gradient_accumulation_steps=2",
-               "mixed_precision=bf16", "fp32_attention=True", "lr_schedule_args.num_warmup_steps=4"]
+    options = [
+        "condition=resize",
+        "optimizer.type=AdamW",
+        "optimizer.lr=1e-3",
+        "optimizer.betas=(0.9,0.999)",
+        "optimizer.eps=1e-8",
+        "gradient_accumulation_steps=2",
+        "mixed_precision=bf16",
+        "fp32_attention=True",
+        "lr_schedule_args.num_warmup_steps=4",
+    ]
     assert train(work, clips / "four.txt", "--max-steps", 2, options=options) == 0
     records = metrics(work)
     assert [r["lr"] for r in records] == pytest.approx([2.5e-4, 5e-4])  # linear warm-up over 4 steps
@@ -218,6 +297,8 @@ def test_clips_per_video_draws_distinct_clips_of_each_video(clips):
     items = [data[i] for i in range(3)]
     assert [item["source_index"] for item in items] == [0, 0, 0]
     assert not any(item["substituted"] for item in items)
-    assert not torch.equal(items[0]["video"], items[1]["video"]) or not torch.equal(items[1]["video"], items[2]["video"])
+    assert not torch.equal(items[0]["video"], items[1]["video"]) or not torch.equal(
+        items[1]["video"], items[2]["video"]
+    )
     with pytest.raises(IndexError):
         data[3]

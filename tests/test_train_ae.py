@@ -31,8 +31,21 @@ def clips(tmp_path_factory):
 
 
 def train_ae(part, work_dir, video_list, *extra, options=()):
-    argv = ["train-ae", TINY, "--part", part, "--work-dir", str(work_dir), "--quiet", "--device", "cpu",
-            "--cfg-options", f"video_list=['{video_list}']", *options, *map(str, extra)]
+    argv = [
+        "train-ae",
+        TINY,
+        "--part",
+        part,
+        "--work-dir",
+        str(work_dir),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--cfg-options",
+        f"video_list=['{video_list}']",
+        *options,
+        *map(str, extra),
+    ]
     return main(argv)
 
 
@@ -42,8 +55,13 @@ def losses(work_dir):
 
 @pytest.mark.parametrize("part", ["compressor", "vae"])
 def test_loss_falls_when_overfitting_one_clip(tmp_path, clips, part):
-    options = ["save_model_steps=100", "optimizer.lr=2e-3", "lr_schedule_args.num_warmup_steps=0",
-               "sample_size=32", "num_frames_per_video=2"]
+    options = [
+        "save_model_steps=100",
+        "optimizer.lr=2e-3",
+        "lr_schedule_args.num_warmup_steps=0",
+        "sample_size=32",
+        "num_frames_per_video=2",
+    ]
     assert train_ae(part, tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=options) == 0
     values = losses(tmp_path / "w")
     assert len(values) == 30

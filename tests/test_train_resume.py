@@ -40,9 +40,23 @@ def clips(tmp_path_factory):
 
 
 def train_argv(work_dir, video_list, max_steps, *options):
-    return ["train", TINY, "--work-dir", str(work_dir), "--random-init", "--quiet", "--device", "cpu",
-            "--max-steps", str(max_steps), "--cfg-options", f"video_list=['{video_list}']", "save_model_steps=2",
-            "keep_checkpoints=0", *options]
+    return [
+        "train",
+        TINY,
+        "--work-dir",
+        str(work_dir),
+        "--random-init",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--max-steps",
+        str(max_steps),
+        "--cfg-options",
+        f"video_list=['{video_list}']",
+        "save_model_steps=2",
+        "keep_checkpoints=0",
+        *options,
+    ]
 
 
 def train(work_dir, video_list, max_steps, *options):
@@ -117,7 +131,9 @@ def test_each_damage_kind_is_named_and_the_folder_moved_aside(trained, tmp_path,
     damaged_file, damage = DAMAGE[kind]
     damage(work / CKPT4)
     before = sorted(p.name for p in (work / CKPT4).iterdir())
-    assert [p.name for _, p in checkpoints.list_checkpoints(work)] == [CKPT2] + ([CKPT4] if "manifest" not in damaged_file else [])
+    assert [p.name for _, p in checkpoints.list_checkpoints(work)] == [CKPT2] + (
+        [CKPT4] if "manifest" not in damaged_file else []
+    )
     found, messages = checkpoints.resume_point(work)
     assert found == work / CKPT2
     assert len(messages) == 1 and messages[0].startswith(f"{CKPT4}/{damaged_file} ")
@@ -187,8 +203,9 @@ def _plant(folder: Path, name: str, marker: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl"])  # the second, accelerate would skip silently
-def test_malicious_pickle_is_refused_in_one_line_and_the_previous_checkpoint_resumed(trained, tmp_path, clips,
-                                                                                      capsys, name):
+def test_malicious_pickle_is_refused_in_one_line_and_the_previous_checkpoint_resumed(
+    trained, tmp_path, clips, capsys, name
+):
     work = copy_of(trained, tmp_path)
     marker = tmp_path / "code_was_run"
     _plant(work / CKPT4, name, marker)
@@ -236,8 +253,9 @@ def test_interrupted_prune_leaves_nothing_that_looks_like_a_checkpoint(trained, 
 
 
 @pytest.mark.parametrize("failure", ["safetensors", "torch"])
-def test_full_disk_during_a_checkpoint_save_is_one_line_and_leaves_no_partial(tmp_path, clips, capsys, monkeypatch,
-                                                                               failure):
+def test_full_disk_during_a_checkpoint_save_is_one_line_and_leaves_no_partial(
+    tmp_path, clips, capsys, monkeypatch, failure
+):
     import accelerate.checkpointing
 
     def save_on_a_full_disk(obj, f, *args, **kwargs):
@@ -296,12 +314,19 @@ def test_sigterm_saves_the_current_step_and_a_resume_continues_from_it(tmp_path,
     argv = train_argv(work, clips, 1000)
     argv[argv.index("save_model_steps=2")] = "save_model_steps=1000"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "cascadev.cli", *argv], env=env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: os.umask(0o022))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cascadev.cli", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),
+    )
     try:
         deadline = time.time() + 120
         while not ((work / "metrics.jsonl").is_file() and (work / "metrics.jsonl").read_text()):
-            assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stderr.read() if proc.poll() is not None else "slow"
+            )
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)

@@ -35,7 +35,11 @@ BAD_OPTIONS = {
     "tools/precision_table.py": (["--device", "tpu"], "precision_table", "--device"),
     "tools/prepare_inter4k.py": (["src", "-o", "out", "--crf", "-1"], "prepare_inter4k", "--crf"),
     "tools/readme_options.py": (["--update=yes"], "readme_options", "--update"),
-    "scripts/evaluate.py": (["--ref", "a", "--rec", "b", "-o", "r.json", "--chunk-frames", "0"], "cascadev", "--chunk-frames"),
+    "scripts/evaluate.py": (
+        ["--ref", "a", "--rec", "b", "-o", "r.json", "--chunk-frames", "0"],
+        "cascadev",
+        "--chunk-frames",
+    ),
     "scripts/reconstruct.py": (["v.mp4", "-o", "out", "--steps", "x"], "cascadev", "--steps"),
     "scripts/train.py": ([TINY, "--work-dir", "w", "--device", "gpu"], "cascadev", "--device"),
     "cascadev.evaluation.report": (["a.json", "--labels"], "cascadev-report", "--labels"),
@@ -78,8 +82,14 @@ def test_every_tool_and_script_gives_one_line_errors(tmp_path):
     assert set(_parsing_scripts()) <= set(BAD_OPTIONS), "a new tool with a parser needs an entry in BAD_OPTIONS"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tools'}")
     argvs = {script: argv for script, (argv, _, _) in BAD_OPTIONS.items()}
-    result = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(argvs)], capture_output=True, text=True,
-                            cwd=ROOT, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _RUNNER, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads(result.stdout.splitlines()[-1])
     for script, (_, prog, needle) in BAD_OPTIONS.items():
@@ -114,11 +124,14 @@ MODEL_COMMANDS = [
 
 
 @pytest.mark.parametrize("command", MODEL_COMMANDS, ids=lambda c: c[0])
-@pytest.mark.parametrize("option,value,choices", [
-    ("--dtype", "fp8", "auto, fp32, fp16 or bf16"),
-    ("--device", "tpu", "auto, cpu, cuda or cuda:N"),
-    ("--device", "cuda:x", "auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "option,value,choices",
+    [
+        ("--dtype", "fp8", "auto, fp32, fp16 or bf16"),
+        ("--device", "tpu", "auto, cpu, cuda or cuda:N"),
+        ("--device", "cuda:x", "auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_precision_and_device_are_choices(capsys, command, option, value, choices):
     err = _parse_error(capsys, *command, option, value)
     assert f"argument {option}: unknown" in err and repr(value) in err and choices in err
@@ -130,18 +143,39 @@ def test_scheduler_is_a_choice(capsys, command):
     assert "argument --scheduler: unknown scheduler 'heun'; choose euler_a, ddim or dpm_solver" in err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["upscale", "v.mp4", "-o", "u.mp4", "--mode", "4x"], "argument --mode: unknown mode '4x'; choose auto, tiles or 2x"),
-    (["recon", "v.mp4", "-o", "out", "--preset", "paper"], "argument --preset: unknown preset 'paper'"),
-    (["eval", "--ref", "a", "--rec", "b", "-o", "r.json", "--device", "tpu"], "argument --device: unknown device"),
-    (["eval", "--ref", "a", "--rec", "b", "-o", "r.json", "--lpips-net", "resnet"], "argument --lpips-net: unknown lpips net"),
-    (["train", TINY, "--work-dir", "w", "--device", "cuda"], "argument --device: unknown device 'cuda'; choose auto or cpu"),
-    (["train-ae", TINY, "--work-dir", "w", "--part", "dit"], "argument --part: unknown part 'dit'"),
-    (["encode", "v.mp4", "-o", "s", "--shards", "--shard-size", "0"], "argument --shard-size: must be a positive number"),
-    (["interpolate", "v.mp4", "-o", "i.mp4", "--factor", "1.5"], "argument --factor: must be a whole number of at least 1"),
-    (["decode", "l.safetensors", "-o", "v.mp4", "--vae-chunk", "0"], "argument --vae-chunk: must be a whole number of at least 1"),
-    (["bogus"], "unknown command 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (
+            ["upscale", "v.mp4", "-o", "u.mp4", "--mode", "4x"],
+            "argument --mode: unknown mode '4x'; choose auto, tiles or 2x",
+        ),
+        (["recon", "v.mp4", "-o", "out", "--preset", "paper"], "argument --preset: unknown preset 'paper'"),
+        (["eval", "--ref", "a", "--rec", "b", "-o", "r.json", "--device", "tpu"], "argument --device: unknown device"),
+        (
+            ["eval", "--ref", "a", "--rec", "b", "-o", "r.json", "--lpips-net", "resnet"],
+            "argument --lpips-net: unknown lpips net",
+        ),
+        (
+            ["train", TINY, "--work-dir", "w", "--device", "cuda"],
+            "argument --device: unknown device 'cuda'; choose auto or cpu",
+        ),
+        (["train-ae", TINY, "--work-dir", "w", "--part", "dit"], "argument --part: unknown part 'dit'"),
+        (
+            ["encode", "v.mp4", "-o", "s", "--shards", "--shard-size", "0"],
+            "argument --shard-size: must be a positive number",
+        ),
+        (
+            ["interpolate", "v.mp4", "-o", "i.mp4", "--factor", "1.5"],
+            "argument --factor: must be a whole number of at least 1",
+        ),
+        (
+            ["decode", "l.safetensors", "-o", "v.mp4", "--vae-chunk", "0"],
+            "argument --vae-chunk: must be a whole number of at least 1",
+        ),
+        (["bogus"], "unknown command 'bogus'"),
+    ],
+)
 def test_other_choices_and_counts(capsys, argv, needle):
     err = _parse_error(capsys, *argv)
     assert needle in err and "usage:" not in err
@@ -163,7 +197,9 @@ def test_named_values_match_their_implementations():
 def test_steps(capsys):
     from cascadev.reconstruct import SamplingArgs
 
-    assert "--steps: must be a whole number of at least 1, got 0" in _parse_error(capsys, "decode", "l", "-o", "v", "--steps", "0")
+    assert "--steps: must be a whole number of at least 1, got 0" in _parse_error(
+        capsys, "decode", "l", "-o", "v", "--steps", "0"
+    )
     for bad in (0, -3, 2.0, True):
         with pytest.raises(CascadeVError, match="sampling steps must be a whole number of at least 1"):
             SamplingArgs(steps=bad)
@@ -185,8 +221,10 @@ def test_seed_api():
     from cascadev.data import VideoClipDataset
     from cascadev.reconstruct import SamplingArgs
 
-    for make in (lambda s: SamplingArgs(seed=s),
-                 lambda s: VideoClipDataset(["a.mp4"], num_frames=2, time_stride=1, sample_size=16, seed=s)):
+    for make in (
+        lambda s: SamplingArgs(seed=s),
+        lambda s: VideoClipDataset(["a.mp4"], num_frames=2, time_stride=1, sample_size=16, seed=s),
+    ):
         for bad in (-1, 2**63, 0.5):
             with pytest.raises(CascadeVError, match="seed must be a whole number from 0 to 2\\*\\*63 - 1"):
                 make(bad)
@@ -232,16 +270,30 @@ def test_condition_kind_lives_in_the_conditioning_module(tmp_path, capsys):
     assert conditioning.dit_spec(load_config(TINY, ["condition=resize"]))["in_channels"] == 8
     with pytest.raises(CascadeVError, match="12 input channels; expected 20 \\(semantic\\) or 8 \\(resize\\)"):
         conditioning.kind_of_dit(12)
-    for bad in (lambda: conditioning.Conditioner(kind="latent"), lambda: FrozenEncoders(None, condition="latent"),
-                lambda: conditioning.condition_kind({"condition": "latent"})):
+    for bad in (
+        lambda: conditioning.Conditioner(kind="latent"),
+        lambda: FrozenEncoders(None, condition="latent"),
+        lambda: conditioning.condition_kind({"condition": "latent"}),
+    ):
         with pytest.raises(CascadeVError, match="unknown condition 'latent' in the config; choose semantic or resize"):
             bad()
     with pytest.raises(CascadeVError, match="config key condition must be one of semantic, resize"):
         load_config(TINY, ["condition=latent"])
     clip = tmp_path / "clip.mp4"
     write_test_video(clip, 2, 32, 32)
-    code = main(["upscale", str(clip), "-o", str(tmp_path / "u.mp4"), "--config", TINY, "--random-init",
-                 "--cfg-options", "condition=latent"])
+    code = main(
+        [
+            "upscale",
+            str(clip),
+            "-o",
+            str(tmp_path / "u.mp4"),
+            "--config",
+            TINY,
+            "--random-init",
+            "--cfg-options",
+            "condition=latent",
+        ]
+    )
     assert_one_line_error(code, capsys.readouterr().err, "config key condition must be one of semantic, resize")
     assert os.listdir(tmp_path) == ["clip.mp4"]
 

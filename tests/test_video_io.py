@@ -36,9 +36,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 def _nearest(frame: np.ndarray, candidates: np.ndarray) -> int:
     """Index of the candidate frame closest to ``frame`` (mean absolute difference)."""
-    diffs = np.abs(candidates.astype(np.int16) - frame.astype(np.int16)).reshape(
-        len(candidates), -1
-    )
+    diffs = np.abs(candidates.astype(np.int16) - frame.astype(np.int16)).reshape(len(candidates), -1)
     return int(diffs.mean(axis=1).argmin())
 
 
@@ -108,9 +106,7 @@ def test_select_frames(tmp_path):
     assert select_frames(info, 0, None) == (0, 20)
     assert select_frames(info, 5, None) == (5, 15)
     assert select_frames(info, 5, 15) == (5, 15)
-    with pytest.raises(
-        CascadeVError, match=r"in\.mp4 has 20 frames; frames 15\.\.24 were asked for"
-    ):
+    with pytest.raises(CascadeVError, match=r"in\.mp4 has 20 frames; frames 15\.\.24 were asked for"):
         select_frames(info, 15, 10)
     with pytest.raises(CascadeVError, match="start frame 20"):
         select_frames(info, 20, None)

@@ -85,9 +85,7 @@ def write_test_video(
     return frames
 
 
-def _write_tone(
-    container: av.container.OutputContainer, stream: av.AudioStream, seconds: float
-) -> None:
+def _write_tone(container: av.container.OutputContainer, stream: av.AudioStream, seconds: float) -> None:
     """Encode a 440 Hz mono tone of ``seconds`` into ``stream``."""
     total = int(round(seconds * _AUDIO_RATE))
     block = 1024

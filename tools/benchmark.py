@@ -114,13 +114,18 @@ def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float | No
 def synthetic_video(path: Path, frames: int, height: int, width: int) -> None:
     """Smooth moving colour gradients (compressible, like real footage, unlike noise)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    video = np.stack([
-        np.stack([np.sin(x / 37 + t / 3), np.cos(y / 23 - t / 5), np.sin((x + y) / 51 + t / 7)]) for t in range(frames)
-    ])  # (T, 3, H, W) in [-1, 1]
+    video = np.stack(
+        [
+            np.stack([np.sin(x / 37 + t / 3), np.cos(y / 23 - t / 5), np.sin((x + y) / 51 + t / 7)])
+            for t in range(frames)
+        ]
+    )  # (T, 3, H, W) in [-1, 1]
     write_video(path, to_uint8(torch.from_numpy(video), truncate=True), 24)
 
 
-def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.device, work: Path, peak: float | None) -> dict:
+def run_case(
+    args, cfg, name: str, spec: tuple, settings: str, device: torch.device, work: Path, peak: float | None
+) -> dict:
     frames, height, width, upscale = spec
     precision = resolve_precision("fp16" if settings == "release" and device.type == "cuda" else args.dtype, device)
     parts = ["dit", "compressor", "vae"]
@@ -130,9 +135,16 @@ def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.dev
     stages = Stages(device)
     overrides = dict(batch_size=1) if settings == "release" else {}
     with stages.time("load"):
-        pipe = build_pipeline(cfg, parts, device=device, dtype=precision.dtype, autocast_dtype=precision.autocast,
-                              random_init=True, fp32_attention=settings == "release" and precision.autocast is not None,
-                              **overrides)
+        pipe = build_pipeline(
+            cfg,
+            parts,
+            device=device,
+            dtype=precision.dtype,
+            autocast_dtype=precision.autocast,
+            random_init=True,
+            fp32_attention=settings == "release" and precision.autocast is not None,
+            **overrides,
+        )
     stages.wrap(pipe, "encode", "encode")
     stages.wrap(pipe, "_predict_noise", "dit_step")
     stages.wrap(pipe, "vae_decode", "svd_decode")
@@ -160,11 +172,19 @@ def run_case(args, cfg, name: str, spec: tuple, settings: str, device: torch.dev
     dit_seconds = stages.seconds.get("dit_step", 0.0)
     s = stages.seconds
     report = {
-        "case": name, "settings": settings, "frames": frames, "height": height, "width": width, "upscale": upscale,
-        "precision": {"weights": str(precision.dtype).replace("torch.", ""),
-                      "autocast": str(precision.autocast).replace("torch.", "") if precision.autocast else None,
-                      "fp32_attention": settings == "release" and precision.autocast is not None},
-        "steps": args.steps, "dit_calls": len(dit_calls),
+        "case": name,
+        "settings": settings,
+        "frames": frames,
+        "height": height,
+        "width": width,
+        "upscale": upscale,
+        "precision": {
+            "weights": str(precision.dtype).replace("torch.", ""),
+            "autocast": str(precision.autocast).replace("torch.", "") if precision.autocast else None,
+            "fp32_attention": settings == "release" and precision.autocast is not None,
+        },
+        "steps": args.steps,
+        "dit_calls": len(dit_calls),
         "seconds": {
             "model_loading": s.get("load", 0.0),
             "read_and_encode": s.get("end_to_end", 0.0) - dit_seconds - s.get("svd_decode", 0.0) - s.get("write", 0.0),
@@ -224,16 +244,27 @@ def main(argv=None) -> int:
         for name, spec in cases.items():
             for setting in settings:
                 runs.append(run_case(args, cfg, name, spec, setting, device, Path(tmp), peak))
-                print(json.dumps({k: runs[-1][k] for k in ("case", "settings", "seconds", "mfu", "peak_memory_gib")},
-                                 default=lambda v: round(v, 4) if isinstance(v, float) else v))
+                print(
+                    json.dumps(
+                        {k: runs[-1][k] for k in ("case", "settings", "seconds", "mfu", "peak_memory_gib")},
+                        default=lambda v: round(v, 4) if isinstance(v, float) else v,
+                    )
+                )
     ratios = {}
     for name in cases:
         by = {r["settings"]: r for r in runs if r["case"] == name}
         if {"release", "default"} <= by.keys():
-            ratios[name] = by["release"]["seconds"]["end_to_end_without_loading"] / by["default"]["seconds"]["end_to_end_without_loading"]
+            ratios[name] = (
+                by["release"]["seconds"]["end_to_end_without_loading"]
+                / by["default"]["seconds"]["end_to_end_without_loading"]
+            )
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
-        "config": args.config, "peak_tflop_per_s": peak, "runs": runs, "release_over_default": ratios,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "config": args.config,
+        "peak_tflop_per_s": peak,
+        "runs": runs,
+        "release_over_default": ratios,
     }
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=1))

@@ -44,7 +44,9 @@ def main(argv=None) -> int:
     add_device_options(parser)
     parser.add_argument("--batch", type=positive_int, default=1)
     parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--2x", dest="hires", action="store_true", help="2x mode: twice the size, a quarter of the frames")
+    parser.add_argument(
+        "--2x", dest="hires", action="store_true", help="2x mode: twice the size, a quarter of the frames"
+    )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -72,10 +74,14 @@ def main(argv=None) -> int:
     seconds = (time.perf_counter() - start) / args.repeats
     flops = dit_flops(model, frames, size, size) * args.batch
     report = {
-        "config": args.config, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": str(dtype).replace("torch.", ""), "window": [args.batch, model.in_channels, frames, size, size],
-        "params": sum(p.numel() for p in model.parameters()), "seconds_per_forward": round(seconds, 4),
-        "tflops": round(flops / 1e12, 3), "achieved_tflop_per_s": round(flops / seconds / 1e12, 2),
+        "config": args.config,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "window": [args.batch, model.in_channels, frames, size, size],
+        "params": sum(p.numel() for p in model.parameters()),
+        "seconds_per_forward": round(seconds, 4),
+        "tflops": round(flops / 1e12, 3),
+        "achieved_tflop_per_s": round(flops / seconds / 1e12, 2),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "torch": torch.__version__,
     }

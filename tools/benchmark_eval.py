@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--videos", type=positive_int, default=2)
     p.add_argument("--frames", type=positive_int, default=8)
     p.add_argument("--size", type=positive_int, default=1024)
-    p.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="include 1: its CPU time is extrapolated")
+    p.add_argument(
+        "--workers", type=positive_int, nargs="+", default=[1, 2], help="include 1: its CPU time is extrapolated"
+    )
     p.add_argument("--cores", type=positive_int, default=16, help="cores of the machine to extrapolate to")
     args = p.parse_args(argv)
     total = args.videos * args.frames
@@ -52,8 +54,14 @@ def main(argv: list[str] | None = None) -> None:
         make_pairs(root, args.videos, args.frames, args.size)
         per_frame = {}
         for workers in args.workers:
-            options = EvalOptions(str(root / "ref"), str(root / "rec"), str(root / "r.json"),
-                                  metrics="psnr,ssim,temporal_flickering", workers=workers, progress=False)
+            options = EvalOptions(
+                str(root / "ref"),
+                str(root / "rec"),
+                str(root / "r.json"),
+                metrics="psnr,ssim,temporal_flickering",
+                workers=workers,
+                progress=False,
+            )
             started, cpu = time.perf_counter(), time.process_time()
             evaluate(options)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -80,9 +88,16 @@ def main(argv: list[str] | None = None) -> None:
     paper = PAPER_VIDEOS * PAPER_FRAMES
     cpu_metrics = per_frame[1] * paper / args.cores
     lpips_cpu = lpips["cpu"] * paper / args.cores
-    print(f"extrapolated, {PAPER_VIDEOS} x {PAPER_FRAMES} frames at {args.size}^2 on {args.cores} cores: "
-          f"psnr+ssim+flicker {cpu_metrics / 60:.1f} min; with lpips on the CPU too {(cpu_metrics + lpips_cpu) / 60:.1f} min"
-          + (f"; lpips on the GPU {lpips['cuda'] * paper / 60:.1f} min, beside the CPU metrics" if "cuda" in lpips else ""))
+    print(
+        f"extrapolated, {PAPER_VIDEOS} x {PAPER_FRAMES} frames at {args.size}^2 on {args.cores} cores: "
+        f"psnr+ssim+flicker {cpu_metrics / 60:.1f} min; with lpips on the CPU too {(cpu_metrics + lpips_cpu) / 60:.1f} min"
+        + (
+            f"; lpips on the GPU {lpips['cuda'] * paper / 60:.1f} min, beside the CPU metrics"
+            if "cuda" in lpips
+            else ""
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

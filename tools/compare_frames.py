@@ -38,8 +38,14 @@ def matching_indices(left_frames: int, right_frames: int, count: int) -> tuple[l
     return [int(round(i * scale)) for i in right], right
 
 
-def compare_frames(left: str | os.PathLike, right: str | os.PathLike, output: str | os.PathLike, *, frames: int = 4,
-                   resample: str = "nearest") -> np.ndarray:
+def compare_frames(
+    left: str | os.PathLike,
+    right: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    frames: int = 4,
+    resample: str = "nearest",
+) -> np.ndarray:
     """Write (and return) the labelled picture of k rows left | right, at the right-hand video's size."""
     check_whole(frames, "--frames")
     check_choice(resample, FILTERS, "filter")
@@ -61,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("right", help="the 'after' video, e.g. cascadev upscale's output")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")
     parser.add_argument("--frames", type=positive_int, default=4, help="rows: frames picked evenly in time (default 4)")
-    parser.add_argument("--filter", default="nearest", choices=list(FILTERS), help="how the left video is resized: nearest (default) or bicubic")
+    parser.add_argument(
+        "--filter",
+        default="nearest",
+        choices=list(FILTERS),
+        help="how the left video is resized: nearest (default) or bicubic",
+    )
     args = parser.parse_args(argv)
     try:
         compare_frames(args.left, args.right, args.output, frames=args.frames, resample=args.filter)

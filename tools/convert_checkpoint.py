@@ -35,16 +35,31 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="torch checkpoint to convert (.pth, .pt, .bin, .ckpt)")
-    parser.add_argument("-o", "--output", type=Path, default=None,
-                        help="destination .safetensors file (default: SRC with suffix .safetensors)")
-    parser.add_argument("--key", default=None,
-                        help="entry of the checkpoint that holds the state dict (default: state_dict "
-                             "when present, else the whole file)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                        help="cast floating-point tensors to this dtype (default: keep)")
-    parser.add_argument("--config", default=None,
-                        help="with an -o that does not end in .safetensors: write a diffusers folder "
-                             "(CascadeDiT.save_pretrained: config.json + weights) for this config's DiT")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="destination .safetensors file (default: SRC with suffix .safetensors)",
+    )
+    parser.add_argument(
+        "--key",
+        default=None,
+        help="entry of the checkpoint that holds the state dict (default: state_dict "
+        "when present, else the whole file)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="cast floating-point tensors to this dtype (default: keep)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="with an -o that does not end in .safetensors: write a diffusers folder "
+        "(CascadeDiT.save_pretrained: config.json + weights) for this config's DiT",
+    )
     return parser
 
 
@@ -72,8 +87,9 @@ def convert_to_folder(src: Path, dst: Path, config: str, key: str | None = None)
     return dst, len(model.state_dict()), sum(p.numel() for p in model.parameters())
 
 
-def convert(src: Path, dst: Path | None = None, key: str | None = None,
-            dtype: torch.dtype | None = None) -> tuple[Path, int, int]:
+def convert(
+    src: Path, dst: Path | None = None, key: str | None = None, dtype: torch.dtype | None = None
+) -> tuple[Path, int, int]:
     """Convert ``src`` to safetensors at ``dst``; return (dst, number of tensors, number of elements).
 
     Raises:
@@ -100,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is not None and args.output is not None and args.output.suffix.lower() != ".safetensors":
             dst, n_tensors, n_params = convert_to_folder(args.src, args.output, args.config, args.key)
         else:
-            dst, n_tensors, n_params = convert(args.src, args.output, args.key,
-                                               DTYPES[args.dtype] if args.dtype else None)
+            dst, n_tensors, n_params = convert(
+                args.src, args.output, args.key, DTYPES[args.dtype] if args.dtype else None
+            )
     except CascadeVError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 2

@@ -23,7 +23,9 @@ from cascadev.training.trainer import build_dataset
 
 def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
     vae = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).vae
-    dataset = build_dataset(cfg, int(setting(cfg, "seed")), global_batch=1)  # the training clips, as the trainer reads them
+    dataset = build_dataset(
+        cfg, int(setting(cfg, "seed")), global_batch=1
+    )  # the training clips, as the trainer reads them
     generator = torch.Generator().manual_seed(0)
     samples = []
     with torch.no_grad():

@@ -48,8 +48,19 @@ HELDOUT_VIDEOS = {"bikes_heldout": ("bikes.mp4", 200, 250), "carphone_heldout": 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "demo.mp4"
 EXAMPLE_FRAMES = 24
 # scikit-image's colour photographs (real camera images; its drawings and grey scans are left out).
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-          "hubble_deep_field.jpg", "retina.jpg", "color.png", "ihc.png", "immunohistochemistry.png")
+PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "color.png",
+    "ihc.png",
+    "immunohistochemistry.png",
+)
 HELDOUT_SIZE = 256
 
 
@@ -106,7 +117,9 @@ def build(out: Path) -> dict[str, list[str]]:
         write_video(path, centre_square(read_range(videos / file, start, end), HELDOUT_SIZE), fps, crf=4)
         lists["heldout"].append(f"heldout/{name}.mp4")
     path = out / "heldout" / "hummingbird_heldout.mp4"
-    write_video(path, centre_square(read_range(EXAMPLE, 0, EXAMPLE_FRAMES), HELDOUT_SIZE), VideoReader(EXAMPLE).fps, crf=4)
+    write_video(
+        path, centre_square(read_range(EXAMPLE, 0, EXAMPLE_FRAMES), HELDOUT_SIZE), VideoReader(EXAMPLE).fps, crf=4
+    )
     lists["heldout"].append(f"heldout/{path.name}")
     for split, entries in lists.items():
         (out / f"{split}.txt").write_text("".join(f"{e}\n" for e in entries))

@@ -32,8 +32,18 @@ from cascadev.models.dit import CascadeDiT  # noqa: E402
 from cascadev.pipeline import CascadeVPipeline  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-GOLDEN_KEYS = ["input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
-               "pe_interpolation", "attn_strides", "lats_per_vid"]
+GOLDEN_KEYS = [
+    "input_size",
+    "patch_size",
+    "in_channels",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "pe_interpolation",
+    "attn_strides",
+    "lats_per_vid",
+]
 # (label, precision name of cascadev.loading.PRECISIONS, attention product in fp32)
 CANDIDATES = [
     ("fp32", "fp32", False),
@@ -47,7 +57,7 @@ def golden_dit() -> tuple[CascadeDiT, torch.Tensor, torch.Tensor]:
     spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
     tensors = load_file(FIXTURES / "dit_golden_a.safetensors")
     model = CascadeDiT(**{k: spec[k] for k in GOLDEN_KEYS}).eval()
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     x = rearrange(tensors["io.video.x"], "(b t) c h w -> b c t h w", b=spec["videos"])
     return model, x, tensors["io.video.t"]
 
@@ -66,7 +76,9 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def configure(model: CascadeDiT, precision: str, fp32_attention: bool, device: torch.device) -> tuple[CascadeDiT, torch.dtype | None]:
+def configure(
+    model: CascadeDiT, precision: str, fp32_attention: bool, device: torch.device
+) -> tuple[CascadeDiT, torch.dtype | None]:
     p = PRECISIONS[precision]
     dit = build_like(model).to(device, p.dtype)
     dit.set_fp32_attention(fp32_attention)
@@ -81,7 +93,9 @@ def build_like(model: CascadeDiT) -> CascadeDiT:
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    parser.add_argument("--config", default=None, help="a full-size random DiT from this config instead of the golden one")
+    parser.add_argument(
+        "--config", default=None, help="a full-size random DiT from this config instead of the golden one"
+    )
     parser.add_argument("--frames", type=positive_int, default=None)
     parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("-o", "--output", default=None, help="JSON file for the results")
@@ -105,8 +119,16 @@ def main(argv: list[str] | None = None) -> None:
             forward_s = time.perf_counter() - tic
         pipe = CascadeVPipeline(dit=dit, device=device, dtype=p.dtype, autocast_dtype=autocast)
         z = pipe.sample(cond, steps=args.steps, seed=0)
-        rows.append(dict(candidate=label, precision=precision, fp32_attention=fp32_attention,
-                         forward_rel_err=rel_err(y, y_ref), sample_rel_err=rel_err(z, z_ref), forward_s=forward_s))
+        rows.append(
+            dict(
+                candidate=label,
+                precision=precision,
+                fp32_attention=fp32_attention,
+                forward_rel_err=rel_err(y, y_ref),
+                sample_rel_err=rel_err(z, z_ref),
+                forward_s=forward_s,
+            )
+        )
 
     print(f"| candidate | one forward, rel. error vs fp64 | {args.steps}-step Euler-a sample, rel. error vs fp64 |")
     print("| --- | --- | --- |")

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crop", action="store_true", help="resize only, keep the aspect ratio")
     parser.add_argument("--fps", type=positive_float, default=30.0, help="output frame rate (default 30)")
     parser.add_argument("--num-frames", type=positive_int, default=64, help="frames per video (default 64)")
-    parser.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)")
+    parser.add_argument(
+        "--crf", type=non_negative_int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)"
+    )
     parser.add_argument("--skip-short", action="store_true", help="skip videos too short instead of stopping")
     return parser
 
@@ -170,8 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         prepare(
-            args.src, args.output, num_videos=args.num_videos, size=args.size, crop=not args.no_crop,
-            fps=args.fps, num_frames=args.num_frames, crf=args.crf, skip_short=args.skip_short,
+            args.src,
+            args.output,
+            num_videos=args.num_videos,
+            size=args.size,
+            crop=not args.no_crop,
+            fps=args.fps,
+            num_frames=args.num_frames,
+            crf=args.crf,
+            skip_short=args.skip_short,
             log=lambda line: print(line, file=sys.stderr),
         )
     except CascadeVError as exc:

@@ -33,12 +33,18 @@ def options_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     lines = []
     for name, sub in _commands(parser).items():
         positionals = [a.metavar or a.dest.upper() for a in sub._actions if not a.option_strings]
-        required = [f"{a.option_strings[0]} {a.metavar or a.dest.upper()}" for a in sub._actions
-                    if a.option_strings and a.required]
+        required = [
+            f"{a.option_strings[0]} {a.metavar or a.dest.upper()}"
+            for a in sub._actions
+            if a.option_strings and a.required
+        ]
         lines.append(f"- `cascadev {' '.join([name, *positionals, *required])}`")
         for group in sub._action_groups:
-            names = [a.option_strings[-1] for a in group._group_actions
-                     if a.option_strings and not a.required and a.dest != "help"]
+            names = [
+                a.option_strings[-1]
+                for a in group._group_actions
+                if a.option_strings and not a.required and a.dest != "help"
+            ]
             if names:
                 title = "options" if group.title in ("options", "optional arguments") else group.title
                 lines.append(f"  - {title}: {', '.join(f'`{n}`' for n in names)}")

@@ -95,9 +95,7 @@ def bicubic_folder(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = Parser(
-        prog="cascadev-bicubic", description="Write the bicubic x32 baseline of a folder of videos."
-    )
+    parser = Parser(prog="cascadev-bicubic", description="Write the bicubic x32 baseline of a folder of videos.")
     parser.add_argument("src", help="folder of videos, list file or one video")
     parser.add_argument("-o", "--output", required=True, help="output folder (<name>.mp4 per video)")
     parser.add_argument("--factor", type=positive_int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")

@@ -36,13 +36,23 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resize REC frames to REF's size, and compare the first min(REF, REC) frames when counts differ",
     )
-    p.add_argument("--device", type=device, default="auto", help="device of LPIPS and VBench: auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device", type=device, default="auto", help="device of LPIPS and VBench: auto (default), cpu, cuda or cuda:N"
+    )
     p.add_argument("--lpips-net", default="alex", choices=LPIPS_NETS, help="LPIPS trunk (default alex)")
-    p.add_argument("--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video")
+    p.add_argument(
+        "--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video"
+    )
     p.add_argument("--label", default=None, help="row label in the tables (default: the REC folder's name)")
-    p.add_argument("--chunk-frames", type=positive_int, default=16, help="frames read and compared at a time (default 16)")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="processes computing PSNR/SSIM/flickering, one video each (default: every available core)")
+    p.add_argument(
+        "--chunk-frames", type=positive_int, default=16, help="frames read and compared at a time (default 16)"
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="processes computing PSNR/SSIM/flickering, one video each (default: every available core)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

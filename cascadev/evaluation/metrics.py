@@ -101,10 +101,7 @@ def ssim(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
 
     ref, rec = _pair(ref, rec, "ssim")
     return np.array(
-        [
-            structural_similarity(a, b, channel_axis=-1, data_range=255)
-            for a, b in zip(ref, rec)
-        ],
+        [structural_similarity(a, b, channel_axis=-1, data_range=255) for a, b in zip(ref, rec)],
         dtype=np.float64,
     )
 
@@ -113,8 +110,7 @@ def laplacian_energy(frames: np.ndarray) -> np.ndarray:
     """Mean squared 4-neighbour Laplacian of each frame's luma (interior pixels): float64 (n,)."""
     x = _batch(frames, "sharpness").astype(np.float64)
     luma = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
-    lap = (luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:]
-           - 4.0 * luma[:, 1:-1, 1:-1])
+    lap = luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] - 4.0 * luma[:, 1:-1, 1:-1]
     return np.mean(lap * lap, axis=(1, 2))
 
 
@@ -153,9 +149,7 @@ def _check_linear_heads(model: torch.nn.Module, package_dir: Path, net: str) -> 
     state = model.state_dict()
     heads = [k for k in shipped if k.startswith("lin")]
     if not heads or any(k not in state or not torch.equal(state[k], shipped[k]) for k in heads):
-        raise MetricUnavailable(
-            f"lpips: the linear heads in {path} did not load into the model; reinstall lpips."
-        )
+        raise MetricUnavailable(f"lpips: the linear heads in {path} did not load into the model; reinstall lpips.")
 
 
 def load_lpips(
@@ -169,9 +163,7 @@ def load_lpips(
     keeps the trunk randomly initialised (tests only); the linear heads are the package's either way.
     """
     if net not in LPIPS_BACKBONE_FILES:
-        raise CascadeVError(
-            f"Unknown LPIPS network {net!r}; choose one of {', '.join(LPIPS_BACKBONE_FILES)}."
-        )
+        raise CascadeVError(f"Unknown LPIPS network {net!r}; choose one of {', '.join(LPIPS_BACKBONE_FILES)}.")
     try:
         import lpips
     except Exception as exc:

@@ -30,8 +30,16 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker; the pool is the parallelism
 
 
-def score_pairs(plans: Sequence, paired: Sequence[str], lpips_metric, flicker: bool, chunk: int, workers: int,
-                score: Callable, on_done: Callable[[], None] = lambda: None) -> list:
+def score_pairs(
+    plans: Sequence,
+    paired: Sequence[str],
+    lpips_metric,
+    flicker: bool,
+    chunk: int,
+    workers: int,
+    score: Callable,
+    on_done: Callable[[], None] = lambda: None,
+) -> list:
     """``score(plan, ...)`` for every plan, CPU metrics in ``workers`` processes; scores in plan order."""
     cpu = [m for m in paired if m != "lpips"]
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/OpenMP threads

@@ -62,9 +62,7 @@ def report_paths(output: str | Path) -> dict[str, Path]:
     """``results.json`` -> its siblings ``{"json": results.json, "md": results.md, "png": results.png}``."""
     path = Path(output)
     if path.suffix.lower() != ".json":
-        raise CascadeVError(
-            f"The output {path} must end in .json (results.md and results.png are written beside it)."
-        )
+        raise CascadeVError(f"The output {path} must end in .json (results.md and results.png are written beside it).")
     return {"json": path, "md": path.with_suffix(".md"), "png": path.with_suffix(".png")}
 
 
@@ -87,8 +85,13 @@ def _table(rows: Sequence[tuple[str, Mapping[str, Any]]], columns) -> str:
         if len(rows) < 2 or len(column) < 2 or key in NOT_RANKED:
             best.append(None)
         else:
-            best.append(min(column, key=lambda v: abs(v - 1.0)) if key in CLOSEST_TO_ONE_IS_BEST
-                        else min(column) if key in LOWER_IS_BETTER else max(column))
+            best.append(
+                min(column, key=lambda v: abs(v - 1.0))
+                if key in CLOSEST_TO_ONE_IS_BEST
+                else min(column)
+                if key in LOWER_IS_BETTER
+                else max(column)
+            )
     for (label, _), row_values in zip(rows, values):
         cells = []
         for value, top in zip(row_values, best):
@@ -145,8 +148,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     unavailable = results.get("unavailable", {})
     if unavailable:
         parts.append(
-            "Not measured:\n\n"
-            + "\n".join(f"- {', '.join(m)}: {why}" for m, why in group_unavailable(unavailable))
+            "Not measured:\n\n" + "\n".join(f"- {', '.join(m)}: {why}" for m, why in group_unavailable(unavailable))
         )
     return "\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
@@ -248,9 +250,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cascadev.evaluation.report A.json B.json [-o table.md] [--labels a,b]``:
     one table with a row per results file (e.g. baselines next to the model)."""
-    parser = Parser(
-        prog="cascadev-report", description="Combine results.json files into the README's tables."
-    )
+    parser = Parser(prog="cascadev-report", description="Combine results.json files into the README's tables.")
     parser.add_argument("results", nargs="+", help="results.json files, one table row each")
     parser.add_argument("-o", "--output", default=None, help="markdown file to write (default: print only)")
     parser.add_argument("--labels", default=None, help="comma-separated row labels (default: each file's label)")
@@ -261,9 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.labels is not None:
             labels = [s.strip() for s in args.labels.split(",")]
             if len(labels) != len(loaded):
-                raise CascadeVError(
-                    f"--labels names {len(labels)} rows but {len(loaded)} results files were given."
-                )
+                raise CascadeVError(f"--labels names {len(labels)} rows but {len(loaded)} results files were given.")
         text = markdown_tables(list(zip(labels, loaded)))
         if args.output:
             with atomic_output(args.output, "table") as tmp:

@@ -64,9 +64,7 @@ __all__ = [
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 SSIM_MIN_SIDE = 7  # scikit-image's default 7x7 window
 PARALLEL_MIN_PIXELS = 64 * 512 * 512  # below this many compared pixels one process is faster than a pool
-COUNT_POLICY = (
-    "frame counts must match; with --resize the first min(REF, REC) frames of both are compared"
-)
+COUNT_POLICY = "frame counts must match; with --resize the first min(REF, REC) frames of both are compared"
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,9 +100,7 @@ def parse_metrics(value: str | Sequence[str] | None) -> list[str] | None:
         raise CascadeVError("--metrics is empty; give a comma-separated list such as psnr,ssim,lpips.")
     unknown = [m for m in names if m not in ALL_METRICS]
     if unknown:
-        raise CascadeVError(
-            f"Unknown metric {unknown[0]!r} in --metrics; choose from {', '.join(ALL_METRICS)}."
-        )
+        raise CascadeVError(f"Unknown metric {unknown[0]!r} in --metrics; choose from {', '.join(ALL_METRICS)}.")
     return [m for m in ALL_METRICS if m in names]
 
 
@@ -145,9 +141,7 @@ def list_videos(source: str | Path, flag: str = "--ref") -> dict[str, Path]:
             if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file()
         ]
         if not files:
-            raise CascadeVError(
-                f"{flag} folder {source} holds no videos ({', '.join(VIDEO_SUFFIXES)})."
-            )
+            raise CascadeVError(f"{flag} folder {source} holds no videos ({', '.join(VIDEO_SUFFIXES)}).")
         for path in files:
             _add(found, path, flag, source)
     elif source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
@@ -193,15 +187,11 @@ def match_videos(ref: str | Path, rec: str | Path) -> list[VideoPair]:
     missing = [n for n in refs if n not in recs]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise CascadeVError(
-            f"Video {missing[0]} is in --ref ({refs[missing[0]]}) but not in --rec {rec}{more}."
-        )
+        raise CascadeVError(f"Video {missing[0]} is in --ref ({refs[missing[0]]}) but not in --rec {rec}{more}.")
     extra = [n for n in recs if n not in refs]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise CascadeVError(
-            f"Video {extra[0]} is in --rec ({recs[extra[0]]}) but not in --ref {ref}{more}."
-        )
+        raise CascadeVError(f"Video {extra[0]} is in --rec ({recs[extra[0]]}) but not in --ref {ref}{more}.")
     return [VideoPair(n, refs[n], recs[n]) for n in refs]
 
 
@@ -226,9 +216,7 @@ class PairPlan:
         return self.frames < max(self.ref_frames, self.rec_frames)
 
 
-def plan_pairs(
-    pairs: Sequence[VideoPair], *, resize: bool = False, max_frames: int | None = None
-) -> list[PairPlan]:
+def plan_pairs(pairs: Sequence[VideoPair], *, resize: bool = False, max_frames: int | None = None) -> list[PairPlan]:
     """Open every pair and check sizes and frame counts (see the module docstring for the rules)."""
     if max_frames is not None:
         check_whole(max_frames, "--max-frames")
@@ -248,9 +236,7 @@ def plan_pairs(
                 f"pass --resize to compare the first {min(ref.num_frames, rec.num_frames, limit)} frames."
             )
         frames = min(ref.num_frames, rec.num_frames, limit)
-        plans.append(
-            PairPlan(pair, frames, ref.num_frames, rec.num_frames, ref_size, rec_size, ref.fps)
-        )
+        plans.append(PairPlan(pair, frames, ref.num_frames, rec.num_frames, ref_size, rec_size, ref.fps))
         del ref, rec  # decord keeps the files open; hundreds of pairs must not pile up
     return plans
 
@@ -289,7 +275,9 @@ def _score_pair(
             per_frame["ssim"].extend(M.ssim(ref_frames, rec_frames).tolist())
         if "sharpness" in per_frame:
             # NaN (a flat original frame) becomes None: results.json is strict JSON.
-            per_frame["sharpness"].extend(v if np.isfinite(v) else None for v in M.sharpness(ref_frames, rec_frames).tolist())
+            per_frame["sharpness"].extend(
+                v if np.isfinite(v) else None for v in M.sharpness(ref_frames, rec_frames).tolist()
+            )
         if "lpips" in per_frame and lpips_metric is not None:
             try:
                 values = lpips_metric(ref_frames, rec_frames)
@@ -361,9 +349,7 @@ def _check_options(options: EvalOptions) -> list[str]:
 
 def _find_pairs(options: EvalOptions, wanted: Sequence[str]) -> list[PairPlan]:
     """Step 2: match REF and REC videos, open every pair, and check sizes and counts for ``wanted``."""
-    plans = plan_pairs(
-        match_videos(options.ref, options.rec), resize=options.resize, max_frames=options.max_frames
-    )
+    plans = plan_pairs(match_videos(options.ref, options.rec), resize=options.resize, max_frames=options.max_frames)
     if "ssim" in wanted:
         small = [p for p in plans if min(p.ref_size) < SSIM_MIN_SIDE]
         if small:
@@ -407,8 +393,16 @@ def _score_videos(options: EvalOptions, plans: Sequence[PairPlan], setup: _Metri
         pixels = sum(p.frames * p.ref_size[0] * p.ref_size[1] for p in plans)
         workers = available_cores() if pixels >= PARALLEL_MIN_PIXELS else 1
     if workers > 1 and len(plans) > 1 and (flicker or set(paired) - {"lpips"}):
-        all_scores = score_pairs(plans, paired, setup.lpips_metric, flicker, options.chunk_frames, workers, _score_pair,
-                                 on_done=lambda: bar.update(1))
+        all_scores = score_pairs(
+            plans,
+            paired,
+            setup.lpips_metric,
+            flicker,
+            options.chunk_frames,
+            workers,
+            _score_pair,
+            on_done=lambda: bar.update(1),
+        )
     else:
         all_scores = []
         for plan in plans:
@@ -460,7 +454,10 @@ def _aggregate(
 
 
 def _measured_on(
-    options: EvalOptions, plans: Sequence[PairPlan], setup: _MetricSetup, mean: dict[str, float],
+    options: EvalOptions,
+    plans: Sequence[PairPlan],
+    setup: _MetricSetup,
+    mean: dict[str, float],
     vbench_version: str | None,
 ) -> dict[str, Any]:
     """Step 7: what was compared, how, and with which versions (``results.json``'s ``measured_on``)."""

@@ -111,10 +111,7 @@ def check_vbench(dimensions: Sequence[str]) -> dict[str, str]:
         return {d: reason for d in dims}
     cache = vbench_cache_dir()
     if not cache.is_dir():
-        return {
-            d: f"the VBench weights folder {cache} does not exist (set VBENCH_CACHE_DIR)"
-            for d in dims
-        }
+        return {d: f"the VBench weights folder {cache} does not exist (set VBENCH_CACHE_DIR)" for d in dims}
     missing = {}
     for d in dims:
         absent = [rel for rel in VBENCH_WEIGHT_FILES[d] if not (cache / rel).exists()]

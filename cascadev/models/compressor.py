@@ -36,14 +36,10 @@ PREVIEWER_UPSAMPLING = 8
 def _check_images(x: torch.Tensor, channels: int, what: str, multiple: int = 1) -> None:
     """Raise CascadeVError unless ``x`` is (N, channels, H, W) with H and W multiples of ``multiple``."""
     if x.dim() != 4 or x.shape[1] != channels:
-        raise CascadeVError(
-            f"{what} must have shape (N, {channels}, H, W), got {tuple(x.shape)}."
-        )
+        raise CascadeVError(f"{what} must have shape (N, {channels}, H, W), got {tuple(x.shape)}.")
     h, w = x.shape[-2:]
     if h % multiple or w % multiple or h == 0 or w == 0:
-        raise CascadeVError(
-            f"{what} height and width must be positive multiples of {multiple}, got {w}x{h}."
-        )
+        raise CascadeVError(f"{what} height and width must be positive multiples of {multiple}, got {w}x{h}.")
 
 
 def _last_conv_channels(module: nn.Module) -> int:

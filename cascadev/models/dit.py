@@ -94,9 +94,9 @@ def video_pos_embed(hidden_size: int, frames: int, rows: int, cols: int, pe_inte
     spatial = torch.cat([sincos_1d(s_dim // 2, grid_col), sincos_1d(s_dim // 2, grid_row)], dim=1)  # (rows*cols, s_dim)
     temporal = sincos_1d(t_dim, torch.arange(frames, dtype=torch.float32))  # (frames, t_dim)
     n = rows * cols
-    return torch.cat([temporal[:, None].expand(frames, n, t_dim), spatial[None].expand(frames, n, s_dim)], dim=2).reshape(
-        frames * n, hidden_size
-    )
+    return torch.cat(
+        [temporal[:, None].expand(frames, n, t_dim), spatial[None].expand(frames, n, s_dim)], dim=2
+    ).reshape(frames * n, hidden_size)
 
 
 #################################################################################
@@ -146,7 +146,9 @@ class GridAttention(nn.Module):
             q, k, v = rearrange(
                 qkv,
                 "b (ts gt xs gh ys gw) (three h d) -> three (b ts xs ys) h (gt gh gw) d",
-                three=3, h=self.num_heads, **cell,
+                three=3,
+                h=self.num_heads,
+                **cell,
             )
         out = attention(q, k, v, self.fp32_attention)
         if grid is None:
@@ -192,7 +194,9 @@ class PixArtBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, grid: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, grid: tuple[int, int, int, int, int] | None = None
+    ) -> torch.Tensor:
         """x (B, N, hidden), t (B, 6 * hidden) -> (B, N, hidden)."""
         mod = self.scale_shift_table[None] + t.reshape(x.shape[0], 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
@@ -303,10 +307,14 @@ class CascadeDiT(ModelMixin, ConfigMixin):
                 continue
             ts, xs = strides
             if ts < 1 or xs < 1 or self.lats_per_vid % ts or tokens % xs:
-                raise ValueError(f"attn_strides {list(strides)} do not divide {self.lats_per_vid} frames x {tokens}^2 tokens")
+                raise ValueError(
+                    f"attn_strides {list(strides)} do not divide {self.lats_per_vid} frames x {tokens}^2 tokens"
+                )
             frames_2x = self.lats_per_vid // 4
             if frames_2x and frames_2x % self.grid_cells(strides, frames_2x)[0]:
-                raise ValueError(f"attn_strides {list(strides)} do not divide the {frames_2x} frames of a 2x-mode window")
+                raise ValueError(
+                    f"attn_strides {list(strides)} do not divide the {frames_2x} frames of a 2x-mode window"
+                )
 
     def initialize_weights(self) -> None:
         """PixArt's initialisation (xavier linears, small time MLPs, zero output head)."""
@@ -365,7 +373,9 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             if height != self.input_size or width != self.input_size:
                 raise ValueError(f"image mode takes {self.input_size}x{self.input_size} latents, got {height}x{width}")
             if timestep.shape != (b, frames):
-                raise ValueError(f"image mode takes one timestep per frame, shape {(b, frames)}, got {tuple(timestep.shape)}")
+                raise ValueError(
+                    f"image mode takes one timestep per frame, shape {(b, frames)}, got {tuple(timestep.shape)}"
+                )
             window, interp = self.lats_per_vid, self.pe_interpolation
         else:
             window = self.window_frames(height, width)

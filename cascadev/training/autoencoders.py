@@ -138,7 +138,7 @@ class AutoencoderTrainer(Trainer):
 
         def frames():
             for b in range(min(batches, len(order) // size)):
-                clips = [self.dataset[int(i)]["video"] for i in order[b * size:(b + 1) * size]]
+                clips = [self.dataset[int(i)]["video"] for i in order[b * size : (b + 1) * size]]
                 yield torch.cat(clips).to(device)  # B clips (T, 3, S, S) -> (B*T, 3, S, S)
 
         update_bn(frames(), model)

@@ -33,16 +33,33 @@ class FrozenEncoders:
     The condition is built by :class:`cascadev.conditioning.Conditioner`, the sampler's own.
     """
 
-    def __init__(self, vae, compressor=None, *, condition: str = DEFAULT_KIND, scale_factor: float = 0.13025,
-                 sr_scale: int = 4, chunk: int = 4, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        vae,
+        compressor=None,
+        *,
+        condition: str = DEFAULT_KIND,
+        scale_factor: float = 0.13025,
+        sr_scale: int = 4,
+        chunk: int = 4,
+        dtype: torch.dtype = torch.float32,
+    ):
         if KINDS[check_kind(condition)].encoder == "compressor" and compressor is None:
             raise ValueError(f"the {condition} condition needs the compressor")
         for module in (vae, compressor):
             if module is not None:
                 module.eval().requires_grad_(False)
         device = next(vae.parameters()).device
-        self.conditioner = Conditioner(compressor, vae, kind=condition, scale_factor=scale_factor,
-                                       sr_scale=sr_scale, chunk=chunk, device=device, dtype=dtype)
+        self.conditioner = Conditioner(
+            compressor,
+            vae,
+            kind=condition,
+            scale_factor=scale_factor,
+            sr_scale=sr_scale,
+            chunk=chunk,
+            device=device,
+            dtype=dtype,
+        )
         self.condition, self.scale_factor, self.dtype = condition, scale_factor, dtype
 
     @torch.no_grad()
@@ -55,7 +72,9 @@ class FrozenEncoders:
         to_video = lambda x: rearrange(x, "(b t) c h w -> b c t h w", b=b)  # noqa: E731  (the DiT's layout)
         return {"mean": to_video(mean), "std": to_video(std), "cond": to_video(cond)}
 
-    def training_pair(self, encoded: dict[str, torch.Tensor], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_pair(
+        self, encoded: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled (target (B, 4, T, H, W), condition (B, Cc, T, H, W)) with a fresh posterior sample."""
         mean, std, cond = encoded["mean"], encoded["std"], encoded["cond"]
         eps = torch.randn(mean.shape, generator=generator).to(mean.device)

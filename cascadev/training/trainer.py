@@ -61,7 +61,9 @@ class EpochSampler(Sampler[int]):
     does not fill a global batch is dropped.
     """
 
-    def __init__(self, size: int, batch_size: int, replicas: int, rank: int, seed: int, epoch: int, skip_batches: int = 0):
+    def __init__(
+        self, size: int, batch_size: int, replicas: int, rank: int, seed: int, epoch: int, skip_batches: int = 0
+    ):
         self.size, self.batch_size, self.replicas, self.rank = size, batch_size, replicas, rank
         self.seed, self.epoch, self.skip = seed, epoch, skip_batches
 
@@ -73,8 +75,8 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-        mine = perm[: self.batches_per_epoch() * self.batch_size * self.replicas][self.rank::self.replicas]
-        return iter(mine[self.skip * self.batch_size:].tolist())
+        mine = perm[: self.batches_per_epoch() * self.batch_size * self.replicas][self.rank :: self.replicas]
+        return iter(mine[self.skip * self.batch_size :].tolist())
 
 
 class IndexDataset(Dataset):
@@ -139,8 +141,13 @@ def build_dataset(cfg, seed: int, global_batch: int) -> VideoClipDataset:
     # A list smaller than one global batch (a smoke run on one video) draws several clips per video
     # per epoch; real lists keep the release's one clip per video per epoch.
     return VideoClipDataset(
-        videos, int(cfg.num_frames_per_video), int(cfg.time_stride), int(cfg.sample_size), seed=seed,
-        clips_per_video=-(-global_batch // len(videos)), **dict(setting(cfg, "data")),
+        videos,
+        int(cfg.num_frames_per_video),
+        int(cfg.time_stride),
+        int(cfg.sample_size),
+        seed=seed,
+        clips_per_video=-(-global_batch // len(videos)),
+        **dict(setting(cfg, "data")),
     )
 
 
@@ -214,11 +221,24 @@ class Trainer:
         parts = conditioning.with_encoder(condition, ["vae"])
         if setting(cfg, "validation.video") and "compressor" in parts:  # a preview needs a semantic latent
             parts.append("previewer")
-        frozen = build_pipeline(cfg, parts, device=acc.device, dtype=weight_dtype, weights_dir=options.weights_dir,
-                                random_init=options.random_init)
+        frozen = build_pipeline(
+            cfg,
+            parts,
+            device=acc.device,
+            dtype=weight_dtype,
+            weights_dir=options.weights_dir,
+            random_init=options.random_init,
+        )
         self.frozen = frozen
-        self.encoders = FrozenEncoders(frozen.vae, frozen.compressor, condition=condition, scale_factor=cfg.scale_factor,
-                                       sr_scale=cfg.sr_scale, chunk=int(setting(cfg, "encode_chunk")), dtype=weight_dtype)
+        self.encoders = FrozenEncoders(
+            frozen.vae,
+            frozen.compressor,
+            condition=condition,
+            scale_factor=cfg.scale_factor,
+            sr_scale=cfg.sr_scale,
+            chunk=int(setting(cfg, "encode_chunk")),
+            dtype=weight_dtype,
+        )
 
     def _build_dit(self) -> torch.nn.Module:
         """The DiT of the config's ``model``: from ``load_from`` on a fresh run, at random (seeded) otherwise."""
@@ -228,7 +248,9 @@ class Trainer:
         dit = build_model(spec)
         dit.gradient_checkpointing = bool(setting(cfg, "grad_checkpointing"))
         if self.resume_from is None and setting(cfg, "load_from"):
-            load_weights(dit, dit_weights_file(_load_from_path(cfg.load_from)), "the DiT of the training config (load_from)")
+            load_weights(
+                dit, dit_weights_file(_load_from_path(cfg.load_from)), "the DiT of the training config (load_from)"
+            )
         return dit
 
     def _resume(self) -> dict:
@@ -252,7 +274,11 @@ class Trainer:
         from diffusers.models.modeling_utils import ModelMixin
 
         acc = self.accelerator
-        if not isinstance(self._unwrapped(), ModelMixin) or acc.distributed_type.value in ("DEEPSPEED", "FSDP", "MEGATRON_LM"):
+        if not isinstance(self._unwrapped(), ModelMixin) or acc.distributed_type.value in (
+            "DEEPSPEED",
+            "FSDP",
+            "MEGATRON_LM",
+        ):
             return  # sharded engines save their models themselves
 
         def save(models: list, weights: list, output_dir: str) -> None:
@@ -357,13 +383,25 @@ class Trainer:
     def _loader(self) -> DataLoader:
         acc = self.accelerator
         epoch = self.state["epoch"]
-        sampler = EpochSampler(len(self.dataset), self.batch_size, acc.num_processes, acc.process_index,
-                               self.seed, epoch, self.state["batch_in_epoch"])
+        sampler = EpochSampler(
+            len(self.dataset),
+            self.batch_size,
+            acc.num_processes,
+            acc.process_index,
+            self.seed,
+            epoch,
+            self.state["batch_in_epoch"],
+        )
         if self.cache is not None:
             return DataLoader(IndexDataset(len(self.dataset)), batch_size=self.batch_size, sampler=sampler)
         self.dataset.set_epoch(epoch)
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=int(setting(self.cfg, "num_workers")), drop_last=True)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=int(setting(self.cfg, "num_workers")),
+            drop_last=True,
+        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -387,8 +425,13 @@ class Trainer:
         val_every = int(setting(cfg, "validation.interval") or 0)
         if val_every and not setting(cfg, "validation.video"):  # said once set-up has succeeded
             self._say("validation is off: validation.video is not set (validation.interval needs a clip)")
-        bar = tqdm(total=total, initial=state["step"], desc="training", unit="step",
-                   disable=not (self.opts.progress and acc.is_main_process))
+        bar = tqdm(
+            total=total,
+            initial=state["step"],
+            desc="training",
+            unit="step",
+            disable=not (self.opts.progress and acc.is_main_process),
+        )
         window = {"loss": [], "grad_norm": [], "samples": 0, "skipped": 0, "tic": time.time(), "indices": None}
         last_saved = None
         with warnings.catch_warnings(), StopRequest() as stop:
@@ -438,7 +481,9 @@ class Trainer:
         checksum = torch.stack([p.detach().double().sum() for p in self._unwrapped().parameters()]).sum()
         sums = acc.gather(checksum[None].to(acc.device)).tolist()
         if acc.is_main_process:
-            (self.work_dir / "replica_checksums.json").write_text(json.dumps({"step": self.state["step"], "checksums": sums}))
+            (self.work_dir / "replica_checksums.json").write_text(
+                json.dumps({"step": self.state["step"], "checksums": sums})
+            )
         if max(sums) - min(sums) > 1e-6 * max(1.0, abs(sums[0])):
             raise RuntimeError(f"data-parallel replicas diverged: parameter checksums {sums}")
 
@@ -516,12 +561,22 @@ class Trainer:
     def validation_pipeline(self) -> CascadeVPipeline:
         """``build_pipeline`` (the sampler of ``cascadev decode``) on the live DiT, unwrapped, and the frozen
         networks: the config's sampling options, in the training's precision."""
-        live = {"dit": self._unwrapped(), "vae": self.frozen.vae, "compressor": self.frozen.compressor,
-                "previewer": self.frozen.previewer}
+        live = {
+            "dit": self._unwrapped(),
+            "vae": self.frozen.vae,
+            "compressor": self.frozen.compressor,
+            "previewer": self.frozen.previewer,
+        }
         live = {part: module for part, module in live.items() if module is not None}
         dtype = self.encoders.dtype
-        return build_pipeline(self.cfg, tuple(live), device=self.accelerator.device, dtype=dtype, modules=live,
-                              autocast_dtype=None if dtype == torch.float32 else dtype)
+        return build_pipeline(
+            self.cfg,
+            tuple(live),
+            device=self.accelerator.device,
+            dtype=dtype,
+            modules=live,
+            autocast_dtype=None if dtype == torch.float32 else dtype,
+        )
 
     @torch.no_grad()
     def validation_recon(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CascadeVPipeline]:
@@ -530,15 +585,31 @@ class Trainer:
         cfg = self.cfg
         pipe = self.validation_pipeline()
         # The whole held-out frame, resized (no crop at native size, no flip), padded when the clip is short.
-        clip = VideoClipDataset([setting(cfg, "validation.video")], int(cfg.num_frames_per_video), int(cfg.time_stride),
-                                int(cfg.sample_size), seed=self.seed, short_video="pad", resize=True,
-                                hflip_prob=0.0).load_clip(0, np.random.default_rng(0))
+        clip = VideoClipDataset(
+            [setting(cfg, "validation.video")],
+            int(cfg.num_frames_per_video),
+            int(cfg.time_stride),
+            int(cfg.sample_size),
+            seed=self.seed,
+            short_video="pad",
+            resize=True,
+            hflip_prob=0.0,
+        ).load_clip(0, np.random.default_rng(0))
         # The condition's one implementation (cascadev.conditioning), as in training: (C, T, h, w) on the CPU.
         cond = pipe.conditioner.latent(clip).cpu().transpose(0, 1)  # (T, C, h, w) -> (C, T, h, w)
         # Seed 0 every time: successive validation pictures differ only by the weights.
-        recon = torch.cat(list(pipe.decode(lambda a, b: cond[:, a:b], cond.shape[1], progress=False, seed=0,
-                                           steps=int(setting(cfg, "validation.steps")),
-                                           scheduler=setting(cfg, "validation.scheduler"))))
+        recon = torch.cat(
+            list(
+                pipe.decode(
+                    lambda a, b: cond[:, a:b],
+                    cond.shape[1],
+                    progress=False,
+                    seed=0,
+                    steps=int(setting(cfg, "validation.steps")),
+                    scheduler=setting(cfg, "validation.scheduler"),
+                )
+            )
+        )
         return clip, cond, recon, pipe
 
     @torch.no_grad()
