@@ -6,36 +6,19 @@ from pathlib import Path
 import pytest
 import torch
 from einops import rearrange
-from safetensors.torch import load_file
 
 from cascadev.loading import load_config
 from cascadev.models import build_model
 from cascadev.models.dit import CascadeDiT, GridAttention
+from cascadev.reference import load_golden
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parents[1]
-GOLDEN_KEYS = [
-    "input_size",
-    "patch_size",
-    "in_channels",
-    "hidden_size",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "pe_interpolation",
-    "attn_strides",
-    "lats_per_vid",
-]
 
 
 @pytest.fixture(scope="module")
 def golden():
-    spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
-    tensors = load_file(FIXTURES / "dit_golden_a.safetensors")
-    model = CascadeDiT(**{k: spec[k] for k in GOLDEN_KEYS}).eval()
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
-    return spec, tensors, model
+    return load_golden("dit_golden_a")
 
 
 def rel_err(y, ref):

@@ -11,34 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 from einops import rearrange
-from safetensors.torch import load_file
 
 from cascadev.loading import CUDA_PRECISION, PRECISIONS, load_config
-from cascadev.models.dit import CascadeDiT
+from cascadev.reference import load_golden
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 ROOT = Path(__file__).parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
-KEYS = [
-    "input_size",
-    "patch_size",
-    "in_channels",
-    "hidden_size",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "pe_interpolation",
-    "attn_strides",
-    "lats_per_vid",
-]
 
 
 def golden():
-    spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
-    d = load_file(FIXTURES / "dit_golden_a.safetensors")
-    model = CascadeDiT(**{k: spec[k] for k in KEYS}).eval()
-    model.load_state_dict({k[len("model.") :]: v for k, v in d.items() if k.startswith("model.")})
+    spec, d, model = load_golden("dit_golden_a")
     x = rearrange(d["io.video.x"], "(b t) c h w -> b c t h w", b=spec["videos"])
     return model, x, d["io.video.t"], d["io.video.y"]
 

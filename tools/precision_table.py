@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,20 +29,8 @@ from cascadev.loading import PRECISIONS, load_config, resolve_device  # noqa: E4
 from cascadev.models import build_model  # noqa: E402
 from cascadev.models.dit import CascadeDiT  # noqa: E402
 from cascadev.pipeline import CascadeVPipeline  # noqa: E402
+from cascadev.reference import load_golden  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-GOLDEN_KEYS = [
-    "input_size",
-    "patch_size",
-    "in_channels",
-    "hidden_size",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "pe_interpolation",
-    "attn_strides",
-    "lats_per_vid",
-]
 # (label, precision name of cascadev.loading.PRECISIONS, attention product in fp32)
 CANDIDATES = [
     ("fp32", "fp32", False),
@@ -54,10 +41,7 @@ CANDIDATES = [
 
 
 def golden_dit() -> tuple[CascadeDiT, torch.Tensor, torch.Tensor]:
-    spec = json.loads((FIXTURES / "dit_golden_a.json").read_text())
-    tensors = load_file(FIXTURES / "dit_golden_a.safetensors")
-    model = CascadeDiT(**{k: spec[k] for k in GOLDEN_KEYS}).eval()
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    spec, tensors, model = load_golden("dit_golden_a")
     x = rearrange(tensors["io.video.x"], "(b t) c h w -> b c t h w", b=spec["videos"])
     return model, x, tensors["io.video.t"]
 
