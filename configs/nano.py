@@ -8,7 +8,7 @@ image_size = 256
 num_frames_per_video = 8
 # 1 / (std of the nano VAE's latents on 8 training clips), measured after the VAE stage (tools/latent_scale.py;
 # train_nano.sh passes its own measurement to the DiT stage): PixArt's 0.13025 belongs to the SDXL VAE.
-scale_factor = 0.54009
+scale_factor = 0.3092
 
 model = dict(
     input_size=32,

@@ -2,7 +2,7 @@
 # Train the nano cascade from nothing, stage by stage, with the project's own commands, and install it in
 # pretrained/nano/ (what configs/nano.py loads). Each stage resumes from its work dir when run again.
 #   bash tools/train_nano.sh [WORK_DIR]            (default work_dirs/nano)
-# Steps per stage (defaults: the shipped run's counts, about 25 minutes on a shared 2-core CPU; far too
+# Steps per stage (defaults: the shipped run's counts, about 2 hours on a shared 2-core CPU; still far too
 # few for good quality: on a GPU give each stage 10-100x more):
 #   COMPRESSOR_STEPS=... VAE_STEPS=... DIT_STEPS=... bash tools/train_nano.sh
 # Stages:
@@ -18,9 +18,9 @@ WORK=${1:-work_dirs/nano}
 PY=${PY:-$REPO/.venv/bin/python}
 [ -x "$PY" ] || PY=python
 CASCADEV=("$PY" -m cascadev.cli)
-COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-303}
-VAE_STEPS=${VAE_STEPS:-119}
-DIT_STEPS=${DIT_STEPS:-359}
+COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-1500}
+VAE_STEPS=${VAE_STEPS:-2008}
+DIT_STEPS=${DIT_STEPS:-6000}
 WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
