@@ -507,16 +507,14 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
     if args.command == "decode":
         from .segments import decode_latent_split
 
-        decode = (
-            decode_latent_split if single else reconstruct.decode_latent
-        )  # one latent: processes share its segments
+        # One latent: the processes share its segments.
+        decode = decode_latent_split if single else reconstruct.decode_latent
         return ["dit", "vae"], lambda source, output, load: decode(load, source, output, sampling, **video_options)
     if args.command == "recon":
         from .segments import reconstruct_split
 
-        recon = (
-            reconstruct_split if single else reconstruct.reconstruct_video
-        )  # one video: processes share its segments
+        # One video: the processes share its segments.
+        recon = reconstruct_split if single else reconstruct.reconstruct_video
         return ["dit", "compressor", "previewer", "vae"], lambda source, output, load: recon(
             load,
             source,

@@ -187,9 +187,10 @@ def reconstruct_video(
     check_not_inputs({"input video": video}, {"output folder": out_dir, "output": paths.values()})
     source = VideoReader(video)
     select_frames(source, start, num_frames)  # a bad input fails before the folder is made
+    # So do bad output options.
     check_encoder_options(
         writer_options.get("codec", "libx264"), writer_options.get("crf", 18), writer_options.get("pix_fmt")
-    )  # so do bad output options
+    )
     made_dir = not out_dir.exists()
     make_folder(out_dir)
     try:
