@@ -16,7 +16,7 @@ from typing import Any
 from .conditioning import KINDS
 from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
-from .rules import SCHEDULERS, SEED_LIMIT, is_whole, whole_description
+from .rules import PREDICTION_TYPES, SCHEDULERS, SEED_LIMIT, is_whole, whole_description
 
 __all__ = ["SCHEMA", "REQUIRED", "validate_config"]
 
@@ -131,6 +131,7 @@ SCHEMA: dict[str, Rule] = {
     "schedule.beta_schedule": string(),
     "schedule.beta_start": number(0, 1, above=True),
     "schedule.beta_end": number(0, 1, above=True),
+    "schedule.prediction_type": string(PREDICTION_TYPES),
     # sampling
     "sampling": section(),
     "sampling.scheduler": string(SCHEDULERS),

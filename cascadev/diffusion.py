@@ -6,11 +6,18 @@ per-sample loss is
 
     loss = mse + vb
 
-* ``mse``: mean over all non-batch dimensions of ``(eps_pred - noise) ** 2``;
+* ``mse``: mean over all non-batch dimensions of ``(prediction - target) ** 2``. The target is the
+  noise (``prediction_type="epsilon"``, the release's) or the velocity ``v = sqrt(abar_t) noise -
+  sqrt(1 - abar_t) x_0`` (``"v_prediction"``, Salimans & Ho 2022, diffusers' name);
 * ``vb``: the variational-bound term in bits per dimension, computed with the predicted mean
   *detached* (so it trains only the variance channels): ``KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))``
   for ``t > 0`` and the discretised Gaussian decoder negative log-likelihood at ``t = 0``. It is not
-  rescaled (improved-diffusion's ``LossType.MSE``, not ``RESCALED_MSE``).
+  rescaled (improved-diffusion's ``LossType.MSE``, not ``RESCALED_MSE``). A v prediction enters it as
+  the noise it implies, ``sqrt(abar_t) v + sqrt(1 - abar_t) x_t``.
+
+Why v: with epsilon, the x_0 estimate at the noisy end is ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)``,
+and ``1 / sqrt(abar_999)`` is about 150 on the linear schedule, so a small model's noise error becomes a
+huge x_0 error there; a v model predicts about ``-x_0`` at that end instead. The released DiT is epsilon.
 
 Latents may be images ``(N, C, H, W)`` or videos ``(N, C, T, H, W)``: every per-sample quantity is a
 mean over all non-batch dimensions, and one timestep is used per sample (shared by its frames).
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 
 from cascadev.errors import CascadeVError
+from cascadev.rules import PREDICTION_TYPES, check_choice
 
 __all__ = [
     "GaussianDiffusion",
@@ -103,24 +111,31 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, means: torch.Tensor, lo
 
 
 class GaussianDiffusion:
-    """improved-DDPM forward process and training loss (epsilon prediction, learned variance range).
+    """improved-DDPM forward process and training loss (epsilon or v prediction, learned variance range).
 
     Attributes (float64 numpy, shape ``(num_timesteps,)``): ``betas``, ``alphas_cumprod``,
     ``alphas_cumprod_prev``, ``posterior_variance``, ``posterior_log_variance_clipped`` and the
     coefficients derived from them.
 
     With ``learn_sigma=True`` the model outputs ``2 * C`` channels for a ``C``-channel input: the first
-    ``C`` are the predicted noise, the last ``C`` are ``v`` in [-1, 1] (not enforced), which sets the
+    ``C`` are the prediction (noise or v, ``prediction_type``), the last ``C`` are ``v`` in [-1, 1] (not enforced), which sets the
     reverse-process log-variance to ``frac * log(beta_t) + (1 - frac) * log(posterior_variance_t)``
     with ``frac = (v + 1) / 2``. With ``learn_sigma=False`` the model outputs ``C`` channels and the
     loss is the MSE alone (``vb`` is zero).
     """
 
-    def __init__(self, num_timesteps: int = 1000, beta_schedule: str = "linear", learn_sigma: bool = True) -> None:
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        learn_sigma: bool = True,
+        prediction_type: str = "epsilon",
+    ) -> None:
         betas = get_named_beta_schedule(beta_schedule, num_timesteps)
         self.num_timesteps = int(betas.shape[0])
         self.beta_schedule = beta_schedule
         self.learn_sigma = bool(learn_sigma)
+        self.prediction_type = check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
 
         self.betas = betas
         alphas = 1.0 - betas
@@ -267,15 +282,20 @@ class GaussianDiffusion:
                 f"{expected} (learn_sigma={self.learn_sigma}); check the model's out_channels."
             )
         work = self._work_dtype(x_start)
-        if self.learn_sigma:
-            eps, v = torch.split(output, c, dim=1)
-            # The bound trains the variance only: the mean it sees is a constant.
-            frozen = torch.cat([eps.detach(), v], dim=1).to(work)
-            vb = self.vb_terms_bpd(frozen, x_start.to(work), x_t.to(work), t)
+        x_start, x_t, noise = x_start.to(work), x_t.to(work), noise.to(work)
+        pred, var_values = torch.split(output.to(work), c, dim=1) if self.learn_sigma else (output.to(work), None)
+        if self.prediction_type == "v_prediction":
+            a, s = self._gather("sqrt_alphas_cumprod", t, x_t), self._gather("sqrt_one_minus_alphas_cumprod", t, x_t)
+            target = a * noise - s * x_start
+            eps = a * pred + s * x_t  # the noise the v prediction implies (a**2 + s**2 = 1)
         else:
-            eps = output
+            target, eps = noise, pred
+        if var_values is not None:
+            # The bound trains the variance only: the mean it sees is a constant.
+            vb = self.vb_terms_bpd(torch.cat([eps.detach(), var_values], dim=1), x_start, x_t, t)
+        else:
             vb = torch.zeros(n, dtype=work, device=x_start.device)
-        mse = mean_flat((noise.to(work) - eps.to(work)) ** 2)
+        mse = mean_flat((target - pred) ** 2)
         return {"loss": mse + vb, "mse": mse, "vb": vb}
 
     def sample_timesteps(

@@ -15,6 +15,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
+from .rules import PREDICTION_TYPES, check_choice
+
 
 class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
     """Multistep DPM-Solver++ (order 2) on PixArt's continuous-time noise schedule.
@@ -34,9 +36,11 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule: str = "linear",
         solver_order: int = 2,
         lower_order_final: bool = True,
+        prediction_type: str = "epsilon",
     ):
         if beta_schedule != "linear":
             raise ValueError(f"PixArtDPMSolverScheduler supports the linear schedule only, got {beta_schedule!r}")
+        check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
         # PixArt's get_named_beta_schedule('linear') is a float64 numpy linspace.
         betas = torch.from_numpy(np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64))
         self.log_alpha_array = (0.5 * torch.log(1 - betas).cumsum(0)).float()  # (N,) at t = (i + 1) / N
@@ -77,12 +81,16 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
     def step(
         self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True
     ):
-        """One solver step from time ``t_k`` to ``t_{k+1}``, given the noise prediction at ``t_k``."""
+        """One solver step from time ``t_k`` to ``t_{k+1}``, given the model's prediction at ``t_k``."""
         k, steps = self._step_index, self.num_inference_steps
         s, t = self.t_continuous[k], self.t_continuous[k + 1]
         alpha_s, sigma_s, lambda_s = self._coefficients(s)
         alpha_t, sigma_t, lambda_t = self._coefficients(t)
-        x0 = (sample - sigma_s * model_output) / alpha_s  # DPM-Solver++ works on data predictions
+        # DPM-Solver++ works on data predictions x0.
+        if self.config.prediction_type == "v_prediction":
+            x0 = alpha_s * sample - sigma_s * model_output
+        else:
+            x0 = (sample - sigma_s * model_output) / alpha_s
         self._history = (self._history + [x0])[-self.config.solver_order :]
         order = min(self.config.solver_order, len(self._history))
         if self.config.lower_order_final and steps < 10:

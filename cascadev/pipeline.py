@@ -235,16 +235,17 @@ class CascadeVPipeline:
         latents = latents * sched.init_noise_sigma
         tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride, self.tile_blend)
         for t in sched.timesteps:
-            noise = self._predict_noise(sched.scale_model_input(latents, t), cond, t, tiling)
-            latents = sched.step(noise, t, latents, generator=generators).prev_sample
+            prediction = self._predict(sched.scale_model_input(latents, t), cond, t, tiling)
+            latents = sched.step(prediction, t, latents, generator=generators).prev_sample
             if progress is not None:
                 progress.update(1)
         return latents[:num_frames, :, :height, :width].cpu() / self.scale_factor
 
-    def _predict_noise(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, tiling: Tiling) -> torch.Tensor:
-        """Blend the DiT's noise prediction over all windows and tiles: (T, 4, H, W)."""
+    def _predict(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+        """Blend the DiT's prediction (noise or v: the schedule's ``prediction_type``, which the scheduler
+        reads too) over all windows and tiles: (T, 4, H, W)."""
         frames, tile = tiling.frames, tiling.tile
-        noise = torch.zeros_like(x)
+        blended = torch.zeros_like(x)
         inputs_all = torch.cat([x, cond], dim=1)
         jobs = list(tiling)
         for i in range(0, len(jobs), self.batch_size):
@@ -260,9 +261,11 @@ class CascadeVPipeline:
             ):
                 pred = self.dit(inputs.to(self.dtype), timestep)
             pred = pred[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
-            for (t0, r0, c0, weight), eps in zip(batch, pred):
-                noise[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] += eps * weight.to(eps.device)[:, None]
-        return noise
+            for (t0, r0, c0, weight), window in zip(batch, pred):
+                blended[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] += (
+                    window * weight.to(window.device)[:, None]
+                )
+        return blended
 
     # ------------------------------------------------------------------ SVD decoding
 

@@ -22,6 +22,7 @@ SEED_LIMIT = 2**63
 # The names a user may give; the modules that act on them map each name to its implementation.
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the DiT predicts (diffusers' names): cascadev.diffusion
 MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
 AUTOENCODER_PARTS = ("compressor", "vae")  # what cascadev train-ae trains: cascadev.training.autoencoders
 DEVICES = "auto, cpu, cuda or cuda:N"

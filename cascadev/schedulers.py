@@ -18,8 +18,11 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "dpm_solver_pixart": PixArtDPMSolverScheduler,
 }
 
-# Improved-DDPM "linear" schedule of the training recipe (1000 steps), which is diffusers' "linear".
-TRAINING_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+# Improved-DDPM "linear" schedule of the training recipe (1000 steps), which is diffusers' "linear", and
+# the release's epsilon prediction (a config's ``schedule.prediction_type`` may say "v_prediction").
+TRAINING_SCHEDULE = dict(
+    num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="epsilon"
+)
 
 
 def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:

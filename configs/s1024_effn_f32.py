@@ -57,7 +57,10 @@ weights = dict(
 )
 
 # Diffusion schedule of training (improved-DDPM linear betas, 1000 steps) and sampling defaults.
-schedule = dict(num_train_timesteps=1000, beta_schedule='linear', beta_start=0.0001, beta_end=0.02)
+schedule = dict(
+    num_train_timesteps=1000, beta_schedule='linear', beta_start=0.0001, beta_end=0.02,
+    prediction_type='epsilon',  # what the DiT predicts: 'epsilon' (the release) or 'v_prediction'
+)
 sampling = dict(
     scheduler='euler_a',  # euler_a | ddim | dpm_solver
     steps=8,

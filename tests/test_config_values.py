@@ -71,6 +71,7 @@ def test_every_schema_key_exists_in_the_released_config():
         ("mixed_precision=fp8", "mixed_precision"),
         ("model.pred_sigma=1", "model.pred_sigma"),
         ("scale_factor=inf", "scale_factor"),
+        ("schedule.prediction_type=sample", "schedule.prediction_type"),
     ],
 )
 def test_bad_config_values_name_the_key(tmp_path, capsys, clip, option, key):

@@ -219,6 +219,51 @@ def test_fixed_variance_mode_is_plain_mse():
     torch.testing.assert_close(out["loss"], out["mse"])
 
 
+def _coefficients(diffusion, t):
+    a = torch.from_numpy(diffusion.sqrt_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+    s = torch.from_numpy(diffusion.sqrt_one_minus_alphas_cumprod)[t].reshape(-1, 1, 1, 1)
+    return a, s
+
+
+def test_v_prediction_targets_the_velocity():
+    """v = sqrt(abar) noise - sqrt(1 - abar) x_0: the exact v has zero loss, anything else its squared error."""
+    diffusion = GaussianDiffusion(learn_sigma=False, prediction_type="v_prediction")
+    x_start, noise, _, _ = _toy_setup((3, 4, 5, 5), seed=4)
+    t = torch.tensor([0, 400, 999])
+    a, s = _coefficients(diffusion, t)
+    velocity = a * noise - s * x_start
+    exact = diffusion.training_losses(lambda x_t, ts: velocity, x_start, t, noise=noise)
+    torch.testing.assert_close(exact["mse"], torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-12)
+    # The noise is not the v target: at t = 999 (abar ~ 4e-5) v is about -x_0.
+    wrong = diffusion.training_losses(lambda x_t, ts: noise, x_start, t, noise=noise)
+    torch.testing.assert_close(wrong["mse"], ((noise - velocity) ** 2).mean(dim=(1, 2, 3)))
+    assert wrong["mse"][2] > 0.5
+
+
+def test_v_prediction_bound_sees_the_implied_noise():
+    """The variance term of a v model equals the epsilon model's for the v that implies the same noise."""
+    eps_diffusion = GaussianDiffusion(prediction_type="epsilon")
+    v_diffusion = GaussianDiffusion(prediction_type="v_prediction")
+    x_start, noise, _, _ = _toy_setup((3, 4, 5, 5), seed=5)
+    t = torch.tensor([0, 17, 613])
+    gen = torch.Generator().manual_seed(6)
+    eps_pred = torch.randn(noise.shape, generator=gen, dtype=torch.float64)
+    var_values = torch.rand(noise.shape, generator=gen, dtype=torch.float64) * 2 - 1
+    a, s = _coefficients(v_diffusion, t)
+    x_t = v_diffusion.q_sample(x_start, t, noise)
+    v_pred = (eps_pred - s * x_t) / a  # so that a * v + s * x_t = eps_pred
+    eps_out = eps_diffusion.training_losses(lambda *_: torch.cat([eps_pred, var_values], 1), x_start, t, noise=noise)
+    v_out = v_diffusion.training_losses(lambda *_: torch.cat([v_pred, var_values], 1), x_start, t, noise=noise)
+    # Not 1e-10: the loss gathers its coefficients through float32, this test's are float64.
+    torch.testing.assert_close(v_out["vb"], eps_out["vb"], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(v_out["mse"], eps_out["mse"])
+
+
+def test_unknown_prediction_type_is_refused():
+    with pytest.raises(CascadeVError, match="prediction_type"):
+        GaussianDiffusion(prediction_type="sample")
+
+
 def test_model_kwargs_are_passed_and_default_noise_is_gaussian():
     diffusion = GaussianDiffusion()
     seen = {}

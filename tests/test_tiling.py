@@ -66,7 +66,7 @@ def test_blended_prediction_is_the_weighted_mix_of_windows_and_tiles():
     frames, height, width = 6, 8, 14  # windows at frames 0, 2; tiles at columns 0, 6
     tiling = Tiling((frames, height, width), 4, 8, 6)
     cond = _index_condition(frames, height, width)
-    noise = pipe._predict_noise(torch.zeros(frames, 4, height, width), cond, torch.tensor(1.0), tiling)
+    noise = pipe._predict(torch.zeros(frames, 4, height, width), cond, torch.tensor(1.0), tiling)
     t_w = crossfade_weights(frames, 4, [0, 2])
     c_w = crossfade_weights(width, 8, [0, 6])
     expect_t = torch.zeros(frames)
@@ -92,7 +92,7 @@ def test_blending_reproduces_a_position_independent_model_exactly(size):
     pipe = CascadeVPipeline(dit=PointwiseModel(), tile_stride=6, batch_size=4)
     x = torch.randn(frames, 4, height, width)
     cond = torch.randn(frames, 16, height, width)
-    noise = pipe._predict_noise(x, cond, torch.tensor(3.0), Tiling(size, 4, 8, 6))
+    noise = pipe._predict(x, cond, torch.tensor(3.0), Tiling(size, 4, 8, 6))
     assert torch.allclose(noise, x + 2 * cond[:, :4], atol=1e-5)
 
 

@@ -56,17 +56,24 @@ def metrics(work_dir):
     return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_when_overfitting_one_clip(tmp_path, clips):
-    assert (
-        train(
-            tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=["cache_latents=True", "save_model_steps=100"]
-        )
-        == 0
-    )
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_loss_falls_when_overfitting_one_clip(tmp_path, clips, prediction):
+    options = ["cache_latents=True", "save_model_steps=100", f"schedule.prediction_type={prediction}"]
+    assert train(tmp_path / "w", clips / "one.txt", "--max-steps", 30, options=options) == 0
     losses = [m["loss"] for m in metrics(tmp_path / "w")]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
     assert (tmp_path / "w" / "latent_cache" / "00000000.safetensors").is_file()
+
+
+def test_the_prediction_type_sets_the_training_target(tmp_path, clips):
+    """Same seed, data and network: only the target differs, so the first losses differ."""
+    first = {}
+    for prediction in ("epsilon", "v_prediction"):
+        options = ["save_model_steps=100", f"schedule.prediction_type={prediction}"]
+        assert train(tmp_path / prediction, clips / "one.txt", "--max-steps", 1, options=options) == 0
+        first[prediction] = metrics(tmp_path / prediction)[0]["loss"]
+    assert first["epsilon"] != pytest.approx(first["v_prediction"], rel=1e-3)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):

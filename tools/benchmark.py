@@ -146,7 +146,7 @@ def run_case(
             **overrides,
         )
     stages.wrap(pipe, "encode", "encode")
-    stages.wrap(pipe, "_predict_noise", "dit_step")
+    stages.wrap(pipe, "_predict", "dit_step")
     stages.wrap(pipe, "vae_decode", "svd_decode")
     write = VideoWriter.write
     VideoWriter.write = lambda self, x: stages_time_write(stages, write, self, x)

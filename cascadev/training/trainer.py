@@ -215,7 +215,9 @@ class Trainer:
     def _build_frozen(self) -> None:
         """The diffusion, and the frozen VAE / compressor (/ previewer for validation) through ``build_pipeline``."""
         cfg, acc, options = self.cfg, self.accelerator, self.opts
-        self.diffusion = GaussianDiffusion(int(setting(cfg, "train_sampling_steps")))
+        self.diffusion = GaussianDiffusion(
+            int(setting(cfg, "train_sampling_steps")), prediction_type=setting(cfg, "schedule.prediction_type")
+        )
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         condition = conditioning.condition_kind(cfg)
         parts = conditioning.with_encoder(condition, ["vae"])
