@@ -152,6 +152,7 @@ SCHEMA: dict[str, Rule] = {
     "data.scale_range": sequence(lambda x: _is_number(x) and x >= 1, "a list of two numbers of at least 1"),
     "encode_chunk": COUNT,
     "cache_latents": boolean(),
+    "latent_cache_epochs": COUNT,
     "latent_cache_dir": string(nullable=True),
     "train_sampling_steps": COUNT,
     "joint_training": number(0, 1),

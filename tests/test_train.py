@@ -66,6 +66,23 @@ def test_loss_falls_when_overfitting_one_clip(tmp_path, clips, prediction):
     assert (tmp_path / "w" / "latent_cache" / "00000000.safetensors").is_file()
 
 
+def test_the_latent_cache_holds_several_epochs_of_clips(tmp_path, clips):
+    """latent_cache_epochs=2: the cache holds two versions of each of the 4 items (different clips), and
+    the second epoch trains on the second versions."""
+    options = ["cache_latents=True", "latent_cache_epochs=2", "save_model_steps=100"]
+    # 4 videos, batch 2: 2 steps per epoch, so steps 3-4 are epoch 1 and step 5 is epoch 2 (version 0).
+    assert train(tmp_path / "w", clips / "four.txt", "--max-steps", 5, options=options) == 0
+    cache = sorted((tmp_path / "w" / "latent_cache").glob("*.safetensors"))
+    assert [p.stem for p in cache] == [f"{i:08d}" for i in range(8)]
+    first, second = load_file(cache[0]), load_file(cache[4])  # item 0 of epochs 0 and 1
+    assert first.keys() == second.keys()
+    assert not all(torch.allclose(first[k], second[k]) for k in first)
+    indices = [set(m["indices"]) for m in metrics(tmp_path / "w")]
+    assert indices[0] | indices[1] == {0, 1, 2, 3}
+    assert indices[2] | indices[3] == {4, 5, 6, 7}
+    assert indices[4] <= {0, 1, 2, 3}
+
+
 def test_the_prediction_type_sets_the_training_target(tmp_path, clips):
     """Same seed, data and network: only the target differs, so the first losses differ."""
     first = {}

@@ -80,16 +80,20 @@ class EpochSampler(Sampler[int]):
 
 
 class IndexDataset(Dataset):
-    """Items of a latent cache: only their indices travel through the DataLoader."""
+    """Items of a latent cache: only their indices travel through the DataLoader.
 
-    def __init__(self, size: int):
-        self.size = size
+    Item ``i`` is cache entry ``offset + i``: the cache holds ``latent_cache_epochs`` versions of every
+    item, and an epoch reads one of them (``Trainer._loader``).
+    """
+
+    def __init__(self, size: int, offset: int = 0):
+        self.size, self.offset = size, offset
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "substituted": False}
+        return {"index": self.offset + index, "substituted": False}
 
 
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
@@ -351,14 +355,19 @@ class Trainer:
         self.ema.optimization_step = ema_step
 
     def _fill_cache(self) -> None:
-        """Encode every item's epoch-0 clip once (each process its share); later steps read the cache."""
-        acc = self.accelerator
-        self.dataset.set_epoch(0)
-        todo = [i for i in range(acc.process_index, len(self.dataset), acc.num_processes) if i not in self.cache]
-        for i in tqdm(todo, desc="caching latents", disable=not (self.opts.progress and acc.is_main_process)):
-            item = self.dataset[i]
-            encoded = self.encoders.encode(item["video"][None].to(acc.device))
-            self.cache.save(i, {k: v[0] for k, v in encoded.items()})
+        """Encode every item's clips of epochs 0 .. latent_cache_epochs - 1 once (each process its share):
+        entry ``epoch * len(dataset) + i``. Later steps read the cache; epoch e reads version e % K."""
+        acc, size = self.accelerator, len(self.dataset)
+        todo = [
+            (epoch, i)
+            for epoch in range(int(setting(self.cfg, "latent_cache_epochs")))
+            for i in range(acc.process_index, size, acc.num_processes)
+            if epoch * size + i not in self.cache
+        ]
+        for epoch, i in tqdm(todo, desc="caching latents", disable=not (self.opts.progress and acc.is_main_process)):
+            self.dataset.set_epoch(epoch)  # the epoch draws the clip's start, crop, scale and flip
+            encoded = self.encoders.encode(self.dataset[i]["video"][None].to(acc.device))
+            self.cache.save(epoch * size + i, {k: v[0] for k, v in encoded.items()})
         acc.wait_for_everyone()
 
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -395,7 +404,9 @@ class Trainer:
             self.state["batch_in_epoch"],
         )
         if self.cache is not None:
-            return DataLoader(IndexDataset(len(self.dataset)), batch_size=self.batch_size, sampler=sampler)
+            version = epoch % int(setting(self.cfg, "latent_cache_epochs"))
+            items = IndexDataset(len(self.dataset), offset=version * len(self.dataset))
+            return DataLoader(items, batch_size=self.batch_size, sampler=sampler)
         self.dataset.set_epoch(epoch)
         return DataLoader(
             self.dataset,
