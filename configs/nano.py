@@ -8,7 +8,10 @@ image_size = 256
 num_frames_per_video = 8
 # 1 / (std of the nano VAE's latents on 8 training clips), measured after the VAE stage (tools/latent_scale.py;
 # train_nano.sh passes its own measurement to the DiT stage): PixArt's 0.13025 belongs to the SDXL VAE.
-scale_factor = 0.3092
+scale_factor = 0.29361
+# A v model (diffusers' v_prediction; the released DiT is epsilon): at the noisy end an epsilon model's x0
+# estimate divides by sqrt(abar_999) ~ 0.0066, which a small, briefly trained DiT cannot afford (docs/nano.md).
+schedule = dict(prediction_type='v_prediction')
 
 model = dict(
     input_size=32,
@@ -35,7 +38,8 @@ sample_size = 256
 time_stride = 2
 data = dict(short_video='pad', resize=True, hflip_prob=0.5, crop='random', scale_range=(1.0, 1.5))
 encode_chunk = 8
-cache_latents = True  # the DiT stage encodes each clip once (WORK_DIR/latent_cache)
+cache_latents = True  # the DiT stage encodes its clips once (WORK_DIR/latent_cache)...
+latent_cache_epochs = 8  # ...8 epochs' worth (starts, crops, scales, flips): 240 clips, not 30 fixed ones
 joint_training = 0.1
 seed = 0
 

@@ -2,13 +2,14 @@
 # Train the nano cascade from nothing, stage by stage, with the project's own commands, and install it in
 # pretrained/nano/ (what configs/nano.py loads). Each stage resumes from its work dir when run again.
 #   bash tools/train_nano.sh [WORK_DIR]            (default work_dirs/nano)
-# Steps per stage (defaults: the shipped run's counts, about 2 hours on a shared 2-core CPU; still far too
+# Steps per stage (defaults: the shipped run's counts, about 4 hours on a 2-core CPU; still far too
 # few for good quality: on a GPU give each stage 10-100x more):
 #   COMPRESSOR_STEPS=... VAE_STEPS=... DIT_STEPS=... bash tools/train_nano.sh
 # Stages:
 #   0. data:        tools/make_nano_data.py -> data/nano/{train,heldout}.txt (real footage, docs/nano.md)
 #   1. compressor:  cascadev train-ae configs/nano.py --part compressor   (compressor + previewer)
 #   2. vae:         cascadev train-ae configs/nano.py --part vae          (AutoencoderKLTemporalDecoder)
+#                   on 64x64 crops, then VAE_FULL_STEPS more on whole 256x256 frames (same work dir)
 #   3. dit:         cascadev train configs/nano.py, on the frozen networks of stages 1 and 2
 # Stages 1 and 2 are independent: PARALLEL=1 runs them side by side (one thread each).
 set -euo pipefail
@@ -20,7 +21,8 @@ PY=${PY:-$REPO/.venv/bin/python}
 CASCADEV=("$PY" -m cascadev.cli)
 COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-1500}
 VAE_STEPS=${VAE_STEPS:-2008}
-DIT_STEPS=${DIT_STEPS:-6000}
+VAE_FULL_STEPS=${VAE_FULL_STEPS:-394}
+DIT_STEPS=${DIT_STEPS:-20000}
 WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
@@ -33,8 +35,16 @@ fi
 
 compressor() { "${CASCADEV[@]}" train-ae configs/nano.py --part compressor --work-dir "$WORK/compressor" \
     --max-steps "$COMPRESSOR_STEPS" --export "$WEIGHTS" --quiet; }
-vae() { "${CASCADEV[@]}" train-ae configs/nano.py --part vae --work-dir "$WORK/vae" \
-    --max-steps "$VAE_STEPS" --export "$WEIGHTS" --quiet; }
+# The VAE learns on small crops (cheap), then finishes on whole 256x256 frames, 4 per step: its GroupNorm
+# statistics and mid-block attention span the whole input, so crops alone leave it off at the DiT's size
+# (a colour cast on full frames that 64x64 tiles of the same frames do not have).
+vae() {
+    "${CASCADEV[@]}" train-ae configs/nano.py --part vae --work-dir "$WORK/vae" --max-steps "$VAE_STEPS" --quiet
+    "${CASCADEV[@]}" train-ae configs/nano.py --part vae --work-dir "$WORK/vae" \
+        --max-steps $((VAE_STEPS + VAE_FULL_STEPS)) --export "$WEIGHTS" --quiet --cfg-options \
+        autoencoder_training.vae.sample_size=256 autoencoder_training.vae.num_frames_per_video=4 \
+        autoencoder_training.vae.train_batch_size=1 "autoencoder_training.vae.data.scale_range=(1.0,1.5)"
+}
 if [ "${PARALLEL:-0}" = 1 ]; then
     echo "== 1+2. compressor + previewer, and VAE, side by side"
     OMP_NUM_THREADS=1 compressor > "$WORK/compressor.log" 2>&1 &
