@@ -118,10 +118,10 @@ class GaussianDiffusion:
     coefficients derived from them.
 
     With ``learn_sigma=True`` the model outputs ``2 * C`` channels for a ``C``-channel input: the first
-    ``C`` are the prediction (noise or v, ``prediction_type``), the last ``C`` are ``v`` in [-1, 1] (not enforced), which sets the
-    reverse-process log-variance to ``frac * log(beta_t) + (1 - frac) * log(posterior_variance_t)``
-    with ``frac = (v + 1) / 2``. With ``learn_sigma=False`` the model outputs ``C`` channels and the
-    loss is the MSE alone (``vb`` is zero).
+    ``C`` are the prediction (the noise, or the velocity: ``prediction_type``), the last ``C`` are the
+    variance values ``r`` in [-1, 1] (not enforced), which set the reverse-process log-variance to
+    ``frac * log(beta_t) + (1 - frac) * log(posterior_variance_t)`` with ``frac = (r + 1) / 2``. With
+    ``learn_sigma=False`` the model outputs ``C`` channels and the loss is the MSE alone (``vb`` is zero).
     """
 
     def __init__(
