@@ -8,7 +8,7 @@ image_size = 256
 num_frames_per_video = 8
 # 1 / (std of the nano VAE's latents on 8 training clips), measured after the VAE stage (tools/latent_scale.py;
 # train_nano.sh passes its own measurement to the DiT stage): PixArt's 0.13025 belongs to the SDXL VAE.
-scale_factor = 0.29361
+scale_factor = 0.21852
 # A v model (diffusers' v_prediction; the released DiT is epsilon): at the noisy end an epsilon model's x0
 # estimate divides by sqrt(abar_999) ~ 0.0066, which a small, briefly trained DiT cannot afford (docs/nano.md).
 schedule = dict(prediction_type='v_prediction')
@@ -25,7 +25,9 @@ model = dict(
 # An EfficientNet-style (MBConv + squeeze-excitation) torchvision backbone that a CPU trains in minutes.
 compressor = dict(backbone='mobilenet_v3_small')
 previewer = dict(c_hidden=64)
-vae = dict(block_out_channels=[32, 64, 64, 64], layers_per_block=1, sample_size=256)
+# 64 channels at full resolution: diffusers builds its GroupNorms with 32 groups, and 32 channels there made
+# them per-channel (instance) norms, which erase each channel's mean: bright, smooth frames lost their level.
+vae = dict(block_out_channels=[64, 64, 64, 64], layers_per_block=1, sample_size=256)
 
 weights_dir = 'pretrained/nano'
 weights = dict(dit=['dit.safetensors'], compressor='compressor.safetensors', previewer='previewer.safetensors', vae='vae')
