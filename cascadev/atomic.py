@@ -9,6 +9,7 @@ left by a run that died (:func:`sweep_stale_partials`).
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import os
 import re
@@ -147,6 +148,17 @@ def remove_partials() -> int:
     for tmp in live:
         remove_quietly(tmp)
     return len(live)
+
+
+def remove_own_partials(folder: str | os.PathLike, name: str | None = None) -> None:
+    """Remove this process's partial files in ``folder`` (only those of output ``name`` when given).
+
+    Found by name, not only from the registry: a signal can land between a temporary file's creation
+    and its registration, or inside a writer's constructor, before any ``with`` could abort it.
+    """
+    stem = "*" if name is None else glob.escape(name)
+    for tmp in Path(folder).glob(f".{stem}.partial-{os.getpid()}.{HOST_TAG}-*"):
+        remove_quietly(tmp)
 
 
 def _pid_alive(pid: int) -> bool:

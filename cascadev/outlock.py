@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .atomic import check_output_path, make_folder, sweep_stale_partials
+from .atomic import check_output_path, make_folder, remove_own_partials, sweep_stale_partials
 from .errors import CascadeVError
 
 FOLDER_LOCK = ".cascadev.lock"
@@ -55,7 +55,8 @@ def output_lock(output: str | os.PathLike, folder: bool = False) -> Iterator[Pat
     """Hold the lock of ``output`` (a file, or with ``folder`` an existing folder) for the block.
 
     A second writer gets a one-line error naming the first one's PID. Once the lock is held, partial
-    files left in the output's folder by runs that died are removed (and reported in one line).
+    files left in the output's folder by runs that died are removed (and reported in one line). When the
+    block raises, this run's own partial files of the output go before the lock is released.
     """
     output = Path(output)
     created = None
@@ -81,6 +82,14 @@ def output_lock(output: str | os.PathLike, folder: bool = False) -> Iterator[Pat
         if note:
             print(f"cascadev: {note}", file=sys.stderr)
         yield path
+    except BaseException:
+        # A failed or interrupted run takes its partial files with it now, while it holds the lock and
+        # before the folders it made are removed (which only works when they are empty).
+        if folder:
+            remove_own_partials(output)
+        else:
+            remove_own_partials(output.parent, output.name)
+        raise
     finally:
         try:
             os.unlink(path)  # still locked, so no other run is using this file

@@ -12,8 +12,10 @@ import pytest
 from cli_checks import assert_one_line_error
 from videos import write_test_video
 
+import cascadev.atomic as atomic
+import cascadev.latent_io as latent_io
 from cascadev.atomic import HOST_TAG, check_output_path, sweep_stale_partials, temp_path
-from cascadev.cli import main
+from cascadev.cli import Signalled, main
 from cascadev.errors import CascadeVError
 from cascadev.outlock import FOLDER_LOCK, lock_path, output_lock
 
@@ -167,3 +169,58 @@ def test_a_signal_mid_run_leaves_no_partial_files(tmp_path, signals, code):
     assert proc.returncode == code, err
     assert err.strip().splitlines() == ["cascadev: interrupted"], err
     assert not out.exists()  # the folder this run made goes with its partial files and its lock
+
+
+@pytest.fixture
+def restore_signals():
+    """An interrupted ``main`` leaves SIGINT/SIGTERM ignored (the process is about to end): undo that."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def _signal_after_creating(monkeypatch, registered: bool) -> None:
+    """Make the first partial file's creation be followed at once by a SIGINT: after its registration in
+    the writer's constructor, or (``registered=False``) between ``mkstemp`` and the registration."""
+    if registered:
+        real = latent_io.temp_path
+
+        def creating(path):
+            real(path)
+            raise Signalled(signal.SIGINT)  # inside LatentWriter.__init__: no ``with`` has begun
+
+        monkeypatch.setattr(latent_io, "temp_path", creating)
+    else:
+        real = atomic.tempfile.mkstemp
+
+        def creating(*args, **kwargs):
+            fd, _ = real(*args, **kwargs)
+            os.close(fd)
+            raise Signalled(signal.SIGINT)  # the file exists; no registry knows it
+
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", creating)
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_signal_as_a_partial_file_is_made_leaves_no_trace(
+    tmp_path, capsys, clip, monkeypatch, restore_signals, registered
+):
+    _signal_after_creating(monkeypatch, registered)
+    out = tmp_path / "recon"
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--quiet")
+    assert (code, err.strip()) == (130, "cascadev: interrupted")
+    assert not out.exists(), sorted(p.name for p in out.iterdir())  # the folder it made, with no partials
+    new = tmp_path / "new"
+    latent = new / "deeper" / "l.safetensors"
+    code, err = run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")
+    assert (code, err.strip()) == (130, "cascadev: interrupted")
+    assert not new.exists()  # a file output's made folders go too
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / ".other.safetensors.partial-1.00000000-abcd1234.safetensors").write_bytes(b"x")  # not ours
+    code, err = run_cli(
+        capsys, "encode", clip, "-o", kept / "l.safetensors", "--config", TINY, "--random-init", "--quiet"
+    )
+    assert code == 130
+    assert sorted(p.name for p in kept.iterdir()) == [".other.safetensors.partial-1.00000000-abcd1234.safetensors"]
