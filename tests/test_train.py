@@ -99,7 +99,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
     assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 2, options=options) == 0
     assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 4, options=options) == 0  # resumes at 2
     full, split = tmp_path / "full" / "checkpoint-00000004", tmp_path / "split" / "checkpoint-00000004"
-    for name in (DIT_WEIGHTS, "ema.safetensors"):
+    ema_weights = "dit_ema/diffusion_pytorch_model.safetensors"  # a DiT folder: what --ckpt loads
+    for name in (DIT_WEIGHTS, ema_weights):
         a, b = load_file(full / name), load_file(split / name)
         assert a.keys() == b.keys()
         for key in a:
@@ -109,8 +110,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
     assert state["step"] == 4 and state["micro_step"] == 4
     assert not torch.equal(
         load_file(full / DIT_WEIGHTS)["final_layer.linear.weight"],
-        load_file(full / "ema.safetensors")["final_layer.linear.weight"],
+        load_file(full / ema_weights)["final_layer.linear.weight"],
     )
+    # Saving the EMA weights swaps them in and back out: training goes on exactly as without EMA.
+    plain = ["save_model_steps=2", "keep_checkpoints=0", "joint_training=0.5"]
+    assert train(tmp_path / "plain", clips / "four.txt", "--max-steps", 4, options=plain) == 0
+    a, b = load_file(full / DIT_WEIGHTS), load_file(tmp_path / "plain" / "checkpoint-00000004" / DIT_WEIGHTS)
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    assert load_file(full / ema_weights).keys() == a.keys()  # a whole DiT, buffers too
+    assert (full / "dit_ema" / "config.json").read_text() == (full / "dit" / "config.json").read_text()
 
 
 def test_checkpoints_are_atomic_and_pruned(tmp_path, clips):

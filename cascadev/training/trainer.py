@@ -348,7 +348,8 @@ class Trainer:
     def _load_ema(self, ckpt: Path, ema_step: int) -> None:
         from safetensors.torch import load_file
 
-        shadow = load_file(ckpt / "ema.safetensors")
+        folder = ckpt / f"{self.model_folder}_ema"
+        shadow = load_file(folder / checkpoints.MODEL_WEIGHTS if folder.is_dir() else ckpt / "ema.safetensors")
         names = [n for n, _ in self._unwrapped().named_parameters()]
         for param, name in zip(self.ema.shadow_params, names):
             param.data.copy_(shadow[name].to(param.device))
@@ -559,8 +560,7 @@ class Trainer:
             acc.wait_for_everyone()  # every process's random_states file is in before the manifest
             if acc.is_main_process:
                 if self.ema is not None:
-                    names = [n for n, _ in self._unwrapped().named_parameters()]
-                    save_safetensors(dict(zip(names, self.ema.shadow_params)), tmp / "ema.safetensors")
+                    self._save_ema(tmp)
                 state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
                 final = checkpoints.finish(self.work_dir, step, state, int(setting(self.cfg, "keep_checkpoints")))
         except Exception as exc:  # a full disk above all: one line, and no partial checkpoint left
@@ -570,6 +570,22 @@ class Trainer:
             raise
         acc.wait_for_everyone()
         return final or checkpoints.checkpoint_dir(self.work_dir, step)
+
+    def _save_ema(self, checkpoint: Path) -> None:
+        """The EMA weights: a diffusers model's as a ``save_pretrained`` folder beside its own (``dit_ema/``,
+        what inference loads: ``--ckpt checkpoint-N/dit_ema``), another network's as ``ema.safetensors``."""
+        model = self._unwrapped()
+        if not hasattr(model, "save_pretrained"):
+            names = [n for n, _ in model.named_parameters()]
+            save_safetensors(dict(zip(names, self.ema.shadow_params)), checkpoint / "ema.safetensors")
+            return
+        # diffusers' way: swap the EMA weights in, save, and put the trained ones back.
+        self.ema.store(model.parameters())
+        self.ema.copy_to(model.parameters())
+        try:
+            model.save_pretrained(str(checkpoint / f"{self.model_folder}_ema"), safe_serialization=True)
+        finally:
+            self.ema.restore(model.parameters())
 
     def validation_pipeline(self) -> CascadeVPipeline:
         """``build_pipeline`` (the sampler of ``cascadev decode``) on the live DiT, unwrapped, and the frozen
