@@ -6,8 +6,9 @@ folder ``dit/`` (config.json + safetensors: ``CascadeDiT.from_pretrained``, ``ca
 accelerate's state (optimizer, scheduler, RNG states; checkpoints of the previous layout hold the DiT as
 a top-level ``model.safetensors`` instead, and still resume), the EMA weights when EMA is on (``dit_ema/``,
 a second ``save_pretrained`` folder, what inference loads; ``ema.safetensors`` for a network that is no
-diffusers model), ``trainer_state.json`` (step, epoch, counters) and, written last, ``manifest.json``: every other file's relative path, size and sha256. A checkpoint counts as complete
-only through a manifest its files match; a damaged one is moved aside (never deleted) and the previous
+diffusers model), ``trainer_state.json`` (step, epoch, counters) and, written last, ``manifest.json``:
+every other file's relative path, size and sha256. A checkpoint counts as complete only through a
+manifest its files match; a damaged one is moved aside (never deleted) and the previous
 one is used. Old checkpoints are pruned by renaming them to ``.checkpoint-N.deleting`` first, a name the
 checkpoint pattern never matches, so an interrupted prune cannot leave a half-deleted "checkpoint".
 """
