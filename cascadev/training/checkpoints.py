@@ -33,6 +33,7 @@ STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"  # accelerate's: networks that are no diffusers model, and the previous layout's DiT
 MODEL_DIR = "dit"  # the DiT's save_pretrained folder
 MODEL_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' weights file in it
+EMA_FILE = "ema.safetensors"  # the EMA weights of a network that is no diffusers model (its own is MODEL_DIR + "_ema")
 MANIFEST_FILE = "manifest.json"
 # accelerate writes these with torch.save (pickles): optimizer.bin, scheduler.bin, random_states_0.pkl, ...
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")

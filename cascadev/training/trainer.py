@@ -273,19 +273,29 @@ class Trainer:
             metrics_log.keep_until(self.work_dir / "metrics.jsonl", state["step"])
         return state
 
+    @property
+    def ema_folder(self) -> str:
+        """Checkpoint subfolder of the EMA weights when the network is saved as a ``save_pretrained`` folder."""
+        return f"{self.model_folder}_ema"
+
+    def _saves_pretrained(self) -> bool:
+        """Whether checkpoints hold the network (and its EMA) as ``save_pretrained`` folders: a diffusers
+        model, unless a sharded engine (DeepSpeed, FSDP, Megatron) saves it itself."""
+        from diffusers.models.modeling_utils import ModelMixin
+
+        return isinstance(self._unwrapped(), ModelMixin) and self.accelerator.distributed_type.value not in (
+            "DEEPSPEED",
+            "FSDP",
+            "MEGATRON_LM",
+        )
+
     def _register_checkpoint_hooks(self) -> None:
         """A diffusers model goes into checkpoints as a ``save_pretrained`` folder (``model_folder``), the way
         diffusers' training examples hook accelerate's save_state/load_state; other networks stay in
         accelerate's ``model.safetensors``, and so do checkpoints of the previous layout, which still resume."""
-        from diffusers.models.modeling_utils import ModelMixin
-
         acc = self.accelerator
-        if not isinstance(self._unwrapped(), ModelMixin) or acc.distributed_type.value in (
-            "DEEPSPEED",
-            "FSDP",
-            "MEGATRON_LM",
-        ):
-            return  # sharded engines save their models themselves
+        if not self._saves_pretrained():
+            return
 
         def save(models: list, weights: list, output_dir: str) -> None:
             if acc.is_main_process:
@@ -348,8 +358,8 @@ class Trainer:
     def _load_ema(self, ckpt: Path, ema_step: int) -> None:
         from safetensors.torch import load_file
 
-        folder = ckpt / f"{self.model_folder}_ema"
-        shadow = load_file(folder / checkpoints.MODEL_WEIGHTS if folder.is_dir() else ckpt / "ema.safetensors")
+        folder = ckpt / self.ema_folder
+        shadow = load_file(folder / checkpoints.MODEL_WEIGHTS if folder.is_dir() else ckpt / checkpoints.EMA_FILE)
         names = [n for n, _ in self._unwrapped().named_parameters()]
         for param, name in zip(self.ema.shadow_params, names):
             param.data.copy_(shadow[name].to(param.device))
@@ -575,15 +585,15 @@ class Trainer:
         """The EMA weights: a diffusers model's as a ``save_pretrained`` folder beside its own (``dit_ema/``,
         what inference loads: ``--ckpt checkpoint-N/dit_ema``), another network's as ``ema.safetensors``."""
         model = self._unwrapped()
-        if not hasattr(model, "save_pretrained"):
+        if not self._saves_pretrained():
             names = [n for n, _ in model.named_parameters()]
-            save_safetensors(dict(zip(names, self.ema.shadow_params)), checkpoint / "ema.safetensors")
+            save_safetensors(dict(zip(names, self.ema.shadow_params)), checkpoint / checkpoints.EMA_FILE)
             return
         # diffusers' way: swap the EMA weights in, save, and put the trained ones back.
         self.ema.store(model.parameters())
         self.ema.copy_to(model.parameters())
         try:
-            model.save_pretrained(str(checkpoint / f"{self.model_folder}_ema"), safe_serialization=True)
+            model.save_pretrained(str(checkpoint / self.ema_folder), safe_serialization=True)
         finally:
             self.ema.restore(model.parameters())
 
