@@ -252,9 +252,11 @@ class VideoClipDataset(Dataset):
 
     Augmentation (nano's recipe): ``scale_range=(lo, hi)`` resizes the short side to ``sample_size``
     times a factor drawn uniformly from that range (``resize=True`` only) and ``crop="random"`` cuts
-    the square at a uniformly drawn place instead of the centre.
+    the square at a uniformly drawn place instead of the centre. ``gamma_range=(lo, hi)`` brightens or
+    darkens the clip: its frames, on [0, 1], are raised to a power drawn log-uniformly from that range
+    (below 1 brighter, above 1 darker; black and white stay where they are, nothing is clipped).
 
-    Randomness (offset, flip, scale, crop) comes from ``numpy.random.default_rng((seed, epoch, i))``, epoch 0 unless
+    Randomness (offset, flip, scale, crop, gamma) comes from ``numpy.random.default_rng((seed, epoch, i))``, epoch 0 unless
     :meth:`set_epoch` is called. A substitute video uses item ``i``'s generator.
 
     Bad videos (unreadable, no frames, too short with ``short_video="skip"``) give one
@@ -277,6 +279,7 @@ class VideoClipDataset(Dataset):
         clips_per_video: int = 1,
         crop: str = "center",
         scale_range: Sequence[float] = (1.0, 1.0),
+        gamma_range: Sequence[float] = (1.0, 1.0),
     ) -> None:
         for name, value in (
             ("clips_per_video", clips_per_video),
@@ -292,6 +295,8 @@ class VideoClipDataset(Dataset):
         check_choice(crop, CROPS, "crop option")
         if len(scale_range) != 2 or not 1.0 <= float(scale_range[0]) <= float(scale_range[1]):
             raise CascadeVError(f"The scale_range option must be (lo, hi) with 1 <= lo <= hi, got {scale_range!r}.")
+        if len(gamma_range) != 2 or not 0.0 < float(gamma_range[0]) <= float(gamma_range[1]):
+            raise CascadeVError(f"The gamma_range option must be (lo, hi) with 0 < lo <= hi, got {gamma_range!r}.")
         if not videos:
             raise CascadeVError("The video_list names no videos.")
         self.videos = [str(v) for v in videos]
@@ -305,6 +310,7 @@ class VideoClipDataset(Dataset):
         self.clips_per_video = int(clips_per_video)
         self.crop = crop
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.gamma_range = (float(gamma_range[0]), float(gamma_range[1]))
         self.epoch = 0
         self.skipped = 0
         self.bad_videos: set[int] = set()
@@ -338,6 +344,10 @@ class VideoClipDataset(Dataset):
         video = _square(from_uint8(frames), self.sample_size, self.resize, scale, corner)  # (T, 3, S, S)
         if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
             video = video.flip(-1)
+        lo, hi = self.gamma_range
+        gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if lo < hi else lo
+        if gamma != 1.0:
+            video = ((video + 1) / 2).clamp_(0.0, 1.0).pow_(gamma) * 2 - 1  # on [0, 1], then back to [-1, 1]
         return video
 
     def _mark_bad(self, source: int, error: CascadeVError) -> None:

@@ -76,7 +76,8 @@ video_list = ['example/train.demo.txt']  # text files (one video or frame folder
 sample_size = 1024  # training crops
 time_stride = 4  # frames between the sampled frames of a clip
 data = dict(short_video='skip', resize=False, hflip_prob=0.5,  # as the release: native-resolution crops
-            crop='center', scale_range=(1.0, 1.0))  # augmentation: crop='random', scale_range=(lo, hi) with resize
+            crop='center', scale_range=(1.0, 1.0),  # augmentation: crop='random', scale_range=(lo, hi) with resize,
+            gamma_range=(1.0, 1.0))  # and gamma_range=(lo, hi): brightness, each clip's frames to a random power
 encode_chunk = 4  # frames per frozen-encoder call
 cache_latents = False  # encode each clip once to work_dir/latent_cache (fixed clips) and reuse it
 latent_cache_epochs = 1  # with cache_latents: the cache holds the clips of this many epochs; epoch e reads e % this
@@ -102,6 +103,7 @@ ema = dict(enabled=False, decay=0.9999)
 # The release fine-tunes the released DiT (the first existing file is used). Train from scratch with
 # --cfg-options load_from=None. Ignored when the work dir holds a checkpoint to resume from.
 load_from = ['pretrained/s1024.effn-f32.safetensors', 'pretrained/s1024.effn-f32.pth']
+frozen_modules = []  # submodules of the trained network that keep their weights, e.g. ['encoder', 'quant_conv']
 
 log_interval = 5
 save_model_steps = 1000
@@ -110,5 +112,6 @@ validation = dict(video=None, interval=1000, steps=8, scheduler='euler_a')  # a 
 
 # `cascadev train-ae --part compressor|vae` (cascadev/training/autoencoders.py): per-part overrides of the
 # training keys above, e.g. dict(vae=dict(train_batch_size=2, sample_size=256)); configs/nano.py uses it.
+# There load_from is the folder of weights a part starts from (what --weights-dir names), None by default.
 autoencoder_training = dict(compressor=dict(), vae=dict())
 kl_weight = 1e-4  # the VAE's KL term, per latent element, next to its L1 + MSE reconstruction loss

@@ -404,3 +404,27 @@ def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
         VideoClipDataset([str(path)], scale_range=(0.5, 1.0), **common)
     with pytest.raises(CascadeVError, match="crop"):
         VideoClipDataset([str(path)], crop="corner", **common)
+
+
+def test_gamma_augmentation_brightens_or_darkens_whole_clips(tmp_path):
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[None, None, :, None], (3, 16, 1, 3))
+    path = tmp_path / "ramp.mp4"
+    write_video(path, ramp, 24, codec="libx264rgb", crf=0)
+    common = dict(num_frames=3, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)
+    plain = VideoClipDataset([str(path)] * 8, **common)[0]["video"]
+    # A fixed gamma draws nothing: the same clip, each value (on [0, 1]) squared.
+    darker = VideoClipDataset([str(path)] * 8, gamma_range=(2.0, 2.0), **common)[0]["video"]
+    assert torch.allclose((darker + 1) / 2, ((plain + 1) / 2) ** 2, atol=1e-6)
+    drawn = VideoClipDataset([str(path)] * 8, gamma_range=(0.5, 2.0), **common)
+    clips = [drawn[i]["video"] for i in range(8)]
+    means = [float(c.mean()) for c in clips]
+    assert min(means) < float(plain.mean()) < max(means)  # some brighter, some darker
+    for clip in clips:  # one gamma for the whole clip: every frame moved alike, black and white kept
+        assert torch.allclose(clip[0], clip[-1], atol=1e-6)
+        assert clip.min() >= -1 and clip.max() <= 1
+        gamma = torch.log((clip[0, 0, 8, 32 // 4] + 1) / 2) / torch.log((plain[0, 0, 8, 32 // 4] + 1) / 2)
+        assert torch.allclose((clip + 1) / 2, ((plain + 1) / 2).clamp(0, 1) ** gamma, atol=1e-4)
+        assert 0.5 - 1e-3 <= float(gamma) <= 2.0 + 1e-3
+    assert means == [float(drawn[i]["video"].mean()) for i in range(8)]  # seeded
+    with pytest.raises(CascadeVError, match="gamma_range"):
+        VideoClipDataset([str(path)], gamma_range=(0.0, 1.0), **common)

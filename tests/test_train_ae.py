@@ -96,6 +96,55 @@ def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
     assert torch.equal(vae.encoder.conv_in.weight, trained["encoder.conv_in.weight"])
 
 
+def test_decoder_fine_tune_starts_from_exported_weights_and_keeps_the_encoder(tmp_path, clips, capsys):
+    first = tmp_path / "first" / "weights"
+    assert train_ae("vae", tmp_path / "first", clips / "two.txt", "--max-steps", 1, "--export", first) == 0
+    frozen = ["autoencoder_training.vae.frozen_modules=[encoder,quant_conv]", "data.gamma_range=(0.5,2.0)"]
+    start = [f"autoencoder_training.vae.load_from={first}", *frozen]
+    tuned = tmp_path / "tuned" / "weights"
+    assert (
+        train_ae("vae", tmp_path / "tuned", clips / "two.txt", "--max-steps", 2, "--export", tuned, options=start) == 0
+    )
+    before = build_pipeline(load_config(TINY), ["vae"], weights_dir=first).vae.state_dict()
+    after = build_pipeline(load_config(TINY), ["vae"], weights_dir=tuned).vae.state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert not any(key.startswith(("encoder.", "quant_conv.")) for key in changed)  # the latents a DiT knows
+    assert len(changed) > 0.9 * sum(key.startswith("decoder.") for key in before)  # the decoder learns
+    # Resuming rebuilds the same trainable set (the optimizer state fits) and ignores load_from.
+    more = tmp_path / "tuned" / "more"
+    assert (
+        train_ae("vae", tmp_path / "tuned", clips / "two.txt", "--max-steps", 3, "--export", more, options=frozen) == 0
+    )
+    assert "resuming from checkpoint-00000002" in capsys.readouterr().err
+
+    # The compressor part starts from its own export the same way (one step away from it, not from random).
+    compressor = tmp_path / "c" / "weights"
+    assert train_ae("compressor", tmp_path / "c", clips / "two.txt", "--max-steps", 1, "--export", compressor) == 0
+    again = [f"autoencoder_training.compressor.load_from={compressor}"]
+    assert train_ae("compressor", tmp_path / "c2", clips / "two.txt", "--max-steps", 1, options=again) == 0
+    parts = ["compressor", "previewer"]
+    start = build_pipeline(load_config(TINY), parts, weights_dir=compressor)
+    step = build_pipeline(load_config(TINY), parts, weights_dir=tmp_path / "c2" / "weights")
+    assert (step.previewer.blocks[0].weight - start.previewer.blocks[0].weight).abs().max() < 1e-2
+    assert not torch.equal(step.previewer.blocks[0].weight, start.previewer.blocks[0].weight)
+
+    capsys.readouterr()
+    bad = {
+        "w1": ("vae", [f"autoencoder_training.vae.load_from={tmp_path / 'nowhere'}"], ["vae.load_from", "nowhere"]),
+        # a folder with a VAE in it, not a compressor
+        "w2": (
+            "compressor",
+            [f"autoencoder_training.compressor.load_from={first}"],
+            ["compressor.load_from", "effnet_encoder.safetensors"],
+        ),
+        "w3": ("vae", ["frozen_modules=[encoder,decodr]"], ["frozen_modules", "decodr"]),
+        "w4": ("vae", ["frozen_modules=[encoder,decoder,quant_conv]"], ["frozen_modules", "nothing to train"]),
+    }
+    for work_dir, (part, options, needles) in bad.items():
+        code = train_ae(part, tmp_path / work_dir, clips / "two.txt", "--max-steps", 1, options=options)
+        assert_one_line_error(code, capsys.readouterr().err, *needles)
+
+
 def test_part_overrides_and_bad_part(tmp_path, capsys):
     cfg = load_config(ROOT / "configs" / "nano.py")
     vae = part_config(cfg, "vae")

@@ -30,7 +30,9 @@ from torch import nn
 from ..checkpoint import save_safetensors
 from ..config_defaults import setting
 from ..config_schema import validate_config
+from ..errors import CascadeVError
 from ..frames import resize, to_uint8
+from ..loading import build_pipeline
 from ..models import build_model
 from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
 from ..pictures import save_image, side_by_side
@@ -57,6 +59,7 @@ def part_config(cfg, part: str):
     check_choice(part, PARTS, "part")
     cfg = cfg.copy()
     cfg.cache_latents = False  # latent caching is the DiT's: these networks see pixels
+    cfg.load_from = None  # the top-level load_from is the DiT's file; a part names its own start
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
     if overrides:
         cfg.merge_from_dict(overrides)
@@ -74,12 +77,34 @@ class AutoencoderTrainer(Trainer):
         super().__init__(part_config(cfg, part), options)
 
     def build_model(self) -> nn.Module:
-        """The trained network, at random (seeded): compressor + previewer, or the VAE."""
+        """The trained network, compressor + previewer or the VAE: on a fresh run from the weights folder
+        ``load_from`` names (as ``--weights-dir`` would, under the config's ``weights`` names), else at
+        random (seeded)."""
         cfg = self.cfg
+        start = setting(cfg, "load_from") if self.resume_from is None else None
+        if start:
+            return self._load_start(start)
         torch.manual_seed(self.seed)
         if self.part == "compressor":
             return CompressorAutoencoder(build_model(dict(cfg.compressor)), build_model(dict(cfg.previewer)))
         return build_model(dict(cfg.vae))
+
+    def _load_start(self, folder) -> nn.Module:
+        """The exported weights of an earlier run (``load_from``), made trainable again."""
+        key = f"autoencoder_training.{self.part}.load_from"
+        if not isinstance(folder, (str, Path)) or not Path(folder).is_dir():
+            raise CascadeVError(
+                f"{key} must be a folder of exported weights (what --weights-dir names), got {folder!r}"
+            )
+        names = ["compressor", "previewer"] if self.part == "compressor" else ["vae"]
+        for name in names:
+            if not (Path(folder) / self.cfg.weights[name]).exists():
+                raise CascadeVError(
+                    f"{key} {folder} has no {self.cfg.weights[name]} (the {name} a train-ae run exports)"
+                )
+        nets = build_pipeline(self.cfg, names, weights_dir=folder)
+        model = CompressorAutoencoder(nets.compressor, nets.previewer) if self.part == "compressor" else nets.vae
+        return model.requires_grad_(True)  # build_pipeline hands out frozen networks
 
     def _loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.accelerator.device)

@@ -14,6 +14,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,6 +156,26 @@ def build_dataset(cfg, seed: int, global_batch: int) -> VideoClipDataset:
     )
 
 
+def freeze_modules(model: torch.nn.Module, names: Sequence[str]) -> None:
+    """Keep the weights of ``model``'s submodules ``names`` (dotted, as ``get_submodule``) as they are.
+
+    They get no gradients, so the optimizer (built over the parameters that need them) and the
+    checkpoint's optimizer state leave them out; e.g. ``['encoder', 'quant_conv']`` fine-tunes a VAE's
+    decoder while its latents, on which a DiT may already be trained, stay the same.
+    """
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            children = ", ".join(n for n, _ in model.named_children())
+            raise CascadeVError(f"frozen_modules names {name!r}, which the trained network lacks (it has: {children})")
+        module.requires_grad_(False)
+    if names and not any(p.requires_grad for p in model.parameters()):
+        raise CascadeVError(
+            f"frozen_modules {list(names)} freezes every weight of the trained network: nothing to train"
+        )
+
+
 def build_ema(model: torch.nn.Module, cfg, device: torch.device) -> EMAModel | None:
     """diffusers' EMAModel of ``model``'s parameters when the config's ``ema.enabled``, else None."""
     if not setting(cfg, "ema.enabled"):
@@ -202,6 +223,7 @@ class Trainer:
         self.batches_per_epoch = len(self.dataset) // global_batch
         self.resume_from = self._resume_point()
         model = self.build_model()
+        freeze_modules(model, setting(cfg, "frozen_modules"))
         model.to(acc.device).train()
         self.ema = build_ema(model, cfg, acc.device)
         optimizer = build_optimizer(model, self._optimizer_spec())
