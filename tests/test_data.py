@@ -384,12 +384,20 @@ def test_dataloader_shuffle_is_seeded(tmp_path):
     assert any(order(1) != order(s) for s in (2, 3, 4))
 
 
-def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
-    # A left-to-right ramp: a crop's first column tells where it was cut, its span how much it was scaled.
+AUGMENTED = dict(num_frames=2, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)
+
+
+def _ramp_video(tmp_path):
+    """Two lossless 16x64 frames of a left-to-right grey ramp, 0 to 255."""
     ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[None, None, :, None], (2, 16, 1, 3))
     path = tmp_path / "ramp.mp4"
     write_video(path, ramp, 24, codec="libx264rgb", crf=0)
-    common = dict(num_frames=2, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)
+    return path
+
+
+def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
+    # A ramp: a crop's first column tells where it was cut, its span how much it was scaled.
+    path, common = _ramp_video(tmp_path), AUGMENTED
     centre = VideoClipDataset([str(path)] * 8, **common)[0]["video"]
     random = VideoClipDataset([str(path)] * 8, crop="random", **common)
     lefts = [float(random[i]["video"][0, 0, 8, 0]) for i in range(8)]
@@ -407,10 +415,7 @@ def test_random_crops_and_scales_are_seeded_augmentation(tmp_path):
 
 
 def test_gamma_augmentation_brightens_or_darkens_whole_clips(tmp_path):
-    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[None, None, :, None], (3, 16, 1, 3))
-    path = tmp_path / "ramp.mp4"
-    write_video(path, ramp, 24, codec="libx264rgb", crf=0)
-    common = dict(num_frames=3, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)
+    path, common = _ramp_video(tmp_path), AUGMENTED
     plain = VideoClipDataset([str(path)] * 8, **common)[0]["video"]
     # A fixed gamma draws nothing: the same clip, each value (on [0, 1]) squared.
     darker = VideoClipDataset([str(path)] * 8, gamma_range=(2.0, 2.0), **common)[0]["video"]
