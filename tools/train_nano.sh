@@ -2,7 +2,7 @@
 # Train the nano cascade from nothing, stage by stage, with the project's own commands, and install it in
 # pretrained/nano/ (what configs/nano.py loads). Each stage resumes from its work dir when run again.
 #   bash tools/train_nano.sh [WORK_DIR]            (default work_dirs/nano)
-# Steps per stage (defaults: the shipped run's counts, about 3 hours on a 2-core CPU; still far too
+# Steps per stage (defaults: the shipped run's counts, about 4 hours on a 2-core CPU; still far too
 # few for good quality: on a GPU give each stage 10-100x more):
 #   COMPRESSOR_STEPS=... VAE_STEPS=... DIT_STEPS=... bash tools/train_nano.sh
 # Stages:
@@ -22,7 +22,7 @@ CASCADEV=("$PY" -m cascadev.cli)
 COMPRESSOR_STEPS=${COMPRESSOR_STEPS:-1500}
 VAE_STEPS=${VAE_STEPS:-2008}
 VAE_FULL_STEPS=${VAE_FULL_STEPS:-250}
-DIT_STEPS=${DIT_STEPS:-12000}
+DIT_STEPS=${DIT_STEPS:-36000}
 WEIGHTS=$WORK/weights
 mkdir -p "$WORK"
 
