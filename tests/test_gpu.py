@@ -76,6 +76,16 @@ def test_benchmark_command_end_to_end_on_cuda(tmp_path):
     assert all(r["peak_memory_gib"] > 0 and r["mfu"] is not None for r in report["runs"])
 
 
+def test_training_benchmark_on_cuda(tmp_path):
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_train.py"), "--config", str(ROOT / "configs" / "tiny.py")]
+    result = subprocess.run([*cmd, "--steps", "3", "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["device"] != "cpu" and report["peak_memory_gib"] > 0 and report["mfu"] > 0
+    assert len(report["losses"]) == 3
+
+
 @torch.no_grad()
 def test_peak_memory_of_a_long_clip_equals_a_short_one():
     from cascadev.loading import build_pipeline
