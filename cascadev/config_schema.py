@@ -16,7 +16,15 @@ from typing import Any
 from .conditioning import KINDS
 from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
-from .rules import PREDICTION_TYPES, SCHEDULERS, SEED_LIMIT, is_whole, whole_description
+from .rules import (
+    ATTENTION_BACKENDS,
+    COMPILE_MODES,
+    PREDICTION_TYPES,
+    SCHEDULERS,
+    SEED_LIMIT,
+    is_whole,
+    whole_description,
+)
 
 __all__ = ["SCHEMA", "REQUIRED", "validate_config"]
 
@@ -140,6 +148,8 @@ SCHEMA: dict[str, Rule] = {
     "sampling.segment_frames": integer(0),
     "sampling.tile_stride": integer(1, nullable=True),
     "sampling.batch_size": COUNT,
+    "sampling.attention_backend": string(ATTENTION_BACKENDS),
+    "sampling.compile": string(COMPILE_MODES, nullable=True),
     # training
     "video_list": one_or_more_strings(),
     "sample_size": COUNT,

@@ -223,7 +223,8 @@ def build_pipeline(
 
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
     zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
-    ``sampling`` overrides ``cfg.sampling`` keys (vae_chunk, segment_frames, tile_stride, batch_size). ``dtype`` and ``autocast_dtype`` are a
+    ``sampling`` overrides ``cfg.sampling`` keys (vae_chunk, segment_frames, tile_stride, batch_size,
+    attention_backend, compile: a torch.compile mode for the DiT's blocks). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
     (:mod:`cascadev.presets`). ``modules`` gives parts that already exist (the trainer's live DiT and
     frozen networks, for validation): they are used as they are, neither loaded, cast, moved nor frozen.
@@ -256,10 +257,13 @@ def build_pipeline(
     options = {
         k: v
         for k, v in dict(cfg.get("sampling", {})).items()
-        if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size")
+        if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size", "attention_backend", "compile")
     }
     options["encode_chunk"] = int(setting(cfg, "encode_chunk"))  # frames per frozen-encoder call, as in training
     options.update({k: v for k, v in sampling.items() if v is not None})
+    compile_mode = options.pop("compile", None)
+    if compile_mode and "dit" in to_load:  # a given (live, training) DiT stays as it is
+        built["dit"].compile_blocks(None if compile_mode == "default" else compile_mode)
     return CascadeVPipeline(
         **built,
         scale_factor=cfg.scale_factor,

@@ -24,6 +24,7 @@ segments share start from the same noise.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -93,6 +94,7 @@ class CascadeVPipeline:
         autocast_dtype: torch.dtype | None = None,
         tile_blend: str = "blend",
         round_timesteps: bool = False,
+        attention_backend: str = "auto",
     ):
         self.dit, self.compressor, self.previewer, self.vae = dit, compressor, previewer, vae
         self.scale_factor = scale_factor
@@ -111,6 +113,11 @@ class CascadeVPipeline:
         self.tile_blend = tile_blend  # "blend" (default) or "overwrite" (the release's tiles)
         # The release feeds the timesteps to a half-precision model as fp16 (856.2857 -> 856.5).
         self.round_timesteps = round_timesteps
+        if attention_backend not in rules.ATTENTION_BACKENDS:
+            raise CascadeVError(
+                f"attention_backend must be one of {', '.join(rules.ATTENTION_BACKENDS)}, got {attention_backend!r}"
+            )
+        self.attention_backend = attention_backend
 
     @property
     def condition_kind(self) -> str:
@@ -256,8 +263,13 @@ class CascadeVPipeline:
             timestep = torch.as_tensor(t, device=self.device, dtype=torch.float32).expand(len(batch))
             if self.round_timesteps:
                 timestep = timestep.half().float()
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            with (
+                torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype or torch.float32,
+                    enabled=self.autocast_dtype is not None,
+                ),
+                self._attention_kernel(),
             ):
                 pred = self.dit(inputs.to(self.dtype), timestep)
             pred = pred[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
@@ -266,6 +278,27 @@ class CascadeVPipeline:
                     window * weight.to(window.device)[:, None]
                 )
         return blended
+
+    @contextmanager
+    def _attention_kernel(self) -> Iterator[None]:
+        """Pin the DiT's SDPA calls to ``attention_backend`` (all of them, compiled blocks too)."""
+        if self.attention_backend == "auto":
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        name = self.attention_backend
+        backend = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+        with sdpa_kernel(getattr(SDPBackend, backend.get(name, "MATH"))):
+            try:
+                yield
+            except RuntimeError as exc:
+                if not any(m in str(exc) for m in ("No available kernel", "No viable backend")):  # older, newer torch
+                    raise
+                raise CascadeVError(
+                    f"sampling.attention_backend={name} has no kernel for these inputs on {self.device} "
+                    f"({self.dtype}); use auto"
+                ) from None
 
     # ------------------------------------------------------------------ SVD decoding
 

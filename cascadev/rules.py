@@ -24,6 +24,10 @@ SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the DiT predicts (diffusers' names): cascadev.diffusion
 MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
+# The SDPA kernel the DiT's attention may be pinned to (auto: PyTorch's choice): cascadev.pipeline
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+# torch.compile modes for the DiT's blocks ("default" is torch's None): cascadev.models.dit.compile_blocks
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AUTOENCODER_PARTS = ("compressor", "vae")  # what cascadev train-ae trains: cascadev.training.autoencoders
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -68,6 +68,8 @@ sampling = dict(
     segment_frames=64,  # latent frames sampled at once; bounds memory on long videos (0 = all)
     tile_stride=96,  # tiles of input_size latent pixels, 25% overlap (round(0.75 * 128))
     batch_size=1,  # windows x tiles per DiT call
+    attention_backend='auto',  # SDPA kernel of the DiT's attention: auto (PyTorch's choice) | flash | efficient | cudnn | math
+    compile=None,  # None (eager) or a torch.compile mode for each DiT block: default | reduce-overhead (+ CUDA graphs) | max-autotune
 )
 
 # ------------------------------------------------------------------------------------------------

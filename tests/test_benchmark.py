@@ -31,10 +31,13 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
         "both",
         "-o",
         str(out),
+        "--cfg-options",
+        "sampling.attention_backend=math",  # a speed lever, for the default settings' run
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
+    assert report["cfg_options"] == ["sampling.attention_backend=math"]
     assert [r["settings"] for r in report["runs"]] == ["release", "default"]
     for run in report["runs"]:
         s = run["seconds"]

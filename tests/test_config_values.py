@@ -72,6 +72,8 @@ def test_every_schema_key_exists_in_the_released_config():
         ("model.pred_sigma=1", "model.pred_sigma"),
         ("scale_factor=inf", "scale_factor"),
         ("schedule.prediction_type=sample", "schedule.prediction_type"),
+        ("sampling.attention_backend=xformers", "sampling.attention_backend"),
+        ("sampling.compile=fast", "sampling.compile"),
     ],
 )
 def test_bad_config_values_name_the_key(tmp_path, capsys, clip, option, key):

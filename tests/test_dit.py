@@ -190,3 +190,41 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x, t).square().mean().backward()
     for a, p in zip(plain, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_compiled_blocks_give_the_same_output_and_compile_once_per_attention_pattern():
+    model = _tiny(depth=6, attn_strides=[[1, 2], [2, 1], None])  # 6 blocks, 3 patterns
+    x = torch.randn(1, 20, 4, 8, 8)
+    with torch.no_grad():
+        eager = model(x, torch.tensor([500.0]))
+        graphs = []
+
+        def backend(gm, example_inputs):  # a torch.compile backend that counts the graphs it is given
+            graphs.append(gm)
+            return gm.forward
+
+        torch._dynamo.reset()
+        model.compile_blocks(backend=backend)
+        compiled = model(x, torch.tensor([500.0]))
+        first_step = len(graphs)
+        model(torch.randn_like(x), torch.tensor([250.0]))  # the next sampling step: same shapes
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert first_step == 3  # one graph per attention pattern ([1, 2], [2, 1], full), shared by the blocks
+    assert len(graphs) == first_step  # and no recompiles across steps
+
+
+def test_a_compiler_that_fails_falls_back_to_eager_with_a_warning():
+    model = _tiny()
+    x = torch.randn(1, 20, 4, 8, 8)
+    with torch.no_grad():
+        eager = model(x, torch.tensor([500.0]))
+
+        def broken(gm, example_inputs):
+            raise RuntimeError("no compiler here")
+
+        torch._dynamo.reset()
+        model.compile_blocks(backend=broken)
+        with pytest.warns(UserWarning, match="running them eagerly"):
+            out = model(x, torch.tensor([500.0]))
+    assert torch.allclose(out, eager, atol=1e-6)
+    assert model._compiled_blocks is None  # warned once, then eager for good

@@ -82,3 +82,23 @@ def test_missing_weights_are_named_with_where_they_come_from(tmp_path):
     ):
         assert name in message
     assert "\n" not in message
+
+
+def test_attention_backend_pins_the_kernel_and_names_one_that_cannot_run(pipe):
+    from cascadev.errors import CascadeVError
+
+    cfg = load_config(CONFIG)
+    cond = pipe.condition(torch.randn(16, 4, 2, 2))
+    auto = pipe.sample(cond, steps=2, seed=3)
+    math_pipe = build_pipeline(cfg, random_init=True, attention_backend="math")
+    pinned = math_pipe.sample(cond, steps=2, seed=3)
+    assert ((pinned - auto).norm() / auto.norm()).item() < 1e-6  # the same attention, another kernel
+    cudnn_pipe = build_pipeline(cfg, random_init=True, attention_backend="cudnn")  # a GPU-only kernel
+    with pytest.raises(CascadeVError, match="sampling.attention_backend=cudnn has no kernel"):
+        cudnn_pipe.sample(cond, steps=2, seed=3)
+
+
+def test_sampling_compile_compiles_the_dit_blocks_from_the_config():
+    cfg = load_config(CONFIG, ["sampling.compile=reduce-overhead"])
+    assert build_pipeline(cfg, ["dit"], random_init=True).dit._compiled_blocks is not None
+    assert build_pipeline(load_config(CONFIG), ["dit"], random_init=True).dit._compiled_blocks is None

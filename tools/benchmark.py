@@ -10,10 +10,12 @@ without model loading, and model loading alone. One JSON per run (``-o``).
     python tools/benchmark.py --device cuda --case 8x1024 --settings both -o bench_8x1024.json
     python tools/benchmark.py --device cuda --case all -o bench_all.json
     python tools/benchmark.py --config configs/tiny.py --device cpu --case custom --frames 4 --size 64x64
+    python tools/benchmark.py --case 8x1024 --settings default --cfg-options sampling.compile=default
 
 ``--settings release`` runs "release settings" (fp16 weights under fp16 autocast, fp32 attention
-math, one DiT call per window and tile); ``default`` the project's defaults; ``both`` runs them one
-after the other and reports the speed ratio. MFU is the DiT's analytic FLOPs per second over the
+math, one DiT call per window and tile, eager); ``default`` the project's defaults, with any
+``--cfg-options`` (the speed levers: ``sampling.batch_size``, ``sampling.compile``,
+``sampling.attention_backend``); ``both`` runs them one after the other and reports the speed ratio. MFU is the DiT's analytic FLOPs per second over the
 measured peak of a large fp16 matrix product on the same device (``--peak-tflops`` to override).
 """
 
@@ -133,7 +135,8 @@ def run_case(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     stages = Stages(device)
-    overrides = dict(batch_size=1) if settings == "release" else {}
+    # The release: one DiT call per window and tile, eager, PyTorch's choice of attention kernel.
+    overrides = dict(batch_size=1, compile=False, attention_backend="auto") if settings == "release" else {}
     with stages.time("load"):
         pipe = build_pipeline(
             cfg,
@@ -226,10 +229,18 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=positive_int, default=8)
     parser.add_argument("--peak-tflops", type=positive_float, default=None, help="instead of measuring a matmul")
     parser.add_argument("-o", "--output", default=None, help="JSON file")
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. the speed levers sampling.compile=default sampling.attention_backend=flash "
+        "sampling.batch_size=8 (the release settings keep one DiT call per window and tile)",
+    )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.cfg_options)
     if args.case == "custom":
         w, h = args.size
         cases = {"custom": (args.frames, h, w, args.upscale)}
@@ -262,6 +273,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "config": args.config,
+        "cfg_options": args.cfg_options,
         "peak_tflop_per_s": peak,
         "runs": runs,
         "release_over_default": ratios,

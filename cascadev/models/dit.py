@@ -12,8 +12,9 @@ token attends only to tokens of its own cell. Parameter names are those of the r
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -278,6 +279,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         self.attn_strides = [None if s is None else (int(s[0]), int(s[1])) for s in (attn_strides or [None])]
         self._check_strides()
         self.gradient_checkpointing = False
+        self._compiled_blocks: list[nn.Module] | None = None  # compile_blocks(); a plain list, not submodules
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -348,9 +350,29 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             f"CascadeDiT takes {self.input_size}x{self.input_size} latents (or {2 * self.input_size} in 2x mode), got {height}x{width}"
         )
 
-    def _run_block(self, block: PixArtBlock, x: torch.Tensor, t: torch.Tensor, grid) -> torch.Tensor:
+    def compile_blocks(self, mode: str | None = None, backend: str | Callable = "inductor") -> None:
+        """Compile each transformer block on its own (regional compilation, as diffusers'
+        ``compile_repeated_blocks``).
+
+        The blocks share their code, so one graph per attention pattern serves all of them: compiling
+        takes seconds, not a trace of the whole model, and the sampling loop, whose shapes are the same
+        at every step, compiles once. ``mode`` is torch.compile's ("reduce-overhead" adds CUDA graphs).
+        Where compiling fails (no C++ or Triton compiler, say), the model warns once and runs eagerly.
+        """
+        self._compiled_blocks = [
+            torch.compile(block, mode=mode, backend=backend, dynamic=False) for block in self.blocks
+        ]
+
+    def _run_block(self, i: int, x: torch.Tensor, t: torch.Tensor, grid) -> torch.Tensor:
+        block = self.blocks[i]
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, t, grid, use_reentrant=False)
+        if self._compiled_blocks is not None:
+            try:
+                return self._compiled_blocks[i](x, t, grid)
+            except torch._dynamo.exc.TorchDynamoException as exc:  # the compiler, not the block, failed
+                warnings.warn(f"compiling the DiT's blocks failed, running them eagerly: {str(exc).splitlines()[0]}")
+                self._compiled_blocks = None
         return block(x, t, grid)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, as_images: bool = False) -> torch.Tensor:
@@ -403,8 +425,8 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             cells = [self.grid_cells(s, frames) for s in self.attn_strides]
             grids = [None if c is None else (frames, rows, cols, *c) for c in cells]
 
-        for i, block in enumerate(self.blocks):
-            seq = self._run_block(block, seq, t0, grids[i % len(grids)])
+        for i in range(len(self.blocks)):
+            seq = self._run_block(i, seq, t0, grids[i % len(grids)])
 
         out = self.final_layer(seq.reshape(b * frames, n, -1), t)  # (b*t, n, p*p*c)
         return rearrange(
