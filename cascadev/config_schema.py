@@ -150,6 +150,7 @@ SCHEMA: dict[str, Rule] = {
     "sampling.batch_size": COUNT,
     "sampling.attention_backend": string(ATTENTION_BACKENDS),
     "sampling.compile": string(COMPILE_MODES, nullable=True),
+    "sampling.vae_channels_last": boolean(),
     # training
     "video_list": one_or_more_strings(),
     "sample_size": COUNT,

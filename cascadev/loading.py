@@ -202,6 +202,18 @@ def _load_vae(spec: dict, path: Path, dtype: torch.dtype) -> nn.Module:
     return vae
 
 
+# The cfg.sampling keys that configure the pipeline (the others, scheduler and steps, are a call's).
+SAMPLING_OPTIONS = (
+    "vae_chunk",
+    "segment_frames",
+    "tile_stride",
+    "batch_size",
+    "attention_backend",
+    "compile",
+    "vae_channels_last",
+)
+
+
 def build_pipeline(
     cfg,
     parts: Sequence[str] = ("dit", "compressor", "previewer", "vae"),
@@ -223,8 +235,8 @@ def build_pipeline(
 
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
     zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
-    ``sampling`` overrides ``cfg.sampling`` keys (vae_chunk, segment_frames, tile_stride, batch_size,
-    attention_backend, compile: a torch.compile mode for the DiT's blocks). ``dtype`` and ``autocast_dtype`` are a
+    ``sampling`` overrides ``cfg.sampling`` keys (``SAMPLING_OPTIONS``; compile: a torch.compile mode
+    for the DiT's blocks; vae_channels_last: the VAE's 2D convolutions in channels-last layout). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
     (:mod:`cascadev.presets`). ``modules`` gives parts that already exist (the trainer's live DiT and
     frozen networks, for validation): they are used as they are, neither loaded, cast, moved nor frozen.
@@ -254,16 +266,16 @@ def build_pipeline(
         if part == "dit":
             module.set_fp32_attention(fp32_attention)
 
-    options = {
-        k: v
-        for k, v in dict(cfg.get("sampling", {})).items()
-        if k in ("vae_chunk", "segment_frames", "tile_stride", "batch_size", "attention_backend", "compile")
-    }
+    options = {k: v for k, v in dict(cfg.get("sampling", {})).items() if k in SAMPLING_OPTIONS}
     options["encode_chunk"] = int(setting(cfg, "encode_chunk"))  # frames per frozen-encoder call, as in training
     options.update({k: v for k, v in sampling.items() if v is not None})
     compile_mode = options.pop("compile", None)
     if compile_mode and "dit" in to_load:  # a given (live, training) DiT stays as it is
         built["dit"].compile_blocks(None if compile_mode == "default" else compile_mode)
+    if options.pop("vae_channels_last", False) and "vae" in to_load:
+        for module in built["vae"].modules():  # its Conv3d (temporal) weights are 5D: they keep their layout
+            if isinstance(module, nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
     return CascadeVPipeline(
         **built,
         scale_factor=cfg.scale_factor,

@@ -69,6 +69,7 @@ sampling = dict(
     tile_stride=96,  # tiles of input_size latent pixels, 25% overlap (round(0.75 * 128))
     batch_size=1,  # windows x tiles per DiT call
     attention_backend='auto',  # SDPA kernel of the DiT's attention: auto (PyTorch's choice) | flash | efficient | cudnn | math
+    vae_channels_last=False,  # the SVD decoder's 2D convolutions in channels-last layout (cuDNN's fast path)
     compile=None,  # None (eager) or a torch.compile mode for each DiT block: default | reduce-overhead (+ CUDA graphs) | max-autotune
 )
 

@@ -102,3 +102,14 @@ def test_sampling_compile_compiles_the_dit_blocks_from_the_config():
     cfg = load_config(CONFIG, ["sampling.compile=reduce-overhead"])
     assert build_pipeline(cfg, ["dit"], random_init=True).dit._compiled_blocks is not None
     assert build_pipeline(load_config(CONFIG), ["dit"], random_init=True).dit._compiled_blocks is None
+
+
+def test_vae_channels_last_decodes_the_same_frames():
+    cfg = load_config(CONFIG)
+    latent = torch.randn(4, 4, 8, 8)
+    plain = build_pipeline(cfg, ["vae"], random_init=True)
+    fast = build_pipeline(cfg, ["vae"], random_init=True, vae_channels_last=True)
+    convs = [m for m in fast.vae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    a, b = plain.vae_decode(latent), fast.vae_decode(latent)
+    assert ((a - b).norm() / a.norm()).item() < 1e-5  # the same convolutions in another layout
