@@ -113,11 +113,7 @@ class CascadeVPipeline:
         self.tile_blend = tile_blend  # "blend" (default) or "overwrite" (the release's tiles)
         # The release feeds the timesteps to a half-precision model as fp16 (856.2857 -> 856.5).
         self.round_timesteps = round_timesteps
-        if attention_backend not in rules.ATTENTION_BACKENDS:
-            raise CascadeVError(
-                f"attention_backend must be one of {', '.join(rules.ATTENTION_BACKENDS)}, got {attention_backend!r}"
-            )
-        self.attention_backend = attention_backend
+        self.attention_backend = rules.check_choice(attention_backend, rules.ATTENTION_BACKENDS, "attention_backend")
 
     @property
     def condition_kind(self) -> str:
@@ -288,8 +284,13 @@ class CascadeVPipeline:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         name = self.attention_backend
-        backend = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
-        with sdpa_kernel(getattr(SDPBackend, backend.get(name, "MATH"))):
+        kernels = {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "math": SDPBackend.MATH,
+        }
+        with sdpa_kernel(kernels[name]):
             try:
                 yield
             except RuntimeError as exc:

@@ -93,6 +93,8 @@ def test_attention_backend_pins_the_kernel_and_names_one_that_cannot_run(pipe):
     math_pipe = build_pipeline(cfg, random_init=True, attention_backend="math")
     pinned = math_pipe.sample(cond, steps=2, seed=3)
     assert ((pinned - auto).norm() / auto.norm()).item() < 1e-6  # the same attention, another kernel
+    with pytest.raises(CascadeVError, match="unknown attention_backend 'xformers'; choose auto, flash"):
+        build_pipeline(cfg, ["vae"], random_init=True, attention_backend="xformers")
     cudnn_pipe = build_pipeline(cfg, random_init=True, attention_backend="cudnn")  # a GPU-only kernel
     with pytest.raises(CascadeVError, match="sampling.attention_backend=cudnn has no kernel"):
         cudnn_pipe.sample(cond, steps=2, seed=3)
