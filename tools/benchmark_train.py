@@ -38,6 +38,7 @@ from cascadev.config_defaults import setting  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.loading import load_config  # noqa: E402
 from cascadev.models import build_model  # noqa: E402
+from cascadev.training import metrics_log  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import measured_peak_tflops, synthetic_video  # noqa: E402
@@ -56,9 +57,9 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path) ->
     cfg = load_config(config)
     size = int(setting(cfg, "sample_size"))
     batch = int(setting(cfg, "train_batch_size"))
-    frames = int(setting(cfg, "num_frames_per_video")) * int(setting(cfg, "time_stride"))
+    window = int(setting(cfg, "num_frames_per_video"))
     clip = work / "clip.mp4"
-    synthetic_video(clip, frames, size, size)
+    synthetic_video(clip, window * int(setting(cfg, "time_stride")), size, size)  # the frames one clip spans
     listing = work / "train.txt"
     listing.write_text(f"{clip}\n" * batch)
     cuda = device != "cpu" and torch.cuda.is_available()
@@ -68,7 +69,7 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path) ->
     args = ["train", config, "--work-dir", str(work / "run"), "--max-steps", str(steps), "--random-init"]
     if cascadev_main([*args, "--quiet", "--device", device, "--cfg-options", *options]) != 0:
         raise CascadeVError("the training run failed (its error is above)")
-    records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_log.read(work / "run")
     losses = [r["loss"] for r in records]
     if not all(math.isfinite(loss) for loss in losses):
         raise CascadeVError(f"the loss is not finite: {losses}")
@@ -79,7 +80,7 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path) ->
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "config": config,
-        "clip": {"frames": int(setting(cfg, "num_frames_per_video")), "size": size, "batch": batch},
+        "clip": {"frames": window, "size": size, "batch": batch},
         "recipe": {key: setting(cfg, key) for key in ("mixed_precision", "fp32_attention", "grad_checkpointing")}
         | {"optimizer": cfg.optimizer["type"]},
         "steps": steps,

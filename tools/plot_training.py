@@ -9,7 +9,6 @@ log scale, as `cascadev train` and `cascadev train-ae` write it.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -18,13 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.training import metrics_log  # noqa: E402
 
 
 def read_losses(work_dir: Path) -> tuple[list[int], list[float]]:
-    path = work_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise CascadeVError(f"{work_dir} has no metrics.jsonl: not a training work dir")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = metrics_log.read(work_dir)
     return [r["step"] for r in records], [r["loss"] for r in records]
 
 

@@ -6,6 +6,15 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_output
+from ..errors import CascadeVError
+
+
+def read(work_dir: Path) -> list[dict]:
+    """The records of a training work dir's ``metrics.jsonl``, in order."""
+    path = Path(work_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise CascadeVError(f"{work_dir} has no metrics.jsonl: not a training work dir")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def keep_until(path: Path, step: int) -> int:
