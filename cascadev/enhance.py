@@ -25,7 +25,7 @@ the video's length. The input's audio track is copied to the output (from ``star
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from .atomic import make_folder
 from .conditioning import resize_for_encoding
 from .errors import CascadeVError
 from .frames import from_uint8, pad_to, padded_size, short_side_size
+from .overlap import WriteBehind, read_ahead
 from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
 from .reconstruct import (
@@ -45,7 +46,7 @@ from .reconstruct import (
     PipelineLoader,
     SamplingArgs,
     decode_frames,
-    frames_to_uint8,
+    write_frames,
 )
 from .rules import check_choice, check_whole
 from .video_io import VideoReader, VideoWriter, select_frames
@@ -93,7 +94,8 @@ class ConditionStream:
 
     ``read(t0, t1)`` encodes frames as far as ``t1`` (``chunk`` at a time) and forgets those before
     ``t0``, so successive reads with non-decreasing ``t0`` (what ``CascadeVPipeline.decode`` does) keep
-    only about one segment of latents in memory. A read further back starts again from ``t0``.
+    only about one segment of latents in memory. A read further back starts again from ``t0``. Frames are
+    read a chunk ahead on a background thread; ``close`` stops it.
     """
 
     def __init__(
@@ -108,6 +110,31 @@ class ConditionStream:
         self._lo = 0
         self._latent: torch.Tensor | None = None  # latents of frames [_lo, _lo + _latent.shape[1])
         self.frames_encoded = 0  # counts re-encodes too; equals ``count`` for one forward pass
+        self._frames: Iterator[np.ndarray] | None = None  # chunks from frame _next on, read ahead
+        self._next = -1
+
+    def _read_frames(self, first: int, n: int) -> np.ndarray:
+        """Input frames [first, first + n) of the selection, uint8 (n, H, W, 3).
+
+        Reads go forward a chunk at a time, so they come from a reader that runs a chunk ahead on a
+        background thread (:func:`cascadev.overlap.read_ahead`); a read elsewhere (after a rewind or a
+        skip) starts it again there.
+        """
+        if first != self._next:
+            self.close()
+            self._frames = read_ahead(self._chunks(first))
+        self._next = first + n
+        return next(self._frames)  # (n, H, W, 3): _chunks cuts where read() asks, ``chunk`` frames at a time
+
+    def _chunks(self, first: int) -> Iterator[np.ndarray]:
+        for lo in range(first, self.count, self.chunk):
+            yield self.reader.read(range(self.start + lo, self.start + min(lo + self.chunk, self.count)))
+
+    def close(self) -> None:
+        """Stop the reader's background thread (``read`` starts it again when needed)."""
+        if self._frames is not None:
+            self._frames.close()
+        self._frames, self._next = None, -1
 
     def read(self, t0: int, t1: int) -> torch.Tensor:
         if not 0 <= t0 < t1 <= self.count:
@@ -124,12 +151,12 @@ class ConditionStream:
             self._lo = t0
         parts = [] if self._latent is None else [self._latent]
         hi = self._lo + (0 if self._latent is None else self._latent.shape[1])
-        # Whole chunks until t1 is covered, ``chunk`` frames per read: the video reader and the encoders
-        # never hold more than one chunk of pixels. Both encoders work frame by frame (the compressor and
+        # Whole chunks until t1 is covered, ``chunk`` frames per read: the encoders never hold more than one
+        # chunk of pixels, the video reader one more (read ahead). Both encoders work frame by frame (the compressor and
         # the SVD encoder are 2D), so where a chunk starts changes no latent, only what is in memory.
         while hi < t1:
             n = min(self.chunk, self.count - hi)
-            parts.append(self.encode(self.reader.read(range(self.start + hi, self.start + hi + n))))
+            parts.append(self.encode(self._read_frames(hi, n)))
             self.frames_encoded += n
             hi += n
         self._latent = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
@@ -201,12 +228,15 @@ def _stream(
     mode: str,
     factor: int | None,
 ) -> CascadeVPipeline:
-    with writer:
+    with writer, WriteBehind() as behind:
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
         read, total = (latents.read, count) if factor is None else interpolate_in_time(latents.read, count, factor)
-        for frames in decode_frames(pipe, read, total, sampling, mode=mode):
-            writer.write(frames_to_uint8(frames, *size))
+        try:
+            for frames in decode_frames(pipe, read, total, sampling, mode=mode):
+                behind.submit(write_frames, writer, frames, *size)
+        finally:
+            latents.close()
     return pipe
 
 

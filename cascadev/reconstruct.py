@@ -2,11 +2,13 @@
 
 Each task opens and checks its inputs and outputs first, then asks ``load_pipeline`` for the models
 (so a bad path fails in a second, not after loading 456M parameters), then streams: frames are read,
-encoded, sampled, decoded and written a chunk at a time.
+encoded, sampled, decoded and written a chunk at a time. Reading runs a chunk or two ahead and writing a
+chunk or two behind, on background threads (:mod:`cascadev.overlap`), while the models work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from .atomic import make_folder, remove_quietly
 from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
 from .latent_io import LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
+from .overlap import WriteBehind, read_ahead
 from .overwrite import check_not_inputs
 from .pictures import contact_sheet, save_image, side_by_side
 from .pipeline import CascadeVPipeline
@@ -91,6 +94,14 @@ def decode_frames(
         bar.refresh()  # show 100% even when the last update came within tqdm's refresh interval
 
 
+def write_frames(writer: VideoWriter, frames: torch.Tensor, height: int, width: int, truncate: bool = False) -> None:
+    """Model frames (n, 3, H', W') in [-1, 1], padded -> uint8 (n, height, width, 3) into ``writer``.
+
+    The conversion is part of the write, so that it too runs on the writer's thread (``WriteBehind``).
+    """
+    writer.write(frames_to_uint8(frames, height, width, truncate))
+
+
 def _iter_model_frames(
     reader: VideoReader, start: int, count: int, size: int | None, preset: Preset = PRESETS["default"]
 ) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
@@ -130,7 +141,8 @@ def encode_video(
         pipe = load_pipeline()
         done = 0
         with tqdm(total=count, desc="encoding", unit="frame", disable=not progress, leave=False) as bar:
-            for frames, _ in _iter_model_frames(reader, start, count, size, preset):
+            # Chunk k+1 is decoded and resized on the reader's thread while the compressor encodes chunk k.
+            for frames, _ in read_ahead(_iter_model_frames(reader, start, count, size, preset)):
                 writer.write(done, pipe.encode(frames))
                 done += frames.shape[0]
                 bar.update(frames.shape[0])
@@ -150,13 +162,16 @@ def decode_latent(
     reader = LatentReader(latent)
     meta = reader.meta
     make_folder(Path(output).parent)
-    with VideoWriter(
-        output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times, **writer_options
-    ) as writer:
+    with (
+        VideoWriter(
+            output, meta.fps, meta.height, meta.width, frame_times=meta.frame_times, **writer_options
+        ) as writer,
+        WriteBehind() as behind,
+    ):
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
         for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
-            writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
+            behind.submit(write_frames, writer, frames, meta.height, meta.width, sampling.preset.truncate)
 
 
 def reconstruct_video(
@@ -261,8 +276,23 @@ def _reconstruct(
     picked: list[np.ndarray] = []
     h, w = meta.height, meta.width
     audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
-    writers = [
-        VideoWriter(
+    outs = ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
+
+    def write_chunk(done: int, frames: torch.Tensor, preview: torch.Tensor) -> None:
+        """On the writer's thread: the chunk's source frames read and prepared, four videos written."""
+        n = frames.shape[0]
+        recon = frames_to_uint8(frames, h, w, preset.truncate)
+        preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
+        preview = frames_to_uint8(preview, h, w, preset.truncate)
+        source_frames = source.read(range(meta.start + done, meta.start + done + n))
+        original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
+        row = side_by_side(original, preview, recon)
+        for name, video in zip(outs, (original, preview, recon, row)):
+            writers[name].write(video)
+        picked.extend(row[i - done] for i in picks if done <= i < done + n)
+
+    writers = {
+        n: VideoWriter(
             paths[n],
             meta.fps,
             h,
@@ -271,23 +301,15 @@ def _reconstruct(
             **writer_options,
             **(audio if n in ("original.mp4", "recon.mp4") else {}),
         )
-        for n in ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
-    ]
-    with writers[0] as original_out, writers[1] as preview_out, writers[2] as recon_out, writers[3] as compare_out:
+        for n in outs
+    }
+    with contextlib.ExitStack() as stack:
+        for writer in writers.values():
+            stack.enter_context(writer)
+        behind = stack.enter_context(WriteBehind())  # entered last: its writes finish before any writer closes
         done = 0
         for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):
             n = frames.shape[0]
-            recon = frames_to_uint8(frames, h, w, preset.truncate)
-            preview = pipe.preview(latent.read(done, done + n))
-            preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
-            preview = frames_to_uint8(preview, h, w, preset.truncate)
-            source_frames = source.read(range(meta.start + done, meta.start + done + n))
-            original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
-            row = side_by_side(original, preview, recon)
-            original_out.write(original)
-            preview_out.write(preview)
-            recon_out.write(recon)
-            compare_out.write(row)
-            picked.extend(row[i - done] for i in picks if done <= i < done + n)
+            behind.submit(write_chunk, done, frames, pipe.preview(latent.read(done, done + n)))
             done += n
-        save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))
+    save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))

@@ -22,8 +22,9 @@ from .atomic import atomic_output, check_output_path
 from .batch import distributed_state
 from .errors import CascadeVError
 from .latent_io import LatentReader
+from .overlap import WriteBehind
 from .pipeline import CascadeVPipeline
-from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, frames_to_uint8, reconstruct_video
+from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, reconstruct_video, write_frames
 from .video_io import VideoWriter
 
 
@@ -82,9 +83,12 @@ def decode_latent_split(
     if state.is_main_process:
         reader = LatentReader(latent)
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
-        with VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer:
+        with (
+            VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer,
+            WriteBehind() as behind,
+        ):
             for frames in pipe.decode(reader.read, reader.num_frames, sampled=sampled, **sampling.decode_options()):
-                writer.write(frames_to_uint8(frames, meta.height, meta.width, sampling.preset.truncate))
+                behind.submit(write_frames, writer, frames, meta.height, meta.width, sampling.preset.truncate)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from cascadev.errors import CascadeVError
 from cascadev.frames import from_uint8
 from cascadev.loading import build_pipeline, load_config
 from cascadev.models.dit import CascadeDiT
+from cascadev.overlap import IO_DEPTH
 from cascadev.pictures import sheet_size, tile_origin
 from cascadev.pipeline import SamplingPlan
 from cascadev.reconstruct import READ_CHUNK
@@ -275,9 +276,11 @@ def test_frames_are_read_only_as_far_ahead_as_a_segment_needs(tmp_path, capsys, 
         assert code == 0, err
         assert probe_video(tmp_path / f"out{n}.mp4").num_frames == 2 * n - 1
         leads.append(log["lead"])
-    # A segment of 8 output frames needs 4 inputs; reads come in chunks of READ_CHUNK; the VAE holds back
-    # up to vae_chunk (4) output frames. Reading the whole video first would give a lead of 96.
-    assert max(leads) <= READ_CHUNK + 8, leads
+    # A segment of 8 output frames needs 4 inputs; reads come in chunks of READ_CHUNK, and IO_DEPTH more
+    # chunks are read ahead (cascadev.overlap); the VAE holds back up to vae_chunk (4) output frames and the
+    # writer's thread up to IO_DEPTH such chunks more (2 inputs each). Reading the whole video first would
+    # give a lead of 96.
+    assert max(leads) <= (1 + IO_DEPTH) * READ_CHUNK + 8 + 2 * IO_DEPTH, leads
 
 
 MEASURE = r"""

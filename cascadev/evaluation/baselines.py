@@ -24,6 +24,7 @@ from cascadev.argparsing import Parser
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
 from cascadev.frames import bicubic_round_trip
+from cascadev.overlap import WriteBehind, read_ahead
 from cascadev.rules import check_whole
 from cascadev.video_io import VideoReader, VideoWriter
 
@@ -58,9 +59,12 @@ def bicubic_video(
     number of frames. ``writer_options`` go to :class:`~cascadev.video_io.VideoWriter` (crf, codec)."""
     reader = VideoReader(src)
     low_res_size(reader.height, reader.width, factor)  # a bad factor fails before anything is written
-    with VideoWriter(dst, reader.fps or 30.0, reader.height, reader.width, **writer_options) as writer:
-        for frames in reader.iter_chunks(0, reader.num_frames, chunk):
-            writer.write(bicubic_frames(frames, factor))
+    with (
+        VideoWriter(dst, reader.fps or 30.0, reader.height, reader.width, **writer_options) as writer,
+        WriteBehind() as behind,
+    ):
+        for frames in read_ahead(reader.iter_chunks(0, reader.num_frames, chunk)):
+            behind.submit(writer.write, bicubic_frames(frames, factor))
     return reader.num_frames
 
 

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from cascadev.atomic import check_output_path
 from cascadev.errors import CascadeVError
 from cascadev.frames import resize_uint8
+from cascadev.overlap import read_ahead
 from cascadev.overwrite import check_not_inputs
 from cascadev.rules import check_device_name, check_whole
 from cascadev.video_io import VideoReader
@@ -264,7 +265,8 @@ def _score_pair(
     per_frame: dict[str, list[float]] = {m: [] for m in paired}
     meter = M.TemporalFlickering() if flicker else None
     height, width = plan.ref_size
-    chunks = zip(ref.iter_chunks(0, plan.frames, chunk), rec.iter_chunks(0, plan.frames, chunk))
+    # Both videos are decoded a chunk ahead, on a background thread, while this one scores.
+    chunks = read_ahead(zip(ref.iter_chunks(0, plan.frames, chunk), rec.iter_chunks(0, plan.frames, chunk)))
     for ref_frames, rec_frames in chunks:
         if meter is not None:
             meter.update(rec_frames)
