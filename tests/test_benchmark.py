@@ -51,6 +51,20 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
     assert report["runs"][1]["dit_calls"] == 2  # default: the windows of a step batched into one call
     assert report["release_over_default"]["custom"] > 0
 
+    # tools/benchmark_table.py turns the report into docs/benchmarks.md's rows.
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "benchmark_table.py"), str(out), "--levers", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| custom |")]
+    assert [row.split(" | ")[1] for row in rows] == ["release", "default"]
+    ratio = f"{report['release_over_default']['custom']:.2f}x"
+    assert rows[1].rstrip(" |").endswith(ratio) and not rows[0].rstrip(" |").endswith("x")
+    assert "| `sampling.attention_backend=math` |" in table.stdout and "+0.0%" in table.stdout
+
 
 def test_training_benchmark_runs_the_trainer_and_reports_its_figures(tmp_path):
     out = tmp_path / "train.json"
@@ -80,3 +94,39 @@ def test_training_benchmark_flops_are_three_forwards_of_one_window():
     # 101.0 TFLOP per 8 x 1024 x 1024 window (docs/benchmarks.md), three of them per trained clip.
     assert abs(dit_flops(dit, 8, 128, 128) / 1e12 - 101.0) < 0.05
     assert train_flops_per_sample(cfg) == 3 * dit_flops(dit, 8, 128, 128)
+
+
+def _run(case, settings, e2e, svd, mfu, peak_gib):
+    seconds = dict(
+        read_and_encode=0.1, dit_per_step=[0.1], dit_total=0.1, svd_decode=svd, write=0.1, write_wait=0.0,
+        end_to_end_without_loading=e2e, model_loading=1.0,
+    )  # fmt: skip
+    return dict(case=case, settings=settings, seconds=seconds, dit_tflop_per_s=400.0, mfu=mfu, peak_memory_gib=peak_gib)
+
+
+def test_benchmark_table_checks_the_targets_and_compares_levers(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark_table
+
+    base = dict(device="H100", torch="2.x", runs=[_run("8x1024", "default", 1.9, 0.35, 0.52, 15.0)])
+    lever = dict(
+        base, cfg_options=["sampling.compile=default"], runs=[_run("8x1024", "default", 1.52, 0.35, 0.7, 15.0)]
+    )
+    other = dict(base, runs=[_run("8x2048", "default", 9.0, 1.0, 0.5, 20.0)])
+    paths = []
+    for name, report in (("base", base), ("lever", lever), ("other", other)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    text = benchmark_table.tables([str(paths[0])], [str(paths[1])], None)
+    assert "| end to end | ≤ 2.0 s | 1.900 | yes |" in text
+    assert "| DiT MFU | ≥ 50% | 52.0% | yes |" in text
+    assert "| SVD decode | ≤ 0.3 s | 0.350 | no |" in text
+    assert "| peak memory | ≤ 16 GB | 15.0 | yes |" not in text  # 15 GiB is 16.1 GB: over
+    assert "| peak memory | ≤ 16 GB | 15.000 | no |" in text
+    assert "| `sampling.compile=default` | 0.100 | 0.350 | 1.520 | -20.0% | 70.0% | 15.0 |" in text
+    assert benchmark_table.main([str(paths[0]), "--levers", str(paths[2])]) == 2  # no 8x1024 run to compare
+    assert (
+        capsys.readouterr().err.strip()
+        == f"benchmark_table: error: {paths[2].name} has no default-settings run of case 8x1024."
+    )
+    assert benchmark_table.main([str(tmp_path / "missing.json")]) == 2

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Markdown tables for docs/benchmarks.md from the JSON files of tools/benchmark.py.
+
+Three tables: every run's stages (one row per case and settings, with the release-over-default ratio),
+the 8x1024² row against issue 12's targets, and the levers (each file's default-settings run of one
+case against the baseline file's).
+
+    python tools/benchmark_table.py bench_all.json
+    python tools/benchmark_table.py bench_8x1024.json --levers lever_*.json --baseline bench_8x1024.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.errors import CascadeVError  # noqa: E402
+
+# Issue 12's targets for 8 x 1024², 8 Euler-a steps, one H100, model loading excluded.
+TARGETS = {
+    "end to end": ("end_to_end_without_loading", "≤ 2.0 s", lambda v: v <= 2.0),
+    "DiT MFU": ("mfu", "≥ 50%", lambda v: v >= 0.5),
+    "SVD decode": ("svd_decode", "≤ 0.3 s", lambda v: v <= 0.3),
+    "peak memory": ("peak_memory_gib", "≤ 16 GB", lambda v: v * 2**30 / 1e9 <= 16),
+}
+
+
+def load_report(path: str | Path) -> dict:
+    try:
+        report = json.loads(Path(path).read_text())
+        report["runs"][0]["seconds"]["end_to_end_without_loading"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise CascadeVError(f"{path} is not a tools/benchmark.py report ({type(exc).__name__}: {exc}).") from None
+    return report
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _f(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def stage_table(reports: list[dict]) -> str:
+    """One row per run: each stage in seconds, TFLOP/s, MFU, peak memory; the ratio on the default row."""
+    rows = [
+        "| case | settings | read + encode | DiT per step (mean) | DiT total | SVD decode | write (waited) "
+        "| end to end | loading | DiT TFLOP/s | MFU | peak GiB | release / default |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for report in reports:
+        for run in report["runs"]:
+            s = run["seconds"]
+            steps = s["dit_per_step"]
+            ratio = report.get("release_over_default", {}).get(run["case"]) if run["settings"] == "default" else None
+            rows.append(
+                f"| {run['case']} | {run['settings']} | {_s(s['read_and_encode'])} "
+                f"| {_s(sum(steps) / len(steps) if steps else None)} | {_s(s['dit_total'])} "
+                f"| {_s(s['svd_decode'])} | {_s(s['write'])} ({_s(s.get('write_wait'))}) "
+                f"| **{_s(s['end_to_end_without_loading'])}** | {_s(s['model_loading'])} "
+                f"| {_f(run['dit_tflop_per_s'], 0)} | {_percent(run['mfu'])} | {_f(run['peak_memory_gib'], 1)} "
+                f"| {'-' if ratio is None else f'{ratio:.2f}x'} |"
+            )
+    return "\n".join(rows)
+
+
+def target_table(reports: list[dict], case: str = "8x1024") -> str:
+    """The default-settings run of ``case`` against the targets; empty when no report has it."""
+    runs = [r for report in reports for r in report["runs"] if r["case"] == case and r["settings"] == "default"]
+    if not runs:
+        return ""
+    run = runs[-1]
+    rows = ["| target | goal | measured | met |", "| --- | --- | --- | --- |"]
+    for name, (key, goal, met) in TARGETS.items():
+        value = run["seconds"].get(key, run.get(key))
+        shown = "-" if value is None else (_percent(value) if key == "mfu" else f"{value:.3f}")
+        rows.append(f"| {name} | {goal} | {shown} | {'-' if value is None else ('yes' if met(value) else 'no')} |")
+    return "\n".join(rows)
+
+
+def lever_table(baseline: dict, levers: dict[str, dict]) -> str:
+    """Each lever file's default run against the baseline's, for the baseline's first case."""
+    base = next(r for r in baseline["runs"] if r["settings"] == "default")
+    rows = [
+        "| lever | DiT total | SVD decode | end to end | vs baseline | MFU | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    e2e = base["seconds"]["end_to_end_without_loading"]
+    for name, report in {"baseline (defaults)": baseline, **levers}.items():
+        run = next((r for r in report["runs"] if r["case"] == base["case"] and r["settings"] == "default"), None)
+        if run is None:
+            raise CascadeVError(f"{name} has no default-settings run of case {base['case']}.")
+        s = run["seconds"]
+        change = s["end_to_end_without_loading"] / e2e - 1
+        rows.append(
+            f"| {name} | {_s(s['dit_total'])} | {_s(s['svd_decode'])} | {_s(s['end_to_end_without_loading'])} "
+            f"| {change:+.1%} | {_percent(run['mfu'])} | {_f(run['peak_memory_gib'], 1)} |"
+        )
+    return "\n".join(rows)
+
+
+def lever_name(report: dict, path: Path) -> str:
+    """What a lever file changed: its --cfg-options, its I/O depth, or else its file name."""
+    run = report["runs"][0]
+    parts = [*report.get("cfg_options", [])]
+    if run.get("io_depth") is not None and run["io_depth"] != 1:
+        parts.append(f"--io-depth {run['io_depth']}")
+    return " ".join(f"`{p}`" for p in parts) or path.name
+
+
+def main(argv=None) -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", help="tools/benchmark.py JSON files")
+    parser.add_argument("--levers", nargs="*", default=[], help="lever JSON files (one lever each)")
+    parser.add_argument("--baseline", default=None, help="the defaults' JSON the levers are compared with")
+    args = parser.parse_args(argv)
+    try:
+        print(tables(args.reports, args.levers, args.baseline))
+    except CascadeVError as exc:
+        print(f"benchmark_table: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def tables(paths: list[str], lever_paths: list[str], baseline_path: str | None) -> str:
+    """The Markdown of ``main``: device line, stage table, targets, levers."""
+    reports = [load_report(p) for p in paths]
+    devices = sorted({r["device"] for r in reports})
+    out = [f"Device: {', '.join(devices)}; torch {reports[0]['torch']}.", stage_table(reports)]
+    targets = target_table(reports)
+    if targets:
+        out.append(targets)
+    if lever_paths:
+        baseline = load_report(baseline_path) if baseline_path else reports[0]
+        levers = {}
+        for path in map(Path, lever_paths):
+            report = load_report(path)
+            levers[lever_name(report, path)] = report
+        out.append(lever_table(baseline, levers))
+    return "\n\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
