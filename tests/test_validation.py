@@ -27,6 +27,7 @@ BAD_OPTIONS = {
     "tools/benchmark.py": (["--steps", "0"], "benchmark", "--steps"),
     "tools/benchmark_dit.py": (["--dtype", "fp8"], "benchmark_dit", "--dtype"),
     "tools/benchmark_train.py": (["--steps", "0"], "benchmark_train", "--steps"),
+    "tools/benchmark_table.py": (["no_such_report.json"], "benchmark_table", "no_such_report.json"),
     "tools/benchmark_eval.py": (["--workers", "2", "0"], "benchmark_eval", "--workers"),
     "tools/compare_frames.py": (["a.mp4", "b.mp4", "-o", "c.png", "--filter", "lanczos"], "compare_frames", "--filter"),
     "tools/convert_checkpoint.py": (["x.pth", "--dtype", "fp64"], "convert_checkpoint", "--dtype"),
