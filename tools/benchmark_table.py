@@ -53,7 +53,7 @@ def _f(value: float | None, digits: int) -> str:
 def stage_table(reports: list[dict]) -> str:
     """One row per run: each stage in seconds, TFLOP/s, MFU, peak memory; the ratio on the default row."""
     rows = [
-        "| case | settings | read + encode | DiT per step (mean) | DiT total | SVD decode | write (waited) "
+        "| case | settings | read + encode (reading) | DiT per step (mean) | DiT total | SVD decode | write (waited) "
         "| end to end | loading | DiT TFLOP/s | MFU | peak GiB | release / default |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -63,7 +63,7 @@ def stage_table(reports: list[dict]) -> str:
             steps = s["dit_per_step"]
             ratio = report.get("release_over_default", {}).get(run["case"]) if run["settings"] == "default" else None
             rows.append(
-                f"| {run['case']} | {run['settings']} | {_s(s['read_and_encode'])} "
+                f"| {run['case']} | {run['settings']} | {_s(s['read_and_encode'])} ({_s(s.get('read'))}) "
                 f"| {_s(sum(steps) / len(steps) if steps else None)} | {_s(s['dit_total'])} "
                 f"| {_s(s['svd_decode'])} | {_s(s['write'])} ({_s(s.get('write_wait'))}) "
                 f"| **{_s(s['end_to_end_without_loading'])}** | {_s(s['model_loading'])} "
