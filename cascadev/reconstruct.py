@@ -2,8 +2,8 @@
 
 Each task opens and checks its inputs and outputs first, then asks ``load_pipeline`` for the models
 (so a bad path fails in a second, not after loading 456M parameters), then streams: frames are read,
-encoded, sampled, decoded and written a chunk at a time. Reading runs a chunk or two ahead and writing a
-chunk or two behind, on background threads (:mod:`cascadev.overlap`), while the models work.
+encoded, sampled, decoded and written a chunk at a time. Reading runs a chunk ahead and writing a chunk
+behind, on background threads (:mod:`cascadev.overlap`), while the models work.
 """
 
 from __future__ import annotations
