@@ -152,8 +152,8 @@ class ConditionStream:
         parts = [] if self._latent is None else [self._latent]
         hi = self._lo + (0 if self._latent is None else self._latent.shape[1])
         # Whole chunks until t1 is covered, ``chunk`` frames per read: the encoders never hold more than one
-        # chunk of pixels, the video reader one more (read ahead). Both encoders work frame by frame (the compressor and
-        # the SVD encoder are 2D), so where a chunk starts changes no latent, only what is in memory.
+        # chunk of pixels, the video reader one more (read ahead). Both encoders work frame by frame (the
+        # compressor and the SVD encoder are 2D), so where a chunk starts changes no latent, only memory.
         while hi < t1:
             n = min(self.chunk, self.count - hi)
             parts.append(self.encode(self._read_frames(hi, n)))

@@ -9,10 +9,11 @@ background thread each, chunk k+1 is read and chunk k-1 written while chunk k is
     writer thread:  write k-1  | write k ...
 
 Both keep at most ``depth`` chunks in flight (default :data:`IO_DEPTH`, 1: double buffering, one chunk
-in hand and one in the making), so memory stays bounded by the chunk size, not by the video's length. Order is kept (one thread per side), and an error on the
-background thread is raised on the main one, at the next hand-over, with its own type and message:
-the commands' one-line errors and their atomic outputs are the same as without threads. ``depth=0``
-runs everything inline, on the caller's thread (same results; the benchmark's baseline).
+in hand and one in the making), so memory stays bounded by the chunk size, not by the video's length.
+Order is kept (one thread per side), and an error on the background thread is raised on the main one,
+at the next hand-over, with its own type and message: the commands' one-line errors and their atomic
+outputs are the same as without threads. ``depth=0`` runs everything inline, on the caller's thread
+(same results; the benchmark's baseline).
 """
 
 from __future__ import annotations
