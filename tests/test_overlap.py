@@ -166,3 +166,20 @@ def test_a_write_failing_on_the_writer_thread_is_one_line_and_leaves_nothing(tmp
     assert_one_line_error(code, capsys.readouterr().err, "recon.mp4", "the device went away")
     assert calls["n"] == 2
     assert not out.exists()  # no partial videos, no latent, no folder
+
+
+def test_same_seed_same_file_with_crf_0(tmp_path, capsys):
+    """README: the same seed gives the same frames, and with --crf 0 the same file, writer thread and all."""
+    clip = tmp_path / "clip.mp4"
+    write_test_video(clip, 12, 64, 64)
+    latent = tmp_path / "l.safetensors"
+    assert main([str(a) for a in ("encode", clip, "-o", latent, *FAST[:4])]) == 0
+    files = []
+    for run in range(2):
+        files.append(tmp_path / f"v{run}.mp4")
+        assert main([str(a) for a in ("decode", latent, "-o", files[-1], "--seed", 7, *FAST)]) == 0
+    assert files[0].read_bytes() == files[1].read_bytes()
+    other = tmp_path / "other.mp4"
+    assert main([str(a) for a in ("decode", latent, "-o", other, "--seed", 8, *FAST)]) == 0
+    assert other.read_bytes() != files[0].read_bytes()  # the seed does reach the frames
+    capsys.readouterr()
