@@ -38,16 +38,17 @@ def load_report(path: str | Path) -> dict:
     return report
 
 
+def _f(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+    """Seconds (and other plain figures) to the millisecond."""
+    return _f(value, 3)
 
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _f(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def stage_table(reports: list[dict]) -> str:
@@ -82,7 +83,7 @@ def target_table(reports: list[dict], case: str = "8x1024") -> str:
     rows = ["| target | goal | measured | met |", "| --- | --- | --- | --- |"]
     for name, (key, goal, met) in TARGETS.items():
         value = run["seconds"].get(key, run.get(key))
-        shown = "-" if value is None else (_percent(value) if key == "mfu" else f"{value:.3f}")
+        shown = _percent(value) if key == "mfu" else _s(value)
         rows.append(f"| {name} | {goal} | {shown} | {'-' if value is None else ('yes' if met(value) else 'no')} |")
     return "\n".join(rows)
 
