@@ -155,9 +155,13 @@ def decode_latent(
     latent: str | os.PathLike,
     output: str | os.PathLike,
     sampling: SamplingArgs,
+    sampled: Callable[[int], torch.Tensor] | None = None,
     **writer_options,
 ) -> None:
-    """Semantic latent file -> video: DiT refinement and SVD decoding, streamed to ``output``."""
+    """Semantic latent file -> video: DiT refinement and SVD decoding, streamed to ``output``.
+
+    ``sampled(k)``, when given, returns segment k as other processes sampled it (:mod:`cascadev.segments`).
+    """
     check_not_inputs({"input latent": latent}, {"output": output})
     reader = LatentReader(latent)
     meta = reader.meta
@@ -170,7 +174,7 @@ def decode_latent(
     ):
         pipe = load_pipeline()
         pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
-        for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling):
+        for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling, sampled=sampled):
             behind.submit(write_frames, writer, frames, meta.height, meta.width, sampling.preset.truncate)
 
 

@@ -22,10 +22,8 @@ from .atomic import atomic_output, check_output_path
 from .batch import distributed_state
 from .errors import CascadeVError
 from .latent_io import LatentReader
-from .overlap import WriteBehind
 from .pipeline import CascadeVPipeline
-from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, reconstruct_video, write_frames
-from .video_io import VideoWriter
+from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, reconstruct_video
 
 
 def share_segments(
@@ -74,21 +72,14 @@ def decode_latent_split(
     if state.num_processes == 1:
         decode_latent(load_pipeline, latent, output, sampling, **writer_options)
         return
-    meta = LatentReader(latent).meta
+    LatentReader(latent)  # a bad latent fails before the models load
     check_output_path(output, "output video")
     output = Path(output)
     folder = output.parent / f".{output.name}.segments"
     pipe = load_pipeline()
     sampled = share_segments(pipe, latent, sampling, folder)
-    if state.is_main_process:
-        reader = LatentReader(latent)
-        pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
-        with (
-            VideoWriter(output, meta.fps, meta.height, meta.width, **writer_options) as writer,
-            WriteBehind() as behind,
-        ):
-            for frames in pipe.decode(reader.read, reader.num_frames, sampled=sampled, **sampling.decode_options()):
-                behind.submit(write_frames, writer, frames, meta.height, meta.width, sampling.preset.truncate)
+    if state.is_main_process:  # the one-process task, its segments read back: the same cross-fade and video
+        decode_latent(lambda: pipe, latent, output, sampling, sampled=sampled, **writer_options)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -1,5 +1,6 @@
 """Variable frame rate keeps its timing (and the audio its sync); damaged containers say what was lost."""
 
+import contextlib
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -9,9 +10,12 @@ import numpy as np
 import pytest
 from videos import make_frames, write_test_video
 
+from cascadev import segments
 from cascadev.cli import main
 from cascadev.frame_times import interpolated_times, variable_times
 from cascadev.latent_io import LatentMeta, LatentReader
+from cascadev.loading import build_pipeline, load_config
+from cascadev.reconstruct import SamplingArgs
 from cascadev.video_io import VideoReader
 
 TINY = str(Path(__file__).parents[1] / "configs" / "tiny.py")
@@ -168,3 +172,32 @@ def test_damaged_mkv_warns_once_with_the_lost_count_and_no_ffmpeg_lines(tmp_path
     capfd.readouterr()
     VideoReader(good)  # an intact file: no word
     assert capfd.readouterr().err == ""
+
+
+class _TwoProcessesAsMain:
+    """accelerate's state as the main process of two sees it, in one process (it samples every segment)."""
+
+    num_processes, is_main_process = 2, True
+
+    @contextlib.contextmanager
+    def split_between_processes(self, items):
+        yield items
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_a_decode_shared_among_processes_keeps_the_frame_times(tmp_path, capsys, vfr, monkeypatch):
+    """`accelerate launch ... cascadev decode` writes through the one-process task, so VFR timing survives."""
+    assert run_cli(capsys, "encode", vfr, "-o", tmp_path / "l.safetensors", *RUN[:4])[0] == 0
+    monkeypatch.setattr(segments, "distributed_state", _TwoProcessesAsMain)
+    cfg = load_config(TINY)
+    sampling = SamplingArgs(steps=1, progress=False)
+    out = tmp_path / "split.mp4"
+    segments.decode_latent_split(
+        lambda: build_pipeline(cfg, random_init=True), tmp_path / "l.safetensors", out, sampling
+    )
+    starts, duration, _ = timing(out)
+    np.testing.assert_allclose(starts, timing(vfr)[0], atol=1e-3)  # each frame at its input time
+    assert abs(duration - END) < float(np.diff(STARTS).min())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors", "split.mp4"]  # segment files gone
