@@ -44,12 +44,19 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
         assert len(s["dit_per_step"]) == 2  # one entry per sampling step
         assert all(v > 0 for v in (s["model_loading"], s["read_and_encode"], s["svd_decode"], s["write"]))
         assert 0 < s["write_wait"] < s["end_to_end_without_loading"] and 0 < s["read"] < s["end_to_end_without_loading"]
+        assert 0 < s["of_which_compressor"] <= s["read_and_encode"]  # the frozen encoder runs on the main thread
         assert s["end_to_end_without_loading"] >= s["dit_total"] + s["svd_decode"]
         assert run["dit_tflop"] > 0 and run["dit_tflop_per_s"] > 0
     # tiny: 6 frames = windows at 0 and 2 (4 frames each), one 8x8 tile, 2 steps.
     assert report["runs"][0]["dit_calls"] == 4  # release settings: one DiT call per window
     assert report["runs"][1]["dit_calls"] == 2  # default: the windows of a step batched into one call
     assert report["release_over_default"]["custom"] > 0
+
+    # The upscale case encodes its conditions on the fly (ConditionStream): timed as well.
+    up = tmp_path / "up.json"
+    cmd_up = [*cmd[: cmd.index("--settings")], "--upscale", "2", "--settings", "default", "-o", str(up)]
+    assert subprocess.run(cmd_up, capture_output=True, text=True, timeout=600, cwd=tmp_path).returncode == 0
+    assert json.loads(up.read_text())["runs"][0]["seconds"]["of_which_compressor"] > 0
 
     # tools/benchmark_table.py turns the report into docs/benchmarks.md's rows.
     table = subprocess.run(

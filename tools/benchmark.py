@@ -43,6 +43,7 @@ from cascadev import overlap, reconstruct  # noqa: E402
 from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
+from cascadev.conditioning import Conditioner  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
 from cascadev.frames import to_uint8  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
@@ -163,16 +164,18 @@ def run_case(
             fp32_attention=settings == "release" and precision.autocast is not None,
             **overrides,
         )
-    stages.wrap(pipe, "encode", "encode")
     stages.wrap(pipe, "_predict", "dit_step")
     stages.wrap(pipe, "vae_decode", "svd_decode")
     # Class attributes, put back below: the writers and the hand-over are made inside the tasks.
     patched = {
+        (Conditioner, "_chunked"): Conditioner._chunked,
         (VideoReader, "read"): VideoReader.read,
         (VideoWriter, "write"): VideoWriter.write,
         (overlap.WriteBehind, "submit"): overlap.WriteBehind.submit,
         (overlap.WriteBehind, "__exit__"): overlap.WriteBehind.__exit__,
     }
+    # Every frozen-encoder call, in encode (pipe.encode) and in upscale (the ConditionStream's encoder).
+    stages.wrap(Conditioner, "_chunked", "encode")
     stages.wrap(VideoReader, "read", "read", sync=False)  # decoding input frames, mostly on the reader's thread
     stages.wrap(VideoWriter, "write", "write", sync=False)  # on the writer's thread
     stages.wrap(overlap.WriteBehind, "submit", "write_wait")  # on the main thread: handing over, waiting
