@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cascadev.cli import main
 from cascadev.evaluation.baselines import bicubic_frames
@@ -31,12 +30,6 @@ def test_shipped_weights_fit_in_40_mb():
     assert sum(p.stat().st_size for p in files) <= 40 * 2**20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the shipped nano, trained on a 2-core CPU, beats the bicubic-of-1/32 floor on PSNR here "
-    "but not on SSIM (docs/nano.md: 20.87 dB / 0.483 against 19.68 dB / 0.504 on this clip); retrain "
-    "with tools/train_nano.sh and more steps, and this xfail turns into a failure to remove",
-)
 def test_nano_reconstruction_beats_bicubic_of_the_1_32_frames(tmp_path, capsys):
     out = tmp_path / "recon"
     code = main(
