@@ -27,8 +27,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         tool, _, command = self.prog.partition(" ")  # a subparser's prog is "cascadev recon"
-        print(f"{tool}: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(fail(tool, f"{command + ': ' if command else ''}{message}"))
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         # argparse's own wording ("invalid choice: ... (choose from ...)") would differ from the
@@ -39,3 +38,12 @@ class Parser(argparse.ArgumentParser):
                 check_choice(value, list(action.choices), str(what).lower())
             except CascadeVError as exc:
                 raise argparse.ArgumentError(action, str(exc)) from None
+
+
+def fail(prog: str, error: object) -> int:
+    """Say ``PROG: error: ERROR`` on stderr, the one line of every bad input, and return its exit status, 2.
+
+    A command's ``main`` ends with ``except CascadeVError as exc: return fail("PROG", exc)``.
+    """
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2

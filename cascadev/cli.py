@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
-from .argparsing import Parser
+from .argparsing import Parser, fail
 from .argtypes import device, frame_size, non_negative_int, positive_float, positive_int, seed
 from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted
@@ -617,8 +617,7 @@ def _main(args: argparse.Namespace) -> int:
         with _output_lock(args):
             run(args)
     except CascadeVError as exc:
-        print(f"cascadev: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cascadev", exc)
     except Interrupted as exc:  # training saved its state and stopped
         print(f"cascadev: {exc}", file=sys.stderr)
         return 128 + exc.signum
@@ -629,8 +628,7 @@ def _main(args: argparse.Namespace) -> int:
             raise
         if is_disk_full(exc):  # a write that no writer turned into a CascadeVError (e.g. a checkpoint's)
             where = exc.filename if isinstance(exc, OSError) and exc.filename else _output_location(args)
-            print(f"cascadev: error: {disk_full_error(where)}", file=sys.stderr)
-            return 2
+            return fail("cascadev", disk_full_error(where))
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(
             f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 
 # Issue 12's targets for 8 x 1024², 8 Euler-a steps, one H100, model loading excluded.
@@ -127,8 +127,7 @@ def main(argv=None) -> int:
     try:
         print(tables(args.reports, args.levers, args.baseline))
     except CascadeVError as exc:
-        print(f"benchmark_table: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("benchmark_table", exc)
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev import conditioning  # noqa: E402
-from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.cli import main as cascadev_main  # noqa: E402
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             with atomic_output(args.output, "report") as out:
                 out.write_text(text)
     except CascadeVError as exc:
-        print(f"benchmark_train: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("benchmark_train", exc)
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.frames import resize_uint8  # noqa: E402
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         compare_frames(args.left, args.right, args.output, frames=args.frames, resample=args.filter)
     except CascadeVError as exc:
-        print(f"compare_frames: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("compare_frames", exc)
     return 0
 
 

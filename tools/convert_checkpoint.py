@@ -25,7 +25,7 @@ except ImportError:  # run from a checkout where the package is not installed
 
 import torch
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.errors import CascadeVError
 
 PROG = "convert_checkpoint"
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.src, args.output, args.key, DTYPES[args.dtype] if args.dtype else None
             )
     except CascadeVError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return fail(PROG, exc)
     print(f"wrote {dst}: {n_tensors} tensors, {n_params:,} parameters")
     return 0
 

@@ -9,11 +9,9 @@ posterior samples of the first ``--clips`` clips of ``video_list``.
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import positive_int
 from cascadev.config_defaults import setting
 from cascadev.errors import CascadeVError
@@ -44,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"{latent_scale(load_config(args.config), args.weights_dir, args.clips):.5g}")
     except CascadeVError as exc:
-        print(f"latent_scale: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("latent_scale", exc)
     return 0
 
 

@@ -26,13 +26,12 @@ relative to the list).
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.errors import CascadeVError
 from cascadev.frames import crop, from_uint8, resize_short_side, to_uint8
 from cascadev.pictures import save_image
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         lists = build(Path(args.out))
     except CascadeVError as exc:
-        print(f"make_nano_data: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("make_nano_data", exc)
     print(f"wrote {args.out}: {len(lists['train'])} training sources, {len(lists['heldout'])} held-out clips")
     return 0
 

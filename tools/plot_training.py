@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.training import metrics_log  # noqa: E402
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             raise CascadeVError(f"--titles has {len(titles)} names for {len(args.work_dirs)} work dirs")
         plot(args.work_dirs, titles, args.output)
     except CascadeVError as exc:
-        print(f"plot_training: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("plot_training", exc)
     print(f"wrote {args.output}")
     return 0
 

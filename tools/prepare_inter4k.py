@@ -37,7 +37,7 @@ except ImportError:  # run from a checkout where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_float, positive_int
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
@@ -184,8 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=lambda line: print(line, file=sys.stderr),
         )
     except CascadeVError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return fail(PROG, exc)
     return 0
 
 

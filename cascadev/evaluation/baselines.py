@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
 from cascadev.frames import bicubic_round_trip
@@ -109,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = bicubic_folder(args.src, args.output, args.factor, crf=args.crf, progress=not args.quiet)
     except CascadeVError as exc:
-        print(f"cascadev-bicubic: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cascadev-bicubic", exc)
     print(f"wrote {len(written)} videos to {args.output}", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cascadev.argparsing import fail
 from cascadev.argtypes import device, positive_int
 from cascadev.errors import CascadeVError
 
@@ -82,8 +83,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         results, paths = run_evaluation(options)
     except CascadeVError as exc:
-        print(f"cascadev: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cascadev", exc)
     print(report.markdown_tables([(results["label"], results)]), end="")
     for metrics, reason in report.group_unavailable(results["unavailable"]):
         print(f"cascadev: note: not measured: {', '.join(metrics)}: {reason}", file=sys.stderr)

@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cascadev.argparsing import Parser
+from cascadev.argparsing import Parser, fail
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
 
@@ -267,8 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with atomic_output(args.output, "table") as tmp:
                 tmp.write_text(text, encoding="utf-8")
     except CascadeVError as exc:
-        print(f"cascadev-report: error: {exc}", file=sys.stderr)
-        return 2
+        return fail("cascadev-report", exc)
     print(text, end="")
     return 0
 
