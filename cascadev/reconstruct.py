@@ -281,6 +281,18 @@ def _reconstruct(
     h, w = meta.height, meta.width
     audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
     outs = ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
+    writers = {
+        n: VideoWriter(
+            paths[n],
+            meta.fps,
+            h,
+            w * (3 if n == "compare.mp4" else 1),
+            frame_times=meta.frame_times,
+            **writer_options,
+            **(audio if n in ("original.mp4", "recon.mp4") else {}),
+        )
+        for n in outs
+    }
 
     def write_chunk(done: int, frames: torch.Tensor, preview: torch.Tensor) -> None:
         """On the writer's thread: the chunk's source frames read and prepared, four videos written."""
@@ -295,18 +307,6 @@ def _reconstruct(
             writers[name].write(video)
         picked.extend(row[i - done] for i in picks if done <= i < done + n)
 
-    writers = {
-        n: VideoWriter(
-            paths[n],
-            meta.fps,
-            h,
-            w * (3 if n == "compare.mp4" else 1),
-            frame_times=meta.frame_times,
-            **writer_options,
-            **(audio if n in ("original.mp4", "recon.mp4") else {}),
-        )
-        for n in outs
-    }
     with contextlib.ExitStack() as stack:
         for writer in writers.values():
             stack.enter_context(writer)
