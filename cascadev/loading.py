@@ -261,7 +261,9 @@ def build_pipeline(
             built[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
         module = built[part]
         if any(p.dtype != dtype for p in module.parameters()):
-            module.to(dtype=dtype)  # diffusers warns about any dtype in .to(), so only when needed
+            # torch's .to(): diffusers' own (0.42) warns of "modules kept in float32" on any dtype, though
+            # none of these models has any.
+            nn.Module.to(module, dtype=dtype)
         module.to(device).eval().requires_grad_(False)
         if part == "dit":
             module.set_fp32_attention(fp32_attention)

@@ -236,7 +236,7 @@ class CascadeVPipeline:
                 )
             latents = _pad_to(latents.to(self.device, torch.float32), *canvas)
         latents = latents * sched.init_noise_sigma
-        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride, self.tile_blend)
+        tiling = Tiling((canvas_t, canvas_h, canvas_w), frames, tile, plan.tile_stride, self.tile_blend).to(self.device)
         for t in sched.timesteps:
             prediction = self._predict(sched.scale_model_input(latents, t), cond, t, tiling)
             latents = sched.step(prediction, t, latents, generator=generators).prev_sample
@@ -270,9 +270,7 @@ class CascadeVPipeline:
                 pred = self.dit(inputs.to(self.dtype), timestep)
             pred = pred[:, :4].float().transpose(1, 2)  # (B, frames, 4, tile, tile)
             for (t0, r0, c0, weight), window in zip(batch, pred):
-                blended[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] += (
-                    window * weight.to(window.device)[:, None]
-                )
+                blended[t0 : t0 + frames, :, r0 : r0 + tile, c0 : c0 + tile] += window * weight[:, None]
         return blended
 
     @contextmanager

@@ -136,6 +136,14 @@ class Tiling:
         self.r_weights = spatial(height, tile, self.r_starts)
         self.c_weights = spatial(width, tile, self.c_starts)
 
+    def to(self, device: torch.device | str) -> "Tiling":
+        """Keep the weights on ``device`` (in place; returns self): each window's weight is then made
+        there, with no copy from the host and so no wait for the device's queue, per window and step."""
+        self.t_weights, self.r_weights, self.c_weights = (
+            w.to(device) for w in (self.t_weights, self.r_weights, self.c_weights)
+        )
+        return self
+
     def __len__(self) -> int:
         return len(self.t_starts) * len(self.r_starts) * len(self.c_starts)
 

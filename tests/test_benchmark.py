@@ -1,8 +1,10 @@
 """tools/benchmark.py runs the real file-level tasks end to end and reports every stage."""
 
 import json
+import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import torch
@@ -42,6 +44,7 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
     for run in report["runs"]:
         s = run["seconds"]
         assert len(s["dit_per_step"]) == 2  # one entry per sampling step
+        assert s["warmup"] > 0  # the untimed one-step pass before, whose steps are not in dit_per_step
         assert all(v > 0 for v in (s["model_loading"], s["read_and_encode"], s["svd_decode"], s["write"]))
         assert 0 < s["write_wait"] < s["end_to_end_without_loading"] and 0 < s["read"] < s["end_to_end_without_loading"]
         assert 0 < s["of_which_compressor"] <= s["read_and_encode"]  # the frozen encoder runs on the main thread
@@ -120,8 +123,9 @@ def test_benchmark_table_checks_the_targets_and_compares_levers(tmp_path, capsys
         base, cfg_options=["sampling.compile=default"], runs=[_run("8x1024", "default", 1.52, 0.35, 0.7, 15.0)]
     )
     other = dict(base, runs=[_run("8x2048", "default", 9.0, 1.0, 0.5, 20.0)])
+    batched = dict(other, cfg_options=["sampling.batch_size=9"], runs=[_run("8x2048", "default", 6.3, 1.0, 0.5, 20.0)])
     paths = []
-    for name, report in (("base", base), ("lever", lever), ("other", other)):
+    for name, report in (("base", base), ("lever", lever), ("other", other), ("batched", batched)):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps(report))
     text = benchmark_table.tables([str(paths[0])], [str(paths[1])], None)
@@ -130,10 +134,65 @@ def test_benchmark_table_checks_the_targets_and_compares_levers(tmp_path, capsys
     assert "| SVD decode | ≤ 0.3 s | 0.350 | no |" in text
     assert "| peak memory | ≤ 16 GB | 15.0 | yes |" not in text  # 15 GiB is 16.1 GB: over
     assert "| peak memory | ≤ 16 GB | 15.000 | no |" in text
-    assert "| `sampling.compile=default` | 0.100 | 0.350 | 1.520 | -20.0% | 70.0% | 15.0 |" in text
-    assert benchmark_table.main([str(paths[0]), "--levers", str(paths[2])]) == 2  # no 8x1024 run to compare
-    assert (
-        capsys.readouterr().err.strip()
-        == f"benchmark_table: error: {paths[2].name} has no default-settings run of case 8x1024."
+    assert "| `sampling.compile=default` | 8x1024 | 0.100 | 0.350 | 1.520 | -20.0% | 70.0% | 15.0 |" in text
+    # Each lever against the baseline run of its own case: 8x2048's lever against 8x2048's defaults.
+    both = benchmark_table.tables([str(paths[0]), str(paths[2])], [str(paths[1]), str(paths[3])], None)
+    assert "| baseline (defaults) | 8x2048 | 0.100 | 1.000 | 9.000 | +0.0% | 50.0% | 20.0 |" in both
+    assert "| `sampling.batch_size=9` | 8x2048 | 0.100 | 1.000 | 6.300 | -30.0% | 50.0% | 20.0 |" in both
+    assert benchmark_table.main([str(paths[0]), "--levers", str(paths[3])]) == 2  # no 8x2048 baseline
+    assert capsys.readouterr().err.strip() == (
+        "benchmark_table: error: `sampling.batch_size=9` has no default-settings run of case 8x2048 in the "
+        "baseline to compare with."
     )
     assert benchmark_table.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_precision_table_against_float64_and_float32(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import precision_table
+
+    rows = {}
+    for reference in ("fp64", "fp32"):
+        out = tmp_path / f"{reference}.json"
+        precision_table.main(["--reference", reference, "--steps", "2", "-o", str(out)])
+        report = json.loads(out.read_text())
+        assert report["meta"] == dict(device="cpu", torch=torch.__version__, model="golden", reference=reference)
+        rows[reference] = {r["candidate"].split(" (")[0]: r for r in report["rows"]}
+    # fp32 against fp64: rounding only; against itself (no TF32 on any device): the same computation.
+    assert 0 < rows["fp64"]["fp32"]["forward_rel_err"] < 1e-5
+    assert rows["fp32"]["fp32"]["forward_rel_err"] < 1e-6
+    for reference in ("fp64", "fp32"):  # the half precisions: errors of their own size against either
+        assert 1e-4 < rows[reference]["fp16 autocast"]["forward_rel_err"] < 3e-3
+        assert 1e-3 < rows[reference]["bf16 weights"]["forward_rel_err"] < 2e-2
+        assert all(r["forward_s"] > 0 for r in rows[reference].values())
+
+
+def test_gpu_session_script_runs_at_toy_size_and_packs_its_results(tmp_path):
+    results, out = tmp_path / "results", tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, RESULTS=str(results), OUT=str(out))
+    script = str(ROOT / "tools" / "gpu_session.sh")
+    run = subprocess.run(["bash", script, "bench8"], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((results / "bench_8x1024.json").read_text())
+    assert [r["settings"] for r in report["runs"]] == ["release", "default"]
+    assert all(r["seconds"]["warmup"] > 0 for r in report["runs"])  # the untimed one-step pass ran first
+    assert "done bench_8x1024: exit 0" in run.stdout and "| custom | default |" in run.stdout  # the tables
+    with tarfile.open(out / "gpu_results.tar.gz") as tar:
+        assert {"results/bench_8x1024.json", "results/session.log"} <= set(tar.getnames())
+    assert (out / "session.log").read_text() == (results / "session.log").read_text()
+
+    bad = subprocess.run(["bash", script, "bench8", "speed"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("gpu_session: error: unknown part 'speed'")
+
+
+def test_benchmark_names_a_lever_the_device_cannot_run_in_one_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--config", str(ROOT / "configs" / "tiny.py")]
+    cmd += ["--device", "cpu", "--case", "custom", "--frames", "4", "--size", "64x64", "--steps", "1"]
+    cmd += ["--settings", "default", "--cfg-options", "sampling.attention_backend=cudnn"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "benchmark: error: sampling.attention_backend=cudnn has no kernel for these inputs on cpu "
+        "(torch.float32); use auto"
+    )

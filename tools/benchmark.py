@@ -5,7 +5,10 @@ Full-size models with random weights (speed does not depend on them): the DiT of
 the release), the SVD VAE and the EfficientNetV2-S compressor. A synthetic input video is written
 first (not timed); then the real file-level tasks run (``encode`` then ``decode``, or ``upscale``) with
 every stage timed: reading + encoding, each DiT sampling step, SVD decoding, writing; end to end
-without model loading, and model loading alone. One JSON per run (``-o``).
+without model loading, and model loading alone. One JSON per run (``-o``). Each timed pass follows an
+untimed one-step pass over the same input (``--no-warmup`` to time the cold start instead), so that the
+figures are the steady state: compiling, cuDNN's autotuning and the allocator's growth happen there, and
+its time is reported as ``warmup``.
 
 Reading runs ahead and writing behind on background threads (:mod:`cascadev.overlap`); ``read`` and
 ``write`` are their busy times (decoding input frames; converting and encoding output frames),
@@ -15,6 +18,7 @@ spent outside the models and the writer.
 
     python tools/benchmark.py --device cuda --case 8x1024 --settings both -o bench_8x1024.json
     python tools/benchmark.py --device cuda --case all -o bench_all.json
+    python tools/benchmark.py --device cuda --case 25x576x1024 8x2048 --settings default -o bench_more.json
     python tools/benchmark.py --config configs/tiny.py --device cpu --case custom --frames 4 --size 64x64
     python tools/benchmark.py --case 8x1024 --settings default --cfg-options sampling.compile=default
 
@@ -27,6 +31,7 @@ measured peak of a large fp16 matrix product on the same device (``--peak-tflops
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -40,11 +45,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev import overlap, reconstruct  # noqa: E402
-from cascadev.argparsing import Parser  # noqa: E402
+from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import Conditioner  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
+from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.frames import to_uint8  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
@@ -164,6 +170,13 @@ def run_case(
             fp32_attention=settings == "release" and precision.autocast is not None,
             **overrides,
         )
+    if args.warmup:
+        # Untimed by the stages: one sampling step over the same input, so that the timed pass finds every
+        # shape compiled (sampling.compile), every cuDNN algorithm chosen and the allocator's pool grown.
+        tic = time.perf_counter()
+        run_task(pipe, src, work / f"{name}_{settings}_warmup", SamplingArgs(steps=1, progress=False), upscale)
+        stages.sync()
+        warmup = time.perf_counter() - tic
     stages.wrap(pipe, "_predict", "dit_step")
     stages.wrap(pipe, "vae_decode", "svd_decode")
     # Class attributes, put back below: the writers and the hand-over are made inside the tasks.
@@ -187,12 +200,7 @@ def run_case(
     sampling = SamplingArgs(scheduler="euler_a", steps=args.steps, seed=0, progress=False)
     try:
         with stages.time("end_to_end"):
-            if upscale:
-                upscale_video(lambda: pipe, src, work / f"{name}_{settings}.mp4", sampling, scale=upscale)
-            else:
-                latent = work / f"{name}_{settings}.safetensors"
-                reconstruct.encode_video(lambda: pipe, src, latent, progress=False)
-                reconstruct.decode_latent(lambda: pipe, latent, work / f"{name}_{settings}.mp4", sampling)
+            run_task(pipe, src, work / f"{name}_{settings}", sampling, upscale)
     finally:
         for (owner, attr), original in patched.items():
             setattr(owner, attr, original)
@@ -231,6 +239,8 @@ def run_case(
             "write": s.get("write", 0.0),
             "write_wait": s.get("write_wait", 0.0),
             "end_to_end_without_loading": s.get("end_to_end", 0.0),
+            # The untimed one-step pass before (compiling, autotuning): the cold start's extra cost.
+            "warmup": warmup if args.warmup else None,
         },
         "dit_tflop": flops / 1e12,
         "dit_tflop_per_s": flops / dit_seconds / 1e12 if dit_seconds else None,
@@ -238,6 +248,16 @@ def run_case(
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     return report
+
+
+def run_task(pipe, src: Path, out: Path, sampling: SamplingArgs, upscale: int | None) -> None:
+    """The file-level task of a case: ``upscale`` to ``out.mp4``, or ``encode`` then ``decode`` through
+    ``out.safetensors``."""
+    if upscale:
+        upscale_video(lambda: pipe, src, out.with_suffix(".mp4"), sampling, scale=upscale)
+    else:
+        reconstruct.encode_video(lambda: pipe, src, out.with_suffix(".safetensors"), progress=False)
+        reconstruct.decode_latent(lambda: pipe, out.with_suffix(".safetensors"), out.with_suffix(".mp4"), sampling)
 
 
 def _width_by_height(value: str) -> tuple[int, int]:
@@ -250,12 +270,21 @@ def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/s1024_effn_f32.py")
     add_device_options(parser)  # --dtype: the default settings' precision
-    parser.add_argument("--case", default="8x1024", choices=[*CASES, "all", "custom"])
+    parser.add_argument(
+        "--case", nargs="+", default=["8x1024"], choices=[*CASES, "all", "custom"], help="one or more cases"
+    )
     parser.add_argument("--frames", type=positive_int, default=8, help="custom case: frames")
     parser.add_argument("--size", type=_width_by_height, default=(1024, 1024), help="custom case: WxH")
     parser.add_argument("--upscale", type=positive_int, default=None, help="custom case: upscale factor")
     parser.add_argument("--settings", default="both", choices=["default", "release", "both"])
     parser.add_argument("--steps", type=positive_int, default=8)
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an untimed one-step pass over the same input before each timed run (default; --no-warmup: time "
+        "the cold start)",
+    )
     parser.add_argument(
         "--io-depth",
         type=int,
@@ -275,16 +304,23 @@ def main(argv=None) -> int:
         "sampling.batch_size=8 (the release settings keep one DiT call per window and tile)",
     )
     args = parser.parse_args(argv)
+    try:
+        return benchmark(args)
+    except CascadeVError as exc:  # a lever the device cannot run, a config value out of range, ...
+        return fail("benchmark", exc)
 
+
+def benchmark(args) -> int:
+    """``main`` after parsing: every case and setting, the JSON report."""
     device = resolve_device(args.device)
     cfg = load_config(args.config, args.cfg_options)
-    if args.case == "custom":
-        w, h = args.size
-        cases = {"custom": (args.frames, h, w, args.upscale)}
-    elif args.case == "all":
-        cases = CASES
-    else:
-        cases = {args.case: CASES[args.case]}
+    w, h = args.size
+    cases = {}
+    for case in args.case:
+        if case == "custom":
+            cases["custom"] = (args.frames, h, w, args.upscale)
+        else:
+            cases.update(CASES if case == "all" else {case: CASES[case]})
     peak = args.peak_tflops or measured_peak_tflops(device, torch.float16)
     settings = ["release", "default"] if args.settings == "both" else [args.settings]
     runs = []

@@ -2,11 +2,12 @@
 """Markdown tables for docs/benchmarks.md from the JSON files of tools/benchmark.py.
 
 Three tables: every run's stages (one row per case and settings, with the release-over-default ratio),
-the 8x1024² row against issue 12's targets, and the levers (each file's default-settings run of one
-case against the baseline file's).
+the 8x1024² row against issue 12's targets, and the levers (each file's default-settings run against the
+baseline's default run of the same case; the baseline is the reports themselves unless --baseline names
+other files).
 
     python tools/benchmark_table.py bench_all.json
-    python tools/benchmark_table.py bench_8x1024.json --levers lever_*.json --baseline bench_8x1024.json
+    python tools/benchmark_table.py bench_*.json --levers lever_*.json
 """
 
 from __future__ import annotations
@@ -88,23 +89,28 @@ def target_table(reports: list[dict], case: str = "8x1024") -> str:
     return "\n".join(rows)
 
 
-def lever_table(baseline: dict, levers: dict[str, dict]) -> str:
-    """Each lever file's default run against the baseline's, for the baseline's first case."""
-    base = next(r for r in baseline["runs"] if r["settings"] == "default")
+def lever_table(baselines: list[dict], levers: dict[str, dict]) -> str:
+    """Each lever file's default run against the baselines' default run of the same case."""
+    base = {r["case"]: r for report in baselines for r in report["runs"] if r["settings"] == "default"}
     rows = [
-        "| lever | DiT total | SVD decode | end to end | vs baseline | MFU | peak GiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| lever | case | DiT total | SVD decode | end to end | vs baseline | MFU | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    e2e = base["seconds"]["end_to_end_without_loading"]
-    for name, report in {"baseline (defaults)": baseline, **levers}.items():
-        run = next((r for r in report["runs"] if r["case"] == base["case"] and r["settings"] == "default"), None)
-        if run is None:
-            raise CascadeVError(f"{name} has no default-settings run of case {base['case']}.")
+    compared = []
+    for name, report in levers.items():
+        run = next((r for r in report["runs"] if r["settings"] == "default"), None)
+        if run is None or run["case"] not in base:
+            case = "any case" if run is None else f"case {run['case']}"
+            raise CascadeVError(f"{name} has no default-settings run of {case} in the baseline to compare with.")
+        compared.append((name, run))
+    cases = dict.fromkeys(run["case"] for _, run in compared)  # in the levers' order
+    for name, run in [("baseline (defaults)", base[case]) for case in cases] + compared:
         s = run["seconds"]
-        change = s["end_to_end_without_loading"] / e2e - 1
+        change = s["end_to_end_without_loading"] / base[run["case"]]["seconds"]["end_to_end_without_loading"] - 1
         rows.append(
-            f"| {name} | {_s(s['dit_total'])} | {_s(s['svd_decode'])} | {_s(s['end_to_end_without_loading'])} "
-            f"| {change:+.1%} | {_percent(run['mfu'])} | {_f(run['peak_memory_gib'], 1)} |"
+            f"| {name} | {run['case']} | {_s(s['dit_total'])} | {_s(s['svd_decode'])} "
+            f"| {_s(s['end_to_end_without_loading'])} | {change:+.1%} | {_percent(run['mfu'])} "
+            f"| {_f(run['peak_memory_gib'], 1)} |"
         )
     return "\n".join(rows)
 
@@ -122,7 +128,12 @@ def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="tools/benchmark.py JSON files")
     parser.add_argument("--levers", nargs="*", default=[], help="lever JSON files (one lever each)")
-    parser.add_argument("--baseline", default=None, help="the defaults' JSON the levers are compared with")
+    parser.add_argument(
+        "--baseline",
+        nargs="*",
+        default=None,
+        help="the defaults' JSON files the levers are compared with, case by case (default: the reports)",
+    )
     args = parser.parse_args(argv)
     try:
         print(tables(args.reports, args.levers, args.baseline))
@@ -131,7 +142,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def tables(paths: list[str], lever_paths: list[str], baseline_path: str | None) -> str:
+def tables(paths: list[str], lever_paths: list[str], baseline_paths: list[str] | None) -> str:
     """The Markdown of ``main``: device line, stage table, targets, levers."""
     reports = [load_report(p) for p in paths]
     devices = sorted({r["device"] for r in reports})
@@ -140,12 +151,12 @@ def tables(paths: list[str], lever_paths: list[str], baseline_path: str | None) 
     if targets:
         out.append(targets)
     if lever_paths:
-        baseline = load_report(baseline_path) if baseline_path else reports[0]
+        baselines = [load_report(p) for p in baseline_paths] if baseline_paths else reports
         levers = {}
         for path in map(Path, lever_paths):
             report = load_report(path)
             levers[lever_name(report, path)] = report
-        out.append(lever_table(baseline, levers))
+        out.append(lever_table(baselines, levers))
     return "\n\n".join(out)
 
 

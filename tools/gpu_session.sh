@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, in parts sized for the calls of a lent GPU machine (ten
+# minutes a command). From the repository root on that machine:
+#
+#   bash tools/gpu_session.sh PART...
+#
+#   tests      the `gpu` tests (tests/test_gpu.py)
+#   bench8     8x1024², release settings against the defaults, 8 Euler-a steps
+#   precision  each inference precision against float64: the golden DiT and the full-size one
+#   cases      the other four cases, defaults: 25x576x1024, 8x2048 (tiled), 64x1024 (long), 8x256 up x4
+#   train      3 training steps at 1024² with the release's recipe
+#   levers     each speed lever alone against the defaults: on 8x1024 the attention kernels, regional
+#              compile (with and without CUDA graphs), the SVD decoder's channels-last layout and inline
+#              I/O; on 8x2048 all nine tiles of a step in one DiT call
+#   table      docs/benchmarks.md's tables from whatever results are there
+#
+# The plan for one session (30 minutes of device time; the machine stays warm 30 s after a call, so
+# calls made back to back share one start): `tests bench8 precision`, then `cases train`, then `levers
+# table`. Each call ends with the tables of everything measured so far.
+#
+# Results (one JSON per measurement, and session.log) go to gpu_results/ and are packed at the end as
+# $OUT/gpu_results.tar.gz with session.log beside it ($OUT is the folder the device tool brings back;
+# without it, just gpu_results/). Unpack that here and run `bash tools/gpu_session.sh table` for the tables.
+#
+# A machine whose Python lacks diffusers, decord, mmengine, av, lpips or came-pytorch gets them from
+# .gpu/site.tar.xz (made by `bash tools/gpu_site.sh`; carry it along). BUDGET=SECONDS (default 540): a
+# part is not started past it, and a running one is stopped there, so the call returns its results in
+# time. PYTHON (default python3) runs everything. SMOKE=1 runs every command on the CPU at toy size
+# (configs/tiny.py, 4 frames of 64x64), to check the script here before a GPU session spends time on it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+BUDGET=${BUDGET:-540}
+RESULTS=${RESULTS:-gpu_results}
+DEVICE=cuda FULL=configs/s1024_effn_f32.py TOY=()
+if [ "${SMOKE:-0}" = 1 ]; then
+    # Appended to each benchmark's arguments: the last --case, --config and --device win.
+    DEVICE=cpu FULL=configs/tiny.py TOY=(--config configs/tiny.py --case custom --frames 4 --size 64x64 --steps 2)
+fi
+mkdir -p "$RESULTS"
+LOG=$RESULTS/session.log
+START=$SECONDS
+FAILED=()
+
+say() { echo "[gpu_session $((SECONDS - START))s] $*" | tee -a "$LOG"; }
+
+pack() {
+    [ -n "${OUT:-}" ] || return 0
+    tar -czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")" && cp "$LOG" "$OUT/session.log"
+}
+trap pack EXIT
+
+setup() {
+    if ! "$PYTHON" -c "import diffusers, decord, mmengine, av, lpips, came_pytorch" 2>/dev/null; then
+        if [ ! -f .gpu/site.tar.xz ]; then
+            say "error: this Python lacks CascadeV's packages and .gpu/site.tar.xz is missing (bash tools/gpu_site.sh makes it)"
+            exit 2
+        fi
+        mkdir -p /tmp/site && tar -xJf .gpu/site.tar.xz -C /tmp/site
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    # This checkout's cascadev, and its command for the tools that start one.
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    mkdir -p /tmp/site/bin
+    printf '#!/bin/sh\nexec %s -m cascadev "$@"\n' "$PYTHON" >/tmp/site/bin/cascadev
+    chmod +x /tmp/site/bin/cascadev
+    export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+    "$PYTHON" - <<'EOF' 2>&1 | tee -a "$LOG"
+import torch, diffusers, cascadev
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+print(f"{name}; torch {torch.__version__}, diffusers {diffusers.__version__}, cascadev {cascadev.__version__}")
+EOF
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee -a "$LOG"
+}
+
+# run NAME COMMAND...: one measurement, stopped at the budget; its output goes to the log.
+run() {
+    local name=$1 left=$((BUDGET - (SECONDS - START)))
+    shift
+    if [ "$left" -lt 20 ]; then
+        say "skipped $name: the budget of ${BUDGET}s is spent"
+        return
+    fi
+    say "start $name (${left}s left)"
+    timeout --signal=INT --kill-after=15 "$left" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    say "done $name: exit $rc"
+    [ "$rc" = 0 ] || FAILED+=("$name")
+}
+
+bench() { # NAME ARGS...: tools/benchmark.py on the device into $RESULTS/NAME.json
+    local name=$1
+    shift
+    run "$name" "$PYTHON" tools/benchmark.py --device "$DEVICE" -o "$RESULTS/$name.json" "$@" "${TOY[@]}"
+}
+
+part_tests() { run tests "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider -rs; }
+
+part_bench8() { bench bench_8x1024 --case 8x1024 --settings both; }
+
+part_precision() {
+    run precision_golden "$PYTHON" tools/precision_table.py --device "$DEVICE" -o "$RESULTS/precision_gpu.json"
+    run precision_full "$PYTHON" tools/precision_table.py --device "$DEVICE" --config "$FULL" --reference fp32 \
+        -o "$RESULTS/precision_full.json"
+}
+
+part_cases() {
+    # One process per case, so that a case stopped at the budget loses only itself.
+    for case in 8x2048 25x576x1024 8x256-up4 64x1024; do
+        bench "bench_$case" --case "$case" --settings default
+    done
+}
+
+part_train() {
+    local toy=()
+    [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --device cpu)
+    run train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
+}
+
+part_levers() {
+    # In order of the expected gain, so that the budget cuts the least informative.
+    local lever
+    for lever in sampling.attention_backend=flash sampling.attention_backend=cudnn sampling.compile=default \
+        sampling.vae_channels_last=True sampling.attention_backend=efficient sampling.compile=reduce-overhead; do
+        bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"
+    done
+    bench lever_io-depth-0 --case 8x1024 --settings default --io-depth 0
+    bench lever_batch_size-9 --case 8x2048 --settings default --cfg-options sampling.batch_size=9
+}
+
+part_table() {
+    local reports=() levers=()
+    for f in "$RESULTS"/bench_*.json; do [ -f "$f" ] && reports+=("$f"); done
+    for f in "$RESULTS"/lever_*.json; do [ -f "$f" ] && levers+=("$f"); done
+    if [ ${#reports[@]} -gt 0 ]; then
+        # Each lever against the defaults' run of its own case (a lever whose case has none yet is named).
+        "$PYTHON" tools/benchmark_table.py "${reports[@]}" ${levers[@]:+--levers "${levers[@]}"}
+    else
+        say "no benchmark results yet"
+    fi
+    "$PYTHON" - "$RESULTS" <<'EOF'
+import json, sys
+from pathlib import Path
+for path in sorted(Path(sys.argv[1]).glob("precision_*.json")):
+    report = json.loads(path.read_text())
+    print(f"{path.name} ({report['meta']['model']}, vs {report['meta']['reference']}):")
+    for row in report["rows"]:
+        print(f"  {row['candidate']}: forward {row['forward_rel_err']:.2e}, sample {row['sample_rel_err']:.2e}")
+train = Path(sys.argv[1]) / "train_1024.json"
+if train.exists():
+    t = json.loads(train.read_text())
+    print(f"{train.name}: losses {t['losses']}, {t['samples_per_sec']:.3f} samples/s, MFU {t['mfu']}, "
+          f"peak {t['peak_memory_gib']} GiB")
+EOF
+    grep -E "^[a-z_]+: error|Traceback|Error|[0-9]+ (passed|failed|skipped)" "$LOG" | tail -8
+}
+
+[ $# -gt 0 ] || {
+    sed -n '2,30p' "$0"
+    exit 2
+}
+for part in "$@"; do
+    declare -F "part_$part" >/dev/null || {
+        echo "gpu_session: error: unknown part '$part' (tests, bench8, precision, cases, train, levers, table)" >&2
+        exit 2
+    }
+done
+[ "$*" = table ] || setup
+for part in "$@"; do "part_$part"; done
+[[ " $* " == *" table "* ]] || part_table
+if [ ${#FAILED[@]} -gt 0 ]; then
+    say "failed: ${FAILED[*]} (their lines are in $LOG)"
+    exit 1
+fi
