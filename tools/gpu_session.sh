@@ -6,7 +6,8 @@
 #
 #   tests      the `gpu` tests (tests/test_gpu.py)
 #   bench8     8x1024², release settings against the defaults, 8 Euler-a steps
-#   precision  each inference precision against float64: the golden DiT and the full-size one
+#   precision  each inference precision: the golden DiT against float64, the full-size one against
+#              float32
 #   cases      the other four cases, defaults: 25x576x1024, 8x2048 (tiled), 64x1024 (long), 8x256 up x4
 #   train      3 training steps at 1024² with the release's recipe
 #   levers     each speed lever alone against the defaults: on 8x1024 the attention kernels, regional
@@ -23,9 +24,11 @@
 # without it, just gpu_results/). Unpack that here and run `bash tools/gpu_session.sh table` for the tables.
 #
 # A machine whose Python lacks diffusers, decord, mmengine, av, lpips or came-pytorch gets them from
-# .gpu/site.tar.xz (made by `bash tools/gpu_site.sh`; carry it along). BUDGET=SECONDS (default 480): a
-# measurement is not started past it, and a running one is stopped there, so the call returns its
-# results in time, and three calls and a start fit a session's 30 minutes. PYTHON (default python3) runs everything. SMOKE=1 runs every command on the CPU at toy size
+# .gpu/site.tar.xz (made by `bash tools/gpu_site.sh`; carry it along).
+#
+# BUDGET=SECONDS (default 480): a measurement is not started past it, and a running one is stopped there,
+# so that the call returns its results in time, and three calls and a start fit a session's 30 minutes.
+# PYTHON (default python3) runs everything. SMOKE=1 runs every command on the CPU at toy size
 # (configs/tiny.py, 4 frames of 64x64), to check the script here before a GPU session spends time on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -133,7 +136,8 @@ part_table() {
     for f in "$RESULTS"/bench_*.json; do [ -f "$f" ] && reports+=("$f"); done
     for f in "$RESULTS"/lever_*.json; do [ -f "$f" ] && levers+=("$f"); done
     if [ ${#reports[@]} -gt 0 ]; then
-        # Each lever against the defaults' run of its own case (a lever whose case has none yet is named).
+        # Each lever against the defaults' run of its case; one whose case has none here stops the lever
+        # table with a line that names it.
         "$PYTHON" tools/benchmark_table.py "${reports[@]}" ${levers[@]:+--levers "${levers[@]}"}
     else
         say "no benchmark results yet"
@@ -156,7 +160,7 @@ EOF
 }
 
 [ $# -gt 0 ] || {
-    sed -n '2,30p' "$0"
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' >&2
     exit 2
 }
 for part in "$@"; do
