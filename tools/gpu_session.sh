@@ -11,8 +11,8 @@
 #   cases      the other four cases, defaults: 25x576x1024, 8x2048 (tiled), 64x1024 (long), 8x256 up x4
 #   train      3 training steps at 1024² with the release's recipe
 #   levers     each speed lever alone against the defaults: on 8x1024 the attention kernels, regional
-#              compile (with and without CUDA graphs), the SVD decoder's channels-last layout and inline
-#              I/O; on 8x2048 all nine tiles of a step in one DiT call
+#              compile (with and without CUDA graphs), the SVD decoder's channels-last layout and 8-frame
+#              chunks, and inline I/O; on 8x2048 all nine tiles of a step in one DiT call
 #   table      docs/benchmarks.md's tables from whatever results are there
 #
 # The plan for one session (30 minutes of device time; the machine stays warm 30 s after a call, so
@@ -125,7 +125,8 @@ part_levers() {
     bench lever_batch_size-9 --case 8x2048 --settings default --cfg-options sampling.batch_size=9
     local lever
     for lever in sampling.attention_backend=flash sampling.attention_backend=cudnn sampling.compile=default \
-        sampling.vae_channels_last=True sampling.attention_backend=efficient sampling.compile=reduce-overhead; do
+        sampling.vae_channels_last=True sampling.vae_chunk=8 sampling.attention_backend=efficient \
+        sampling.compile=reduce-overhead; do
         bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"
     done
     bench lever_io-depth-0 --case 8x1024 --settings default --io-depth 0
