@@ -31,4 +31,6 @@ elif [ "${USE_CPU:-0}" = 1 ]; then
     args+=(--cpu)
 fi
 export PATH="$PYTHON_BIN:$PATH"
-exec "$ACCELERATE" launch "${args[@]}" "$@"
+# cascadev.launcher keeps a failure to the processes' own one-line errors and exit status: accelerate's
+# and torchrun's tracebacks that repeat it are held back.
+exec python3 -m cascadev.launcher "$ACCELERATE" launch "${args[@]}" "$@"

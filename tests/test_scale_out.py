@@ -51,15 +51,24 @@ def frames(path) -> np.ndarray:
     return reader.read(range(reader.num_frames)).astype(int)
 
 
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
 def _kill_one_worker_when(launcher: subprocess.Popen, ready) -> None:
-    """SIGKILL one of the launcher's two worker processes as soon as ``ready()``; the launcher then stops."""
+    """SIGKILL one of the launcher's two worker processes as soon as ``ready()``; the launcher then stops.
+
+    The workers are the first two siblings below launch.sh's chain of single processes (cascadev.launcher,
+    then accelerate's torchrun agent)."""
     deadline = time.monotonic() + 240
     while not ready() and launcher.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
-    pids = children.read_text().split() if launcher.poll() is None and children.exists() else []
+    pids = _children(launcher.pid) if launcher.poll() is None else []
+    while len(pids) == 1:
+        pids = _children(pids[0])
     if pids:
-        os.kill(int(pids[-1]), signal.SIGKILL)
+        os.kill(pids[-1], signal.SIGKILL)
     launcher.wait(timeout=120)
 
 
@@ -103,6 +112,38 @@ def test_two_processes_match_one_and_resume_after_one_is_killed(tmp_path):
         for video in ("recon.mp4", "preview.mp4", "compare.mp4"):
             diff = np.abs(frames(two / name / video) - frames(one / name / video))
             assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_a_failure_under_the_launcher_is_the_processes_one_line_and_status(tmp_path):
+    result = launch("recon", tmp_path / "missing.mp4", "-o", tmp_path / "out", *MODEL)
+    assert result.returncode == 2  # the processes' status, not the launcher's 1
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
+    assert errors.count(f"cascadev: error: The input file {tmp_path / 'missing.mp4'} does not exist.") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_launcher_status_and_held_back_report():
+    from cascadev.launcher import TRACEBACK, _Filter, exit_status
+
+    torchrun = f"{TRACEBACK}\n  ...\nChildFailedError:\n  exitcode  : 2 (pid: 7)\n  exitcode  : 2 (pid: 8)\n"
+    assert exit_status(1, torchrun) == (2, "")
+    single = f"{TRACEBACK}\n  ...\nsubprocess.CalledProcessError: Command '[...]' returned non-zero exit status 2.\n"
+    assert exit_status(1, single) == (2, "")
+    assert exit_status(1, f"{TRACEBACK}\n  ...\n  exitcode  : -9 (pid: 7)\n") == (137, "")  # SIGKILL, as a shell says
+    own = f"{TRACEBACK}\n  File ...\nRuntimeError: the address is already in use\n"
+    assert exit_status(1, own) == (1, "launch.sh: error: RuntimeError: the address is already in use\n")
+    assert exit_status(0, "") == (0, "")
+
+    written = []
+    f = _Filter(written.append)
+    for piece in ["step 1\r", "step 2\rcascadev: error: bad\nTrace", "back (most recent call last):\n  x\n"]:
+        f.feed(piece)  # the marker split across two reads
+    assert "".join(written) == "step 1\rstep 2\rcascadev: error: bad\n"
+    assert f.close() == f"{TRACEBACK}\n  x\n"
+    g = _Filter(written.append)
+    g.feed("no trace")
+    assert g.close() == "" and "".join(written).endswith("no trace")
 
 
 def test_two_processes_share_the_segments_of_one_long_video_in_recon(tmp_path):

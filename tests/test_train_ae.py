@@ -96,6 +96,17 @@ def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
     assert torch.equal(vae.encoder.conv_in.weight, trained["encoder.conv_in.weight"])
 
 
+def test_a_work_dir_resumes_only_the_network_it_holds(tmp_path, clips, capsys):
+    work = tmp_path / "w"
+    assert train_ae("vae", work, clips / "two.txt", "--max-steps", 1) == 0
+    assert json.loads((work / "checkpoint-00000001" / "trainer_state.json").read_text())["model"] == "vae"
+    capsys.readouterr()
+    assert train_ae("compressor", work, clips / "two.txt", "--max-steps", 2) == 2  # the same W for both parts
+    assert_one_line_error(2, capsys.readouterr().err, str(work), "checkpoints of the vae, not of the compressor")
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-00000001"]  # left as it was
+    assert train_ae("vae", work, clips / "two.txt", "--max-steps", 2) == 0  # its own network resumes
+
+
 def test_decoder_fine_tune_starts_from_exported_weights_and_keeps_the_encoder(tmp_path, clips, capsys):
     first = tmp_path / "first" / "weights"
     assert train_ae("vae", tmp_path / "first", clips / "two.txt", "--max-steps", 1, "--export", first) == 0

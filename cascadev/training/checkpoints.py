@@ -72,6 +72,15 @@ def read_state(path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
 
+def held_model(path: Path) -> str | None:
+    """Which network a checkpoint holds: its state's ``model`` (the trainer's ``model_folder``: dit, vae or
+    compressor), else for older checkpoints the ``save_pretrained`` folder in it, else None (unknown)."""
+    model = read_state(path).get("model")
+    if model is None:
+        model = next((name for name in (MODEL_DIR, "vae") if (path / name).is_dir()), None)
+    return model
+
+
 # ------------------------------------------------------------------ manifest
 
 

@@ -286,8 +286,15 @@ class Trainer:
         acc = self.accelerator
         state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "skipped": 0}
         if self.resume_from is not None:
+            held = checkpoints.held_model(self.resume_from)
+            if held not in (None, self.model_folder):  # e.g. train-ae --part compressor in the vae's work dir
+                raise CascadeVError(
+                    f"{self.work_dir} holds checkpoints of the {held}, not of the {self.model_folder}: "
+                    "give this run a work dir of its own (--work-dir)"
+                )
             acc.load_state(str(self.resume_from))
             state.update(checkpoints.read_state(self.resume_from))
+            state.pop("model", None)
             if self.ema is not None:
                 self._load_ema(self.resume_from, int(state.get("ema_step", 0)))
             self._say(f"resuming from {self.resume_from.name} (step {state['step']})")
@@ -593,7 +600,8 @@ class Trainer:
             if acc.is_main_process:
                 if self.ema is not None:
                     self._save_ema(tmp)
-                state = dict(self.state, ema_step=self.ema.optimization_step if self.ema is not None else 0)
+                ema_step = self.ema.optimization_step if self.ema is not None else 0
+                state = dict(self.state, ema_step=ema_step, model=self.model_folder)
                 final = checkpoints.finish(self.work_dir, step, state, int(setting(self.cfg, "keep_checkpoints")))
         except Exception as exc:  # a full disk above all: one line, and no partial checkpoint left
             error = checkpoints.save_failed(exc, self.work_dir, step) if acc.is_main_process else None
