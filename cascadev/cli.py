@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Sequence
@@ -359,16 +361,25 @@ def _sampling(args: argparse.Namespace, cfg):
     )
 
 
-def _check_work_dir(work_dir: Path) -> None:
-    """The training work dir must be (or become) a writable folder; checked before anything is built."""
+def _check_work_dir(work_dir: Path) -> bool:
+    """The training work dir must be (or become) a writable folder; checked before anything is built.
+    Returns whether it was made here."""
     if work_dir.exists() and not work_dir.is_dir():
         raise CascadeVError(f"--work-dir {work_dir} is a file, not a folder.")
+    made = not work_dir.exists()
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=work_dir):  # access() says nothing of read-only mounts for root
             pass
     except OSError as exc:
         raise CascadeVError(f"--work-dir {work_dir} is not a writable folder: {exc.strerror or exc}.") from None
+    return made
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A work dir this run made and left without a file (it stopped at its video list or weights)."""
+    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_model_files_are_not_outputs(args: argparse.Namespace) -> None:
@@ -429,7 +440,7 @@ def run(args: argparse.Namespace) -> None:
         from .training.trainer import Trainer, TrainOptions
 
         cfg = load_config(args.config, args.cfg_options)
-        _check_work_dir(Path(args.work_dir))
+        made = _check_work_dir(Path(args.work_dir))
         options = TrainOptions(
             Path(args.work_dir),
             args.max_steps,
@@ -438,12 +449,17 @@ def run(args: argparse.Namespace) -> None:
             args.device,
             progress=not args.quiet,
         )
-        if args.command == "train-ae":
-            from .training.autoencoders import AutoencoderTrainer
+        try:
+            if args.command == "train-ae":
+                from .training.autoencoders import AutoencoderTrainer
 
-            trainer = AutoencoderTrainer(cfg, options, args.part, args.export)
-        else:
-            trainer = Trainer(cfg, options)
+                trainer = AutoencoderTrainer(cfg, options, args.part, args.export)
+            else:
+                trainer = Trainer(cfg, options)
+        except BaseException:
+            if made:
+                _remove_if_empty(Path(args.work_dir))
+            raise
         saved = trainer.fit()
         if trainer.accelerator.is_main_process:
             step = trainer.state["step"]
@@ -589,8 +605,19 @@ def _on_signal(signum: int, frame) -> None:
     raise Signalled(signum)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """cascadev's own warnings as one line, like its errors; other libraries' as Python prints them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"cascadev: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _format_warning
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in _SIGNALS:

@@ -252,6 +252,10 @@ def test_bad_videos_are_skipped_counted_and_all_bad_is_an_error(tmp_path, clips,
     err = capsys.readouterr().err
     assert "could be read" in err and "Traceback" not in err
     assert train(tmp_path / "w3", tmp_path / "missing.txt", "--max-steps", 1) == 2
+    assert not (tmp_path / "w3").exists()  # the folder this run made is gone with it: no config.py alone
+    (tmp_path / "mine").mkdir()
+    assert train(tmp_path / "mine", tmp_path / "missing.txt", "--max-steps", 1) == 2
+    assert (tmp_path / "mine").is_dir()  # one the user made stays
 
 
 def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
@@ -334,3 +338,16 @@ def test_clips_per_video_draws_distinct_clips_of_each_video(clips):
     )
     with pytest.raises(IndexError):
         data[3]
+
+
+def test_a_warning_is_one_line_like_the_errors_and_no_work_dir_is_left(tmp_path):
+    """The release config on a CPU: its fp16 recipe is dropped with a warning, then the weights are missing."""
+    cmd = [sys.executable, "-m", "cascadev", "train", str(ROOT / "configs" / "s1024_effn_f32.py")]
+    cmd += ["--work-dir", str(tmp_path / "w"), "--device", "cpu", "--max-steps", "1"]
+    cmd += ["--cfg-options", f"video_list=['{ROOT / 'example' / 'train.demo.txt'}']"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # no pretrained/ here
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == "cascadev: warning: fp16 mixed precision needs a GPU; training in fp32 on the CPU"
+    assert len(lines) == 2 and lines[1].startswith("cascadev: error: missing weights: pretrained/svd_vae")
+    assert not (tmp_path / "w").exists()

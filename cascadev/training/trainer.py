@@ -212,10 +212,6 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg, options)
         self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
-        if acc.is_main_process:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            cfg.dump(str(self.work_dir / "config.py"))
-        acc.wait_for_everyone()
 
         self.batch_size = int(cfg.train_batch_size)
         global_batch = self.batch_size * acc.num_processes
@@ -223,6 +219,11 @@ class Trainer:
         self.batches_per_epoch = len(self.dataset) // global_batch
         self.resume_from = self._resume_point()
         model = self.build_model()
+        # Only now: a run that stops at its video list or its weights leaves no work dir behind.
+        if acc.is_main_process:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            cfg.dump(str(self.work_dir / "config.py"))
+        acc.wait_for_everyone()
         freeze_modules(model, setting(cfg, "frozen_modules"))
         model.to(acc.device).train()
         self.ema = build_ema(model, cfg, acc.device)
