@@ -129,6 +129,7 @@ SCHEMA: dict[str, Rule] = {
     "vae.sample_size": COUNT,
     "vae.scaling_factor": number(0, above=True),
     "weights_dir": string(),
+    "weights_note": string(nullable=True),
     "weights": section(),
     "weights.dit": one_or_more_strings(),
     "weights.compressor": string(),

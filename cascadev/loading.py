@@ -126,12 +126,16 @@ def resolve_weights(
             hint = f"{'--ckpt or ' if part == 'dit' else ''}--weights-dir, config key weights.{part}"
         path = next((c for c in candidates if c.exists()), None)
         if path is None:
-            missing.append(f"{candidates[0]} ({WEIGHT_SOURCES[part]}; {hint})")
+            missing.append((candidates[0], f"{WEIGHT_SOURCES[part]}; {hint}"))
         else:
             found[part] = path
     if missing:
+        note = cfg.get("weights_note")
+        if note:  # a config whose weights come from elsewhere says where (nano's ship with the repository)
+            raise CascadeVError(f"missing weights: {'; '.join(str(path) for path, _ in missing)}; {note}")
+        named = "; ".join(f"{path} ({where})" for path, where in missing)
         raise CascadeVError(
-            f"missing weights: {'; '.join(missing)}; run pretrained/download.sh, or use --random-init for a smoke test"
+            f"missing weights: {named}; run pretrained/download.sh, or use --random-init for a smoke test"
         )
     return found
 

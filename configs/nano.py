@@ -29,7 +29,9 @@ previewer = dict(c_hidden=64)
 # them per-channel (instance) norms, which erase each channel's mean: bright, smooth frames lost their level.
 vae = dict(block_out_channels=[64, 64, 64, 64], layers_per_block=1, sample_size=256)
 
-weights_dir = 'pretrained/nano'
+weights_dir = 'pretrained/nano'  # relative to the working directory, as mmengine's paths are
+# Said when a file is missing, in place of the released weights' sources.
+weights_note = "nano's weights ship with the repository in pretrained/nano: run from its root, or give --weights-dir"
 weights = dict(dit=['dit.safetensors'], compressor='compressor.safetensors', previewer='previewer.safetensors', vae='vae')
 # 2 Euler-a steps, not the release's 8: on training-scene frames this DiT scores higher with fewer steps
 # (2 > 3 > 4 > 8 on PSNR and SSIM, as sharp with 2 as with 4; docs/nano.md), and it takes a quarter of the time.

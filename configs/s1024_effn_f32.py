@@ -49,6 +49,7 @@ vae = dict(
 # Weight files, relative to weights_dir (pretrained/download.sh puts them there). For the DiT the
 # first file that exists is used: tools/convert_checkpoint.py turns the release's .pth into safetensors.
 weights_dir = 'pretrained'
+weights_note = None  # said in place of the sources above when a file is missing (configs/nano.py has one)
 weights = dict(
     dit=['s1024.effn-f32.safetensors', 's1024.effn-f32.pth'],
     compressor='effnet_encoder.safetensors',

@@ -84,6 +84,19 @@ def test_missing_weights_are_named_with_where_they_come_from(tmp_path):
     assert "\n" not in message
 
 
+def test_a_config_with_a_weights_note_says_it_instead_of_the_released_sources(tmp_path):
+    from cascadev.errors import CascadeVError
+
+    with pytest.raises(CascadeVError) as err:  # nano from another folder than the repository's root
+        build_pipeline(load_config(CONFIG.with_name("nano.py")), weights_dir=tmp_path / "nano")
+    message = str(err.value)
+    assert message.startswith(f"missing weights: {tmp_path / 'nano' / 'dit.safetensors'}; ")
+    assert message.endswith(
+        "nano's weights ship with the repository in pretrained/nano: run from its root, or give --weights-dir"
+    )
+    assert "StableWurst" not in message and "download.sh" not in message
+
+
 def test_attention_backend_pins_the_kernel_and_names_one_that_cannot_run(pipe):
     from cascadev.errors import CascadeVError
 
