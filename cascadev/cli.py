@@ -87,7 +87,12 @@ def _add_frame_options(
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default from the config: 8)")
+    g.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampling steps (default: the config's sampling.steps, 8 for the release, 2 for nano)",
+    )
     g.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="euler_a (default), ddim or dpm_solver")
     g.add_argument(
         "--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video"
