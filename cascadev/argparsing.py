@@ -25,6 +25,15 @@ class Parser(argparse.ArgumentParser):
             kwargs["prog"] = Path(sys.argv[0]).stem or "cascadev"
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        # argparse's own reports unrecognized arguments at the top level; name the subcommand as its
+        # other errors do ("cascadev: error: recon: unrecognized arguments: ...").
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            self.error(f"{command + ': ' if command else ''}unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
     def error(self, message: str) -> NoReturn:
         tool, _, command = self.prog.partition(" ")  # a subparser's prog is "cascadev recon"
         sys.exit(fail(tool, f"{command + ': ' if command else ''}{message}"))

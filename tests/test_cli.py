@@ -494,3 +494,8 @@ def test_one_progress_bar_per_stage_counting_frames(tmp_path, capsys, clip):
     assert code == 0, err
     assert "encoding: 100%" in err and "7/7" in err and "decoding: 100%" in err
     assert "sampling" not in err  # no step bar whose rate also covers encoding and decoding
+
+
+def test_an_unrecognized_argument_is_named_with_its_command(tmp_path, capsys):
+    code, err = run_cli(capsys, "recon", tmp_path / "in.mp4", "-o", tmp_path / "out", "--bogus", "1")
+    assert_one_line_error(code, err, "recon: unrecognized arguments: --bogus 1")

@@ -4,11 +4,16 @@
 #   bash tools/nano_pictures.sh [OUT]     (default outputs/nano; about 5 minutes on 2 CPU cores)
 # writes docs/nano_recon.png       original | previewer | nano, a held-out clip (cascadev recon's compare.png)
 #        docs/upscale_example.png  64x48 input, nearest-enlarged | cascadev upscale --scale 4 (256x192)
-#        docs/interpolate_example.png  6 fps input | cascadev interpolate --factor 4 (24 fps)
+#        docs/interpolate_example.png  6.25 fps input | cascadev interpolate --factor 4 (25 fps)
 #        OUT/eval/table.md         bicubic-of-1/32 | previewer | nano on the held-out clips (tools/eval_recon.sh)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+case "${1:-}" in -*)
+    sed -n '2,8p' "$0" >&2
+    exit 2
+    ;;
+esac
 OUT=${1:-outputs/nano}
 PY=${PY:-$REPO/.venv/bin/python}
 [ -x "$PY" ] || PY=python
@@ -24,7 +29,7 @@ cp "$OUT/recon/compare.png" docs/nano_recon.png
 
 echo "== upscale x4 and interpolate x4"
 "$PY" - "$OUT" <<'PY'
-# A 64x48 crop around the bird (another model's small output) and a 6 fps clip (every 4th frame).
+# A 64x48 crop around the bird (another model's small output) and a 6.25 fps clip (every 4th frame).
 import sys
 from cascadev.frames import from_uint8, resize, to_uint8
 from cascadev.video_io import VideoReader, write_video
