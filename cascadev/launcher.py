@@ -61,7 +61,10 @@ def exit_status(launcher_status: int, held: str) -> tuple[int, str]:
     """The command's exit status, and what to print of the launcher's held-back traceback ``held``."""
     if launcher_status == 0:
         return 0, held  # a traceback some process printed and survived: not the launcher's, so all of it
-    failed = [int(a or b) for a, b in PROCESS_STATUS.findall(held) if int(a or b) != 0]
+    # torchrun lists every failed process, the ones it stopped itself (SIGTERM, -15) among them, and then
+    # the first to fail under "Root Cause": that one's status is the run's.
+    root = held.rfind("Root Cause")
+    failed = [int(a or b) for a, b in PROCESS_STATUS.findall(held[max(root, 0) :]) if int(a or b) != 0]
     if failed:  # the processes failed and said why above: their status, nothing more
         return _shell_status(failed[0]), ""
     last = next((line.strip() for line in reversed(held.splitlines()) if line.strip()), None)
