@@ -77,27 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m cascadev.launcher ACCELERATE launch [ARGS...]", file=sys.stderr)
         return 2
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    # A SIGTERM to this wrapper (a job scheduler's) goes on to the launcher, which stops its processes;
-    # Ctrl-C reaches the launcher and the processes directly, as one process group.
+    # Ctrl-C reaches the launcher and its processes directly (one process group), and they stop in their
+    # own way (a checkpoint first): this wrapper reads on until they are done. Set after the launcher
+    # started, which so keeps Python's own handling. A SIGTERM to this wrapper (a job scheduler's) goes on
+    # to the launcher, which stops its processes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = _Filter(lambda text: (sys.stderr.write(text), sys.stderr.flush()))
-    while True:
-        try:
-            data = os.read(proc.stderr.fileno(), 1 << 16)
-        except KeyboardInterrupt:
-            continue  # the launcher got the Ctrl-C too: read on until it has stopped its processes
-        if not data:
-            break
+    while data := os.read(proc.stderr.fileno(), 1 << 16):
         out.feed(decoder.decode(data))
     out.feed(decoder.decode(b"", final=True))
-    while True:
-        try:
-            status = proc.wait()
-            break
-        except KeyboardInterrupt:
-            continue
-    status, text = exit_status(status, out.close())
+    status, text = exit_status(proc.wait(), out.close())
     sys.stderr.write(text)
     return status
 
