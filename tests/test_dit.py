@@ -228,3 +228,15 @@ def test_a_compiler_that_fails_falls_back_to_eager_with_a_warning():
             out = model(x, torch.tensor([500.0]))
     assert torch.allclose(out, eager, atol=1e-6)
     assert model._compiled_blocks is None  # warned once, then eager for good
+
+
+def test_the_position_embedding_is_made_once_per_device_and_dtype():
+    from cascadev.models.dit import video_pos_embed_on
+
+    model, x = _tiny(), torch.randn(2, 20, 4, 8, 8)
+    video_pos_embed_on.cache_clear()
+    with torch.no_grad():
+        first, second = model(x, torch.tensor([10.0, 500.0])), model(x, torch.tensor([10.0, 500.0]))
+    info = video_pos_embed_on.cache_info()
+    assert (info.misses, info.hits) == (1, 1)  # the second forward reuses the first one's tensor
+    assert torch.equal(first, second)

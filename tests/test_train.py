@@ -280,6 +280,7 @@ def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
         "--quiet",
         "--cfg-options",
         f"video_list=['{clips / 'four.txt'}']",
+        "lr_schedule_args.num_warmup_steps=10",
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -289,6 +290,8 @@ def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
         assert len(record["indices"]) == 4 and len(set(record["indices"])) == 4
     sums = json.loads((work / "replica_checksums.json").read_text())["checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+    # The warm-up counts optimizer steps, whatever the number of processes (tiny's lr 3e-4, over 10 steps).
+    assert [r["lr"] for r in records] == pytest.approx([3e-4 * step / 10 for step in (1, 2)])
 
 
 def test_resize_condition_adamw_accumulation_bf16_and_warmup(tmp_path, clips):

@@ -100,6 +100,21 @@ def video_pos_embed(hidden_size: int, frames: int, rows: int, cols: int, pe_inte
     ).reshape(frames * n, hidden_size)
 
 
+@lru_cache(maxsize=8)
+def video_pos_embed_on(
+    hidden_size: int,
+    frames: int,
+    rows: int,
+    cols: int,
+    pe_interpolation: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """:func:`video_pos_embed` in ``dtype`` on ``device``, made once: every forward adds it, and a copy
+    from the host per call would be 300 MB at 1024² (32,768 tokens x 1152 in float64) and a wait."""
+    return video_pos_embed(hidden_size, frames, rows, cols, pe_interpolation).to(device, dtype)
+
+
 #################################################################################
 #                          Grid 3D attention and blocks                         #
 #################################################################################
@@ -410,7 +425,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         n = rows * cols
 
         tokens = self.x_embedder(rearrange(x.to(dtype), "b c t h w -> (b t) c h w"))  # (b*t, n, d)
-        pos = video_pos_embed(self.hidden_size, window, rows, cols, interp).to(x.device, dtype)
+        pos = video_pos_embed_on(self.hidden_size, window, rows, cols, interp, x.device, dtype)  # (t*n, d)
         if as_images:
             index = torch.arange(frames, device=x.device) % window
             seq = tokens + pos.view(window, n, -1)[index].repeat(b, 1, 1)  # one sequence per frame

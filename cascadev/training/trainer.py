@@ -228,7 +228,11 @@ class Trainer:
         model.to(acc.device).train()
         self.ema = build_ema(model, cfg, acc.device)
         optimizer = build_optimizer(model, self._optimizer_spec())
-        scheduler = build_lr_scheduler(optimizer, setting(cfg, "lr_schedule_args.num_warmup_steps"))
+        # accelerate's prepared scheduler steps once per process at each optimizer step, so the warm-up is
+        # counted in process-steps (as diffusers' training scripts do): num_warmup_steps optimizer steps on
+        # any number of GPUs.
+        warmup = int(setting(cfg, "lr_schedule_args.num_warmup_steps")) * acc.num_processes
+        scheduler = build_lr_scheduler(optimizer, warmup)
         self.dit, self.optimizer, self.lr_scheduler = acc.prepare(model, optimizer, scheduler)
         self._register_checkpoint_hooks()
         self.state = self._resume()
