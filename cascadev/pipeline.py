@@ -114,6 +114,18 @@ class CascadeVPipeline:
         # The release feeds the timesteps to a half-precision model as fp16 (856.2857 -> 856.5).
         self.round_timesteps = round_timesteps
         self.attention_backend = rules.check_choice(attention_backend, rules.ATTENTION_BACKENDS, "attention_backend")
+        if dit is not None:  # values that would sample wrongly without an error: refused here, in one line
+            if tile_stride is not None and not 1 <= tile_stride <= dit.input_size:
+                # A stride past the tile leaves latent pixels that no tile covers (weight 0: no prediction).
+                raise CascadeVError(
+                    f"tile_stride must be between 1 and the DiT's tile, {dit.input_size}; got {tile_stride}"
+                )
+            if segment_frames and segment_frames < dit.lats_per_vid:
+                # Shorter segments would each be padded to a whole window, at a stride of one frame.
+                raise CascadeVError(
+                    f"segment_frames must be 0 (all at once) or at least the DiT's window of {dit.lats_per_vid} "
+                    f"frames; got {segment_frames}"
+                )
 
     @property
     def condition_kind(self) -> str:

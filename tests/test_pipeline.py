@@ -128,3 +128,15 @@ def test_vae_channels_last_decodes_the_same_frames():
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
     a, b = plain.vae_decode(latent), fast.vae_decode(latent)
     assert ((a - b).norm() / a.norm()).item() < 1e-5  # the same convolutions in another layout
+
+
+def test_a_tile_stride_past_the_tile_and_segments_shorter_than_a_window_are_refused():
+    from cascadev.errors import CascadeVError
+
+    cfg = load_config(CONFIG)  # tiny: 8x8 tiles, 4-frame windows
+    with pytest.raises(CascadeVError, match="tile_stride must be between 1 and the DiT's tile, 8; got 9"):
+        build_pipeline(cfg, ["dit"], random_init=True, tile_stride=9)  # latent pixels no tile would cover
+    with pytest.raises(CascadeVError, match="segment_frames must be 0 .* window of 4 frames; got 3"):
+        build_pipeline(cfg, ["dit"], random_init=True, segment_frames=3)
+    pipe = build_pipeline(cfg, ["dit"], random_init=True, tile_stride=8, segment_frames=4)  # the bounds: fine
+    assert (pipe.tile_stride, pipe.segment_frames) == (8, 4)
