@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from . import rules
-from .conditioning import DEFAULT_KIND, Conditioner, kind_of_dit
+from .conditioning import DEFAULT_KIND, KINDS, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .frames import pad_to
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
@@ -176,6 +176,12 @@ class CascadeVPipeline:
 
         C is 16 for a semantic latent (``encode``) and 4 for the resize variant's (``encode_resized``).
         """
+        kind = self.condition_kind
+        if latent.shape[0] != KINDS[kind].channels:  # e.g. a semantic latent for a resize-condition DiT
+            raise CascadeVError(
+                f"this DiT takes a {kind} condition of {KINDS[kind].channels} channels; "
+                f"the latent has {latent.shape[0]}"
+            )
         return self.conditioner.upsample(latent.transpose(0, 1))  # (C, T, h, w) -> (T, C, h, w) -> x4
 
     # ------------------------------------------------------------------ LDM sampling

@@ -140,3 +140,12 @@ def test_a_tile_stride_past_the_tile_and_segments_shorter_than_a_window_are_refu
         build_pipeline(cfg, ["dit"], random_init=True, segment_frames=3)
     pipe = build_pipeline(cfg, ["dit"], random_init=True, tile_stride=8, segment_frames=4)  # the bounds: fine
     assert (pipe.tile_stride, pipe.segment_frames) == (8, 4)
+
+
+def test_a_latent_of_the_other_condition_kind_is_refused_in_one_line():
+    from cascadev.errors import CascadeVError
+
+    pipe = build_pipeline(load_config(CONFIG, ["condition=resize"]), ["dit", "vae"], random_init=True)
+    assert pipe.condition(torch.randn(4, 4, 2, 2)).shape == (4, 4, 8, 8)  # its own: 4 channels, upsampled x4
+    with pytest.raises(CascadeVError, match="this DiT takes a resize condition of 4 channels; the latent has 16"):
+        pipe.condition(torch.randn(16, 4, 2, 2))  # a semantic latent (cascadev encode's)
