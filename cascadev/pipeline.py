@@ -177,7 +177,7 @@ class CascadeVPipeline:
         C is 16 for a semantic latent (``encode``) and 4 for the resize variant's (``encode_resized``).
         """
         kind = self.condition_kind
-        if latent.shape[0] != KINDS[kind].channels:  # e.g. a semantic latent for a resize-condition DiT
+        if self.dit is not None and latent.shape[0] != KINDS[kind].channels:  # e.g. a semantic latent, resize DiT
             raise CascadeVError(
                 f"this DiT takes a {kind} condition of {KINDS[kind].channels} channels; "
                 f"the latent has {latent.shape[0]}"
