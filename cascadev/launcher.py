@@ -6,7 +6,8 @@ launcher then adds its own report of the same failure: accelerate's ``CalledProc
 one process, torchrun's ``ChildFailedError`` traceback and summary for several, 20 to 50 lines that end
 in exit status 1. This wrapper passes the launcher's standard error through as it comes (progress bars
 included), holds it back from the first traceback on, and then exits with the failed processes' status.
-A failure of the launcher's own (no process reported one) is kept to its last line.
+A failure of the launcher's own (no process reported one) is kept to its last line. With CASCADEV_DEBUG
+set, when the processes print their own tracebacks, everything passes through.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 TRACEBACK = "Traceback (most recent call last):"
 # torchrun's summary ("exitcode  : 2 (pid: ...)") and accelerate's single-process CalledProcessError.
@@ -24,12 +26,16 @@ PROCESS_STATUS = re.compile(r"exitcode\s*:\s*(-?\d+)|returned non-zero exit stat
 
 
 class _Filter:
-    """Text in, text out up to the first traceback; what follows is kept in ``held``."""
+    """Text in, text out up to the first traceback; what follows is kept in ``held`` (all of it goes
+    through with ``hold=False``)."""
 
-    def __init__(self, write) -> None:
-        self.write, self.tail, self.held = write, "", None
+    def __init__(self, write: Callable[[str], object], hold: bool = True) -> None:
+        self.write, self.tail, self.held, self.hold = write, "", None, hold
 
     def feed(self, text: str) -> None:
+        if not self.hold:
+            self.write(text)
+            return
         if self.held is not None:
             self.held.append(text)
             return
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    out = _Filter(lambda text: (sys.stderr.write(text), sys.stderr.flush()))
+    # With CASCADEV_DEBUG the processes print their own tracebacks: nothing is held back then.
+    out = _Filter(lambda text: (sys.stderr.write(text), sys.stderr.flush()), hold=not os.environ.get("CASCADEV_DEBUG"))
     while data := os.read(proc.stderr.fileno(), 1 << 16):
         out.feed(decoder.decode(data))
     out.feed(decoder.decode(b"", final=True))

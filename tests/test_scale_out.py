@@ -148,6 +148,9 @@ def test_launcher_status_and_held_back_report():
     g = _Filter(written.append)
     g.feed("no trace")
     assert g.close() == "" and "".join(written).endswith("no trace")
+    debug = _Filter(written.append, hold=False)  # CASCADEV_DEBUG: the processes' own tracebacks pass
+    debug.feed(f"{TRACEBACK}\n  x\n")
+    assert debug.close() == "" and "".join(written).endswith(f"{TRACEBACK}\n  x\n")
 
 
 def test_two_processes_share_the_segments_of_one_long_video_in_recon(tmp_path):
