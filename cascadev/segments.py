@@ -11,6 +11,7 @@ cross-fade, the SVD decoding and the written videos are those of a one-process r
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,26 @@ from .errors import CascadeVError
 from .latent_io import LatentReader
 from .pipeline import CascadeVPipeline
 from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, reconstruct_video
+
+SETTINGS_FILE = "settings.json"  # what the segments in a folder were sampled from and with
+
+
+def segment_settings(pipe: CascadeVPipeline, latent: str | os.PathLike, ranges: list, options: dict) -> str:
+    """Everything a sampled segment depends on, as JSON: the latent file (path, size, time), the spans, the
+    sampling options, the pipeline's sampling settings and a fingerprint of the DiT's weights."""
+    stat = Path(latent).stat()
+    weights = [p.detach() for p in list(pipe.dit.parameters())[:4]]
+    settings = dict(
+        latent=[str(Path(latent).resolve()), stat.st_size, stat.st_mtime_ns],
+        ranges=[list(r) for r in ranges],
+        options={k: str(v) for k, v in options.items()},
+        pipeline={
+            k: str(getattr(pipe, k))
+            for k in ("tile_stride", "tile_blend", "round_timesteps", "dtype", "autocast_dtype", "scale_factor")
+        },
+        dit=[float(w.double().sum()) for w in weights],
+    )
+    return json.dumps(settings, sort_keys=True)
 
 
 def share_segments(
@@ -39,7 +60,14 @@ def share_segments(
     reader = LatentReader(latent)
     ranges = pipe.segments(reader.num_frames)
     options = {k: v for k, v in sampling.decode_options().items() if k != "progress"}
-    folder.mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:  # segments an earlier run left for other settings are not these: start over
+        marker, settings = folder / SETTINGS_FILE, segment_settings(pipe, latent, ranges, options)
+        if folder.exists() and (not marker.is_file() or marker.read_text() != settings):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(marker, "segment settings") as tmp:
+            tmp.write_text(settings)
+    state.wait_for_everyone()
     # Contiguous shares: segments are of equal length, so equal counts balance the work.
     with state.split_between_processes(list(range(len(ranges)))) as mine:
         for k in mine:

@@ -3,6 +3,7 @@ code `decode` of one latent shares, ``segments.share_segments``), each equal to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,3 +165,41 @@ def test_two_processes_share_the_segments_of_one_long_video_in_recon(tmp_path):
         one, two = frames(tmp_path / "one" / video), frames(tmp_path / "two" / video)
         assert one.shape[0] == two.shape[0] == 16
         assert np.abs(one - two).max() <= 2 and np.abs(one - two).mean() < 0.05
+
+
+class _OneProcessAsMain:
+    """accelerate's state as the main process of a shared decode that samples every segment itself."""
+
+    num_processes, is_main_process = 2, True
+
+    @contextlib.contextmanager
+    def split_between_processes(self, items):
+        yield items
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_segments_left_for_other_settings_are_sampled_again(tmp_path, monkeypatch):
+    from cascadev import segments
+    from cascadev.loading import build_pipeline, load_config
+    from cascadev.reconstruct import SamplingArgs
+
+    write_test_video(tmp_path / "v.mp4", 12, 64, 64)
+    assert main(["encode", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "l.safetensors"), *MODEL]) == 0
+    monkeypatch.setattr(segments, "distributed_state", _OneProcessAsMain)
+    pipe = build_pipeline(load_config(MODEL[1]), ["dit"], random_init=True, segment_frames=6)
+    folder = tmp_path / ".segments"
+
+    def share(seed):
+        sampled = segments.share_segments(pipe, tmp_path / "l.safetensors", SamplingArgs(steps=1, seed=seed), folder)
+        return sampled(0), (folder / "0.safetensors").stat().st_mtime_ns
+
+    z1, t1 = share(1)
+    again, t1_again = share(1)  # an interrupted run's segments, same settings: kept
+    assert t1_again == t1 and torch.equal(again, z1)
+    z2, _ = share(2)  # a rerun with another seed: sampled anew, not the seed-1 segment
+    expected = pipe.sample_segment(
+        lambda a, b: load_latent(tmp_path / "l.safetensors")[0][:, a:b], 0, 6, steps=1, seed=2
+    )
+    assert not torch.equal(z2, z1) and torch.allclose(z2, expected, atol=1e-6)
