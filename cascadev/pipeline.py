@@ -1,4 +1,5 @@
-"""CascadeVPipeline: frames <-> 1x32x32 semantic latent, and the LDM-VAE decoding back to video.
+"""CascadeVPipeline: frames <-> the semantic latent (1/32 of each side, 16 channels), and the LDM-VAE
+decoding back to video.
 
     frames (T, 3, H, W) in [-1, 1]
       -> encode:   semantic compressor           -> latent (16, T, H/32, W/32)

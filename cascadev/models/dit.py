@@ -1,12 +1,13 @@
 """CascadeDiT: the LDM-VAE's diffusion transformer (PixArt-Σ blocks, grid 3D attention, no text).
 
-The model predicts the noise (and learned-variance values) of a 4-channel SVD-VAE latent, conditioned
-by concatenation on the 4x-upsampled 16-channel semantic latent. Frames are patchified one by one and a
-window of ``lats_per_vid`` frames becomes one token sequence ordered (frame, row, column). Each block
-attends either over the whole window (``None``) or inside the cells of a grid ``[ts, xs]``: frames are
-split into ``ts`` runs of consecutive frames and rows/columns into ``xs`` contiguous bands, and every
-token attends only to tokens of its own cell. Parameter names are those of the released checkpoint
-``s1024.effn-f32.pth``, so it loads with ``strict=True``.
+The model predicts the noise (or v, with the schedule's ``prediction_type``; plus learned-variance values)
+of a 4-channel SVD-VAE latent, conditioned by concatenation on the 4x-upsampled condition latent: the
+16-channel semantic latent of the release, or the 4-channel resized one of paper Fig. 4b. Frames are
+patchified one by one and a window of ``lats_per_vid`` frames becomes one token sequence ordered (frame,
+row, column). Each block attends either over the whole window (``None``) or inside the cells of a grid
+``[ts, xs]``: frames are split into ``ts`` runs of consecutive frames and rows/columns into ``xs``
+contiguous bands, and every token attends only to tokens of its own cell. Parameter names are those of
+the released checkpoint ``s1024.effn-f32.pth``, so it loads with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         return block(x, t, grid)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, as_images: bool = False) -> torch.Tensor:
-        """Predict noise and variance values.
+        """Predict the noise (or v: the schedule's prediction_type) and variance values.
 
         Args:
             x: (B, in_channels, T, H, W) noisy latents concatenated with the condition.
