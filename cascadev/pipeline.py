@@ -395,33 +395,34 @@ class CascadeVPipeline:
         # Why segments: the DiT's windows cross-fade only inside one ``sample`` call, and a call holds its
         # whole latent, condition and noise; segments bound that to ``segment_frames`` whatever T is.
         stream = self.segment_stream(num_frames)
-        bar = tqdm(total=len(stream.spans) * steps, desc="sampling", unit="step", disable=not progress, leave=False)
-        # In order, always: read_latent (a ConditionStream, a latent file) may forget frames before t0,
-        # and SegmentStream can only declare frames final left of the next segment's start.
-        for k, (s0, s1) in enumerate(stream.spans):
-            if sampled is not None:  # sampled by another process (cascadev.segments)
-                z = sampled(k)
-            else:
-                # frame_offset = s0 inside sample: a frame's noise depends on its index in the video, not
-                # in the segment, so two segments sharing frames start them from the same noise and the
-                # cross-fade blends two samples of one trajectory rather than two unrelated videos.
-                z = self.sample_segment(
-                    read_latent,
-                    s0,
-                    s1,
-                    scheduler=scheduler,
-                    steps=steps,
-                    seed=seed,
-                    progress=bar,
-                    mode=mode,
-                    latents=None if latents is None else latents[s0:s1],
-                )
-            finished = stream.add(k, z)  # final frames, whole VAE chunks (all of them at the end)
-            if finished.shape[0]:
-                # Decoded and handed out at once: the writer gets frames while later segments are still
-                # to be sampled, and nothing larger than a segment is ever held.
-                yield self.vae_decode(finished)  # (n, 4, h, w) -> (n, 3, 8h, 8w)
-        bar.close()
+        with tqdm(
+            total=len(stream.spans) * steps, desc="sampling", unit="step", disable=not progress, leave=False
+        ) as bar:
+            # In order, always: read_latent (a ConditionStream, a latent file) may forget frames before t0,
+            # and SegmentStream can only declare frames final left of the next segment's start.
+            for k, (s0, s1) in enumerate(stream.spans):
+                if sampled is not None:  # sampled by another process (cascadev.segments)
+                    z = sampled(k)
+                else:
+                    # frame_offset = s0 inside sample: a frame's noise depends on its index in the video, not
+                    # in the segment, so two segments sharing frames start them from the same noise and the
+                    # cross-fade blends two samples of one trajectory rather than two unrelated videos.
+                    z = self.sample_segment(
+                        read_latent,
+                        s0,
+                        s1,
+                        scheduler=scheduler,
+                        steps=steps,
+                        seed=seed,
+                        progress=bar,
+                        mode=mode,
+                        latents=None if latents is None else latents[s0:s1],
+                    )
+                finished = stream.add(k, z)  # final frames, whole VAE chunks (all of them at the end)
+                if finished.shape[0]:
+                    # Decoded and handed out at once: the writer gets frames while later segments are still
+                    # to be sampled, and nothing larger than a segment is ever held.
+                    yield self.vae_decode(finished)  # (n, 4, h, w) -> (n, 3, 8h, 8w)
 
 
 def _pad_to(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 ``CascadeVPipeline.decode`` samples a long latent in segments (``pipe.segments``) that are independent
 of each other (each draws its noise per frame from the seed) and cross-fades them at the end. Under
 ``accelerate launch`` each process samples its share of the segments with ``pipe.sample_segment`` and
-saves them in a hidden folder beside the output (``k.safetensors``, atomically: a restarted run keeps the
-finished ones); the main process then runs ``pipe.decode`` with ``sampled=`` reading them back, so the
+saves them in a hidden folder beside the output (``k.safetensors``, atomically: a restarted run with the
+same settings, ``settings.json``, keeps the finished ones); the main process then runs ``pipe.decode`` with ``sampled=`` reading them back, so the
 cross-fade, the SVD decoding and the written videos are those of a one-process run.
 """
 
