@@ -227,7 +227,7 @@ def _stream(
     sampling: SamplingArgs,
     mode: str,
     factor: int | None,
-) -> CascadeVPipeline:
+) -> None:
     with writer, WriteBehind() as behind:
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
@@ -237,7 +237,6 @@ def _stream(
                 behind.submit(write_frames, writer, frames, *size)
         finally:
             latents.close()
-    return pipe
 
 
 def upscale_video(

@@ -191,7 +191,7 @@ def load_dit_folder(path: str | os.PathLike) -> nn.Module:
     return load_weights(model, weights, f"the DiT of {path}")
 
 
-def _load_vae(spec: dict, path: Path, dtype: torch.dtype) -> nn.Module:
+def _load_vae(path: Path, dtype: torch.dtype) -> nn.Module:
     from diffusers import AutoencoderKLTemporalDecoder
 
     if not (path / "config.json").is_file():
@@ -260,7 +260,7 @@ def build_pipeline(
             if part == "dit":
                 nn.init.normal_(built[part].final_layer.linear.weight, std=0.02)
         elif part == "vae":
-            built[part] = _load_vae(spec, paths[part], dtype)
+            built[part] = _load_vae(paths[part], dtype)
         else:
             built[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
         module = built[part]

@@ -62,10 +62,15 @@ class SamplingPlan:
     tile_stride: int
 
 
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``keys`` through numpy's SeedSequence: independent streams for any keys."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
 def frame_generator(seed: int, frame: int) -> torch.Generator:
     """A CPU generator for one frame, independent of how the video is split into segments."""
-    state = np.random.SeedSequence([seed, frame]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+    return seeded_generator(seed, frame)
 
 
 class CascadeVPipeline:

@@ -34,7 +34,7 @@ from ..frames import resize, to_uint8
 from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
-from ..pipeline import CascadeVPipeline
+from ..pipeline import CascadeVPipeline, seeded_generator
 from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
@@ -98,8 +98,8 @@ class IndexDataset(Dataset):
 
 
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, micro_step, rank]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+    """The noise and timesteps of one micro-step on one process: the same after a resume."""
+    return seeded_generator(seed, micro_step, rank)
 
 
 def _load_from_path(load_from) -> Path:
