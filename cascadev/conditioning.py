@@ -18,7 +18,7 @@ target size), so a model never meets a different filter at sampling time than in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ class Conditioner:
         self.scale_factor, self.sr_scale, self.chunk = scale_factor, sr_scale, chunk
         self.device, self.dtype = torch.device(device), dtype
 
-    def _chunked(self, fn, frames: torch.Tensor) -> torch.Tensor:
+    def _chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
         # Bounded memory: the encoders see `chunk` frames at a time, whatever N is.
         return torch.cat(
             [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from .errors import CascadeVError
 from .models import build_model
 from .pipeline import CascadeVPipeline
 from .rules import check_choice, check_device_name
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 # Where each released file comes from, for the message a user gets when one is missing.
 WEIGHT_SOURCES = {
@@ -47,7 +50,7 @@ PRECISIONS = {
 CUDA_PRECISION = "fp16"
 
 
-def load_config(path: str | os.PathLike, options: Sequence[str] | None = None):
+def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -> Config:
     """An mmengine Config from a Python config file, with ``key=value`` overrides applied, then checked
     against :data:`cascadev.config_schema.SCHEMA` (one error line naming the first bad key)."""
     from mmengine.config import Config, DictAction

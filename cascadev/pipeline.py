@@ -39,7 +39,7 @@ from .conditioning import DEFAULT_KIND, KINDS, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .frames import pad_to
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
-from .tiling import SegmentStream, Tiling
+from .tiling import SegmentStream, Tiling, default_tile_stride
 
 # PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
 SCALE_FACTOR = 0.13025
@@ -205,11 +205,11 @@ class CascadeVPipeline:
         if mode == "auto":
             mode = "2x" if min(height, width) >= 2 * size else "tiles"
         if mode == "tiles":
-            return SamplingPlan("tiles", self.dit.lats_per_vid, size, self.tile_stride or max(1, round(size * 0.75)))
+            return SamplingPlan("tiles", self.dit.lats_per_vid, size, self.tile_stride or default_tile_stride(size))
         frames = self.dit.window_frames(2 * size, 2 * size)
         if frames < 1:
             raise CascadeVError(f"this DiT has {self.dit.lats_per_vid} frames per window; the 2x mode needs at least 4")
-        stride = 2 * self.tile_stride if self.tile_stride else max(1, round(2 * size * 0.75))
+        stride = 2 * self.tile_stride if self.tile_stride else default_tile_stride(2 * size)
         return SamplingPlan("2x", frames, 2 * size, stride)
 
     @torch.no_grad()

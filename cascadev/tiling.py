@@ -13,6 +13,8 @@ that cover a position, so ``sum_k weight_k * prediction_k`` is the blended predi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
@@ -103,6 +105,11 @@ def _ramp(overlap: int) -> torch.Tensor:
 TILE_BLENDS = {"blend": crossfade_weights, "overwrite": overwrite_weights}
 
 
+def default_tile_stride(tile: int) -> int:
+    """Tiles overlapping by a quarter of their side: the release's 96 for its 128-latent-pixel tiles."""
+    return max(1, round(tile * 0.75))
+
+
 class Tiling:
     """The windows and tiles that cover a (T, H, W) latent, with their blending weights.
 
@@ -125,7 +132,7 @@ class Tiling:
         if num_frames < frames or height < tile or width < tile:
             raise ValueError(f"latent {size} is smaller than a window of {frames} frames x {tile}^2")
         self.frames, self.tile = frames, tile
-        tile_stride = tile_stride or max(1, round(tile * 0.75))
+        tile_stride = tile_stride or default_tile_stride(tile)
         self.t_starts = window_starts(num_frames, frames, max(1, frames // 2))
         self.r_starts = window_starts(height, tile, tile_stride)
         self.c_starts = window_starts(width, tile, tile_stride)
@@ -147,7 +154,7 @@ class Tiling:
     def __len__(self) -> int:
         return len(self.t_starts) * len(self.r_starts) * len(self.c_starts)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
         for t0, wt in zip(self.t_starts, self.t_weights):
             for r0, wr in zip(self.r_starts, self.r_weights):
                 for c0, wc in zip(self.c_starts, self.c_weights):

@@ -379,7 +379,9 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             torch.compile(block, mode=mode, backend=backend, dynamic=False) for block in self.blocks
         ]
 
-    def _run_block(self, i: int, x: torch.Tensor, t: torch.Tensor, grid) -> torch.Tensor:
+    def _run_block(
+        self, i: int, x: torch.Tensor, t: torch.Tensor, grid: tuple[int, int, int, int, int] | None
+    ) -> torch.Tensor:
         block = self.blocks[i]
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, x, t, grid, use_reentrant=False)
