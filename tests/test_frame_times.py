@@ -1,6 +1,5 @@
 """Variable frame rate keeps its timing (and the audio its sync); damaged containers say what was lost."""
 
-import contextlib
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from standins import TwoProcessesAsMain
 from videos import make_frames, write_test_video
 
 from cascadev import segments
@@ -174,23 +174,10 @@ def test_damaged_mkv_warns_once_with_the_lost_count_and_no_ffmpeg_lines(tmp_path
     assert capfd.readouterr().err == ""
 
 
-class _TwoProcessesAsMain:
-    """accelerate's state as the main process of two sees it, in one process (it samples every segment)."""
-
-    num_processes, is_main_process = 2, True
-
-    @contextlib.contextmanager
-    def split_between_processes(self, items):
-        yield items
-
-    def wait_for_everyone(self):
-        pass
-
-
 def test_a_decode_shared_among_processes_keeps_the_frame_times(tmp_path, capsys, vfr, monkeypatch):
     """`accelerate launch ... cascadev decode` writes through the one-process task, so VFR timing survives."""
     assert run_cli(capsys, "encode", vfr, "-o", tmp_path / "l.safetensors", *RUN[:4])[0] == 0
-    monkeypatch.setattr(segments, "distributed_state", _TwoProcessesAsMain)
+    monkeypatch.setattr(segments, "distributed_state", TwoProcessesAsMain)
     cfg = load_config(TINY)
     sampling = SamplingArgs(steps=1, progress=False)
     out = tmp_path / "split.mp4"

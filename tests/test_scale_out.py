@@ -3,7 +3,6 @@ code `decode` of one latent shares, ``segments.share_segments``), each equal to 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from standins import TwoProcessesAsMain
 from videos import write_test_video
 
 from cascadev.cli import main
@@ -167,19 +167,6 @@ def test_two_processes_share_the_segments_of_one_long_video_in_recon(tmp_path):
         assert np.abs(one - two).max() <= 2 and np.abs(one - two).mean() < 0.05
 
 
-class _OneProcessAsMain:
-    """accelerate's state as the main process of a shared decode that samples every segment itself."""
-
-    num_processes, is_main_process = 2, True
-
-    @contextlib.contextmanager
-    def split_between_processes(self, items):
-        yield items
-
-    def wait_for_everyone(self):
-        pass
-
-
 def test_segments_left_for_other_settings_are_sampled_again(tmp_path, monkeypatch):
     from cascadev import segments
     from cascadev.loading import build_pipeline, load_config
@@ -187,7 +174,7 @@ def test_segments_left_for_other_settings_are_sampled_again(tmp_path, monkeypatc
 
     write_test_video(tmp_path / "v.mp4", 12, 64, 64)
     assert main(["encode", str(tmp_path / "v.mp4"), "-o", str(tmp_path / "l.safetensors"), *MODEL]) == 0
-    monkeypatch.setattr(segments, "distributed_state", _OneProcessAsMain)
+    monkeypatch.setattr(segments, "distributed_state", TwoProcessesAsMain)
     pipe = build_pipeline(load_config(MODEL[1]), ["dit"], random_init=True, segment_frames=6)
     folder = tmp_path / ".segments"
 
