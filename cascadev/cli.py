@@ -610,14 +610,15 @@ def _on_signal(signum: int, frame) -> None:
     raise Signalled(signum)
 
 
+_PYTHON_FORMAT = warnings.formatwarning
+_PACKAGE = Path(__file__).resolve().parent
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """cascadev's own warnings as one line, like its errors; other libraries' as Python prints them."""
-    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
         return f"cascadev: warning: {message}\n"
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
-
-
-_PYTHON_FORMAT = warnings.formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
