@@ -4,8 +4,9 @@
 of each other (each draws its noise per frame from the seed) and cross-fades them at the end. Under
 ``accelerate launch`` each process samples its share of the segments with ``pipe.sample_segment`` and
 saves them in a hidden folder beside the output (``k.safetensors``, atomically: a restarted run with the
-same settings, ``settings.json``, keeps the finished ones); the main process then runs ``pipe.decode`` with ``sampled=`` reading them back, so the
-cross-fade, the SVD decoding and the written videos are those of a one-process run.
+same settings, ``settings.json``, keeps the finished ones); the main process then runs ``pipe.decode``
+with ``sampled=`` reading them back, so the cross-fade, the SVD decoding and the written videos are those
+of a one-process run.
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from .errors import CascadeVError
 from .latent_io import LatentReader
 from .pipeline import CascadeVPipeline
 from .reconstruct import PipelineLoader, SamplingArgs, decode_latent, reconstruct_video
+from .training.checkpoints import sha256_of
 
 SETTINGS_FILE = "settings.json"  # what the segments in a folder were sampled from and with
 
 
 def segment_settings(pipe: CascadeVPipeline, latent: str | os.PathLike, ranges: list, options: dict) -> str:
-    """Everything a sampled segment depends on, as JSON: the latent file (path, size, time), the spans, the
-    sampling options, the pipeline's sampling settings and a fingerprint of the DiT's weights."""
-    stat = Path(latent).stat()
+    """Everything a sampled segment depends on, as JSON: the latent's content (so a recon that encodes
+    the same latent again keeps its segments), the spans, the sampling options, the pipeline's sampling
+    settings and a fingerprint of the DiT's weights."""
     weights = [p.detach() for p in list(pipe.dit.parameters())[:4]]
     settings = dict(
-        latent=[str(Path(latent).resolve()), stat.st_size, stat.st_mtime_ns],
+        latent=sha256_of(Path(latent)),
         ranges=[list(r) for r in ranges],
         options={k: str(v) for k, v in options.items()},
         pipeline={
