@@ -54,5 +54,8 @@ def fail(prog: str, error: object) -> int:
 
     A command's ``main`` ends with ``except CascadeVError as exc: return fail("PROG", exc)``.
     """
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    # One write of the whole line: processes under a launcher share one stderr (unbuffered there), and
+    # print's separate write of the newline let two processes' lines run together.
+    sys.stderr.write(f"{prog}: error: {error}\n")
+    sys.stderr.flush()
     return 2

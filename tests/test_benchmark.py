@@ -90,6 +90,51 @@ def test_training_benchmark_runs_the_trainer_and_reports_its_figures(tmp_path):
     assert report["mfu"] is None and report["peak_memory_gib"] is None  # no GPU, no peak to divide by
 
 
+def test_training_benchmark_trains_from_scratch_and_takes_config_overrides(tmp_path):
+    # A config whose load_from names a released DiT that is not here (as configs/s1024_effn_f32.py's):
+    # the benchmark times a DiT from scratch, and --cfg-options reach the trainer and the report.
+    config = tmp_path / "released.py"
+    config.write_text(
+        f"_base_ = [{str(ROOT / 'configs' / 'tiny.py')!r}]\nload_from = 'pretrained/missing.safetensors'\n"
+    )
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_train.py"), "--config", str(config), "--device", "cpu"]
+    cmd += ["--steps", "1", "-o", str(out), "--cfg-options", "fp32_attention=False", "train_batch_size=1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["recipe"]["fp32_attention"] is False and report["clip"]["batch"] == 1
+    assert report["cfg_options"] == ["fp32_attention=False", "train_batch_size=1"]
+
+
+def test_profile_splits_the_time_below_the_stages(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "profile_cascade.py"), "--config", str(ROOT / "configs" / "tiny.py")]
+    cmd += ["--device", "cpu", "--frames", "4", "--size", "64x64", "--repeats", "1", "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    # tiny's attention patterns [1, 2], [2, 1] and full, over a 4 x 8 x 8 window of 64 tokens.
+    assert [(r["strides"], r["cells"], r["tokens"]) for r in report["attention"]] == [
+        ([1, 2], 4, 16),
+        ([2, 1], 2, 32),
+        (None, 1, 64),
+    ]
+    assert all(r["math"]["ms"] > 0 for r in report["attention"])
+    dit = report["dit"]
+    assert dit["dit_calls"] == 1 and dit["seconds"]["matmul"] > 0 and dit["matmul_tflop_per_s"] > 0
+    svd = report["svd"]
+    assert svd["chunk_frames"] == 4 and svd["seconds_cudnn_benchmark_false"] > 0 and svd["tflop_per_chunk"] > 0
+    assert any("conv" in name for name in svd["by_operator"])  # the decoder is convolutions
+    functions = [r["function"] for r in report["host"]["cascadev_by_cumulative"]]
+    assert any("run_task" in f for f in functions) and any("decode_latent" in f for f in functions)
+    assert "svd chunk of 4" in result.stdout and result.stdout.splitlines()[-1].startswith("host: recon")
+
+    bad = subprocess.run([*cmd[:-2], "--size", "64x50"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "profile_cascade: error: --size 64x50: both sides must be multiples of 32"
+
+
 def test_training_benchmark_flops_are_three_forwards_of_one_window():
     sys.path.insert(0, str(ROOT / "tools"))
     from benchmark_dit import dit_flops
@@ -164,7 +209,7 @@ def test_precision_table_against_float64_and_float32(tmp_path):
     for reference in ("fp64", "fp32"):  # the half precisions: errors of their own size against either
         assert 1e-4 < rows[reference]["fp16 autocast"]["forward_rel_err"] < 3e-3
         assert 1e-3 < rows[reference]["bf16 weights"]["forward_rel_err"] < 2e-2
-        assert all(r["forward_s"] > 0 for r in rows[reference].values())
+        assert all(r["forward_s"] > 0 and r["first_forward_s"] > 0 for r in rows[reference].values())
 
 
 def test_gpu_session_script_runs_at_toy_size_and_packs_its_results(tmp_path):

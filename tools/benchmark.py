@@ -60,13 +60,14 @@ from cascadev.video_io import VideoReader, VideoWriter, write_video  # noqa: E40
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_dit import dit_flops  # noqa: E402
 
-# name -> (frames, height, width, upscale factor or None); the five cases.
+# name -> (frames, output height, output width, upscale factor or None); the five cases. An
+# upscale case reads a clip of the output size over the factor.
 CASES = {
     "8x1024": (8, 1024, 1024, None),  # the release's clip
     "25x576x1024": (25, 576, 1024, None),  # an SVD clip
     "8x2048": (8, 2048, 2048, None),  # 2K, tiled
     "64x1024": (64, 1024, 1024, None),  # long: memory must stay flat
-    "8x256-up4": (8, 256, 256, 4),  # another model's output upscaled x4
+    "8x256-up4": (8, 1024, 1024, 4),  # another model's 256x256 output upscaled x4 to 1024x1024
 }
 
 

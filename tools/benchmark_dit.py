@@ -24,18 +24,26 @@ from cascadev.loading import load_config, resolve_device, resolve_dtype
 from cascadev.models import build_model
 
 
-def dit_flops(model, frames: int, height: int, width: int) -> float:
+def dit_flops_parts(model, frames: int, height: int, width: int) -> dict[str, float]:
+    """Analytic FLOPs of one forward over a (frames, height, width) latent window, by kind of work:
+    ``linear`` (patch embedding, qkv, projection, MLP, head) and ``attention`` (q k^T and attn v)."""
     p, d = model.patch_size, model.hidden_size
     rows, cols = height // p, width // p
     n = frames * rows * cols
-    flops = 2 * n * model.in_channels * p * p * d + 2 * n * d * p * p * model.out_channels
+    linear = 2 * n * model.in_channels * p * p * d + 2 * n * d * p * p * model.out_channels
+    attention = 0
     mlp = model.blocks[0].mlp.fc1.out_features
     for i in range(len(model.blocks)):
         cells = model.grid_cells(model.attn_strides[i % len(model.attn_strides)], frames)
         groups = 1 if cells is None else cells[0] * cells[1] ** 2
-        flops += 2 * n * d * 3 * d + 2 * n * d * d + 2 * 2 * n * d * mlp  # qkv, proj, mlp
-        flops += 4 * (n // groups) ** 2 * d * groups  # q k^T and attn v
-    return float(flops)
+        linear += 2 * n * d * 3 * d + 2 * n * d * d + 2 * 2 * n * d * mlp  # qkv, proj, mlp
+        attention += 4 * (n // groups) ** 2 * d * groups  # q k^T and attn v
+    return {"linear": float(linear), "attention": float(attention)}
+
+
+def dit_flops(model, frames: int, height: int, width: int) -> float:
+    """Analytic FLOPs of one forward over a (frames, height, width) latent window."""
+    return sum(dit_flops_parts(model, frames, height, width).values())
 
 
 def main(argv=None) -> int:

@@ -53,8 +53,8 @@ def train_flops_per_sample(cfg) -> float:
     return 3 * dit_flops(dit, dit.window_frames(size, size), size, size)
 
 
-def run(config: str, steps: int, device: str, peak: float | None, work: Path) -> dict:
-    cfg = load_config(config)
+def run(config: str, steps: int, device: str, peak: float | None, work: Path, cfg_options: list[str]) -> dict:
+    cfg = load_config(config, cfg_options)
     size = int(setting(cfg, "sample_size"))
     batch = int(setting(cfg, "train_batch_size"))
     window = int(setting(cfg, "num_frames_per_video"))
@@ -65,9 +65,16 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path) ->
     cuda = device != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    options = [f"video_list=['{listing}']", "log_interval=1", f"save_model_steps={steps + 1}", "num_workers=0"]
+    # A DiT from scratch: the released one (load_from) is not needed to time a step.
+    options = [
+        f"video_list=['{listing}']",
+        "load_from=None",
+        "log_interval=1",
+        f"save_model_steps={steps + 1}",
+        "num_workers=0",
+    ]
     args = ["train", config, "--work-dir", str(work / "run"), "--max-steps", str(steps), "--random-init"]
-    if cascadev_main([*args, "--quiet", "--device", device, "--cfg-options", *options]) != 0:
+    if cascadev_main([*args, "--quiet", "--device", device, "--cfg-options", *options, *cfg_options]) != 0:
         raise CascadeVError("the training run failed (its error is above)")
     records = metrics_log.read(work / "run")
     losses = [r["loss"] for r in records]
@@ -80,6 +87,7 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path) ->
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
         "config": config,
+        "cfg_options": cfg_options,
         "clip": {"frames": window, "size": size, "batch": batch},
         "recipe": {key: setting(cfg, key) for key in ("mixed_precision", "fp32_attention", "grad_checkpointing")}
         | {"optimizer": cfg.optimizer["type"]},
@@ -100,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=positive_int, default=3, help="optimizer steps (default 3)")
     parser.add_argument("--peak-tflops", type=positive_float, default=None, help="instead of measuring a matmul")
     parser.add_argument("-o", "--output", default=None, help="JSON file")
+    parser.add_argument(
+        "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, e.g. fp32_attention=False"
+    )
     args = parser.parse_args(argv)
     try:
         cuda = args.device != "cpu" and torch.cuda.is_available()
         peak = args.peak_tflops or (measured_peak_tflops(torch.device("cuda"), torch.float16) if cuda else None)
         with tempfile.TemporaryDirectory() as tmp:
-            report = run(args.config, args.steps, args.device, peak, Path(tmp))
+            report = run(args.config, args.steps, args.device, peak, Path(tmp), args.cfg_options)
         text = json.dumps(report, indent=1)
         print(text)
         if args.output:

@@ -13,11 +13,16 @@
 #   levers     each speed lever alone against the defaults: on 8x1024 the attention kernels, regional
 #              compile (with and without CUDA graphs), the SVD decoder's channels-last layout and 8-frame
 #              chunks, and inline I/O; on 8x2048 all nine tiles of a step in one DiT call
+#   profile    one level below the stages, on 8x1024²: SDPA kernels per attention pattern, a DiT step's
+#              device time by kind of kernel, the SVD decoder by operator (and cuDNN's autotuner), the
+#              main thread's own time (tools/profile_cascade.py)
 #   table      docs/benchmarks.md's tables from whatever results are there
 #
 # The plan for one session (30 minutes of device time; the machine stays warm 30 s after a call, so
-# calls made back to back share one start): `tests bench8 precision`, then `cases train`, then `levers
-# table`. Each call ends with the tables of everything measured so far.
+# calls made back to back share one start): `tests bench8 precision`, then `cases train`, then `levers`,
+# then `profile`. Each call ends with the tables of everything measured so far. A measurement whose JSON
+# is in the results already is kept: a call that carries gpu_results/ goes on where an earlier one's
+# budget stopped (docs/benchmarks.md, "The session script", says what the next session has left).
 #
 # Results (one JSON per measurement, and session.log) go to gpu_results/ and are packed at the end as
 # $OUT/gpu_results.tar.gz with session.log beside it ($OUT is the folder the device tool brings back;
@@ -91,9 +96,17 @@ run() {
     [ "$rc" = 0 ] || FAILED+=("$name")
 }
 
+# done_before NAME: whether $RESULTS/NAME.json is there already (a call that carries gpu_results/ along goes on
+# where an earlier one's budget stopped it).
+done_before() {
+    [ -f "$RESULTS/$1.json" ] || return 1
+    say "kept $1: $RESULTS/$1.json is there"
+}
+
 bench() { # NAME ARGS...: tools/benchmark.py on the device into $RESULTS/NAME.json
     local name=$1
     shift
+    done_before "$name" && return
     run "$name" "$PYTHON" tools/benchmark.py --device "$DEVICE" -o "$RESULTS/$name.json" "$@" "${TOY[@]}"
 }
 
@@ -117,7 +130,12 @@ part_cases() {
 part_train() {
     local toy=()
     [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --device cpu)
-    run train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
+    # The release's recipe, then the same with fp16 attention (flash) in place of its fp32 attention.
+    done_before train_1024 ||
+        run train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
+    done_before train_1024_fp16-attention ||
+        run train_1024_fp16-attention "$PYTHON" tools/benchmark_train.py --steps 3 "${toy[@]}" \
+            -o "$RESULTS/train_1024_fp16-attention.json" --cfg-options fp32_attention=False
 }
 
 part_levers() {
@@ -130,6 +148,13 @@ part_levers() {
         bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"
     done
     bench lever_io-depth-0 --case 8x1024 --settings default --io-depth 0
+}
+
+part_profile() {
+    local toy=()
+    [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --frames 4 --size 64x64 --repeats 2)
+    done_before profile ||
+        run profile "$PYTHON" tools/profile_cascade.py --device "$DEVICE" -o "$RESULTS/profile.json" "${toy[@]}"
 }
 
 part_table() {
@@ -151,12 +176,14 @@ for path in sorted(Path(sys.argv[1]).glob("precision_*.json")):
     print(f"{path.name} ({report['meta']['model']}, vs {report['meta']['reference']}):")
     for row in report["rows"]:
         print(f"  {row['candidate']}: forward {row['forward_rel_err']:.2e}, sample {row['sample_rel_err']:.2e}")
-train = Path(sys.argv[1]) / "train_1024.json"
-if train.exists():
+for train in sorted(Path(sys.argv[1]).glob("train_*.json")):
     t = json.loads(train.read_text())
     print(f"{train.name}: losses {t['losses']}, {t['samples_per_sec']:.3f} samples/s, MFU {t['mfu']}, "
           f"peak {t['peak_memory_gib']} GiB")
 EOF
+    if [ -f "$RESULTS/profile.json" ]; then
+        "$PYTHON" -c "import json, sys; sys.path.insert(0, 'tools'); from profile_cascade import summary; print(summary(json.load(open('$RESULTS/profile.json'))))"
+    fi
     grep -E "^[a-z_]+: error|Traceback|Error|[0-9]+ (passed|failed|skipped)" "$LOG" | tail -8
 }
 
@@ -166,7 +193,7 @@ EOF
 }
 for part in "$@"; do
     declare -F "part_$part" >/dev/null || {
-        echo "gpu_session: error: unknown part '$part' (tests, bench8, precision, cases, train, levers, table)" >&2
+        echo "gpu_session: error: unknown part '$part' (tests, bench8, precision, cases, train, levers, profile, table)" >&2
         exit 2
     }
 done

@@ -296,6 +296,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         self._check_strides()
         self.gradient_checkpointing = False
         self._compiled_blocks: list[nn.Module] | None = None  # compile_blocks(); a plain list, not submodules
+        self._cudagraphs = False  # compile_blocks() with a mode that records CUDA graphs
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -378,6 +379,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         self._compiled_blocks = [
             torch.compile(block, mode=mode, backend=backend, dynamic=False) for block in self.blocks
         ]
+        self._cudagraphs = mode in ("reduce-overhead", "max-autotune")
 
     def _run_block(
         self, i: int, x: torch.Tensor, t: torch.Tensor, grid: tuple[int, int, int, int, int] | None
@@ -387,7 +389,12 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             return checkpoint(block, x, t, grid, use_reentrant=False)
         if self._compiled_blocks is not None:
             try:
-                return self._compiled_blocks[i](x, t, grid)
+                if not self._cudagraphs:
+                    return self._compiled_blocks[i](x, t, grid)
+                # A CUDA graph replays into the same output buffer every time, and the blocks share their
+                # graphs: each call is a step of its own, and its output is copied out before the next one.
+                torch.compiler.cudagraph_mark_step_begin()
+                return self._compiled_blocks[i](x, t, grid).clone()
             except torch._dynamo.exc.TorchDynamoException as exc:  # the compiler, not the block, failed
                 warnings.warn(f"compiling the DiT's blocks failed, running them eagerly: {str(exc).splitlines()[0]}")
                 self._compiled_blocks = None
