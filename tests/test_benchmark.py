@@ -48,6 +48,7 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
         assert all(v > 0 for v in (s["model_loading"], s["read_and_encode"], s["svd_decode"], s["write"]))
         assert 0 < s["write_wait"] < s["end_to_end_without_loading"] and 0 < s["read"] < s["end_to_end_without_loading"]
         assert 0 < s["of_which_compressor"] <= s["read_and_encode"]  # the frozen encoder runs on the main thread
+        assert 0 < s["of_which_video_close"] <= s["read_and_encode"]  # the output file closes on the main thread
         assert s["end_to_end_without_loading"] >= s["dit_total"] + s["svd_decode"]
         assert run["dit_tflop"] > 0 and run["dit_tflop_per_s"] > 0
     # tiny: 6 frames = windows at 0 and 2 (4 frames each), one 8x8 tile, 2 steps.

@@ -15,7 +15,8 @@ Reading runs ahead and writing behind on background threads (:mod:`cascadev.over
 ``write`` are their busy times (decoding input frames; converting and encoding output frames),
 ``write_wait`` the part of the writing the main thread waited for (all of it with ``--io-depth 0``,
 which runs the I/O inline: the overlap lever's baseline), and ``read_and_encode`` what the main thread
-spent outside the models and the writer.
+spent outside the models and the writer (``of_which_compressor``; ``of_which_video_close``, the output
+file's closing: the encoder's flush, muxing, renaming).
 
     python tools/benchmark.py --device cuda --case 8x1024 --settings both -o bench_8x1024.json
     python tools/benchmark.py --device cuda --case all -o bench_all.json
@@ -186,6 +187,7 @@ def run_case(
         (Conditioner, "_chunked"): Conditioner._chunked,
         (VideoReader, "read"): VideoReader.read,
         (VideoWriter, "write"): VideoWriter.write,
+        (VideoWriter, "close"): VideoWriter.close,
         (overlap.WriteBehind, "submit"): overlap.WriteBehind.submit,
         (overlap.WriteBehind, "__exit__"): overlap.WriteBehind.__exit__,
     }
@@ -193,6 +195,9 @@ def run_case(
     stages.wrap(Conditioner, "_chunked", "encode")
     stages.wrap(VideoReader, "read", "read", sync=False)  # decoding input frames, mostly on the reader's thread
     stages.wrap(VideoWriter, "write", "write", sync=False)  # on the writer's thread
+    # On the main thread after the last frame: the encoder's flush (x264 holds back its lookahead's
+    # frames), the muxing and the rename into place.
+    stages.wrap(VideoWriter, "close", "video_close", sync=False)
     stages.wrap(overlap.WriteBehind, "submit", "write_wait")  # on the main thread: handing over, waiting
     stages.wrap(overlap.WriteBehind, "__exit__", "write_wait")  # the last writes
     overlap.IO_DEPTH, io_depth = args.io_depth, overlap.IO_DEPTH
@@ -234,6 +239,7 @@ def run_case(
             - s.get("svd_decode", 0.0)
             - s.get("write_wait", 0.0),
             "of_which_compressor": s.get("encode", 0.0),
+            "of_which_video_close": s.get("video_close", 0.0),
             "read": s.get("read", 0.0),
             "dit_per_step": stages.dit_steps,
             "dit_total": dit_seconds,
