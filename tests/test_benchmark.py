@@ -127,6 +127,8 @@ def test_profile_splits_the_time_below_the_stages(tmp_path):
     svd = report["svd"]
     assert svd["chunk_frames"] == 4 and svd["seconds_cudnn_benchmark_false"] > 0 and svd["tflop_per_chunk"] > 0
     assert any("conv" in name for name in svd["by_operator"])  # the decoder is convolutions
+    swapped = svd["temporal_convs_as_2d"]  # tiny's decoder: 19 temporal (3, 1, 1) Conv3d, as Conv2d the same sums
+    assert swapped["layers"] == 19 and swapped["rel_err"] < 1e-5 and swapped["seconds"] > 0
     functions = [r["function"] for r in report["host"]["cascadev_by_cumulative"]]
     assert any("run_task" in f for f in functions) and any("decode_latent" in f for f in functions)
     assert "svd chunk of 4" in result.stdout and result.stdout.splitlines()[-1].startswith("host: recon")
