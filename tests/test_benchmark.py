@@ -40,6 +40,7 @@ def test_benchmark_reports_every_stage_on_a_tiny_config(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["cfg_options"] == ["sampling.attention_backend=math"]
+    assert report["commit"] is None or len(report["commit"].split("-")[0]) >= 7  # git's short hash, when git is there
     assert [r["settings"] for r in report["runs"]] == ["release", "default"]
     for run in report["runs"]:
         s = run["seconds"]
@@ -136,6 +137,12 @@ def test_profile_splits_the_time_below_the_stages(tmp_path):
     bad = subprocess.run([*cmd[:-2], "--size", "64x50"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "profile_cascade: error: --size 64x50: both sides must be multiples of 32"
+    # The full-size DiT's attention on the CPU: the math kernel's scores would not fit; one line, not an OOM.
+    full = [sys.executable, str(ROOT / "tools" / "profile_cascade.py"), "--device", "cpu", "--sections", "attention"]
+    full += ["--config", str(ROOT / "configs" / "s1024_effn_f32.py")]
+    bad = subprocess.run(full, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith("profile_cascade: error: the attention section on the CPU runs the math kernel")
 
 
 def test_training_benchmark_flops_are_three_forwards_of_one_window():
@@ -218,11 +225,14 @@ def test_precision_table_against_float64_and_float32(tmp_path):
 def test_gpu_session_script_runs_at_toy_size_and_packs_its_results(tmp_path):
     results, out = tmp_path / "results", tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, RESULTS=str(results), OUT=str(out))
+    env = dict(
+        os.environ, SMOKE="1", PYTHON=sys.executable, RESULTS=str(results), OUT=str(out), CASCADEV_COMMIT="abc1234"
+    )
     script = str(ROOT / "tools" / "gpu_session.sh")
     run = subprocess.run(["bash", script, "bench8"], capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr
     report = json.loads((results / "bench_8x1024.json").read_text())
+    assert report["commit"] == "abc1234"  # told, as a copy without .git is on a lent machine
     assert [r["settings"] for r in report["runs"]] == ["release", "default"]
     assert all(r["seconds"]["warmup"] > 0 for r in report["runs"])  # the untimed one-step pass ran first
     assert "done bench_8x1024: exit 0" in run.stdout and "| custom | default |" in run.stdout  # the tables

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,6 +117,29 @@ class Stages:
             return out
 
         setattr(obj, name, timed)
+
+
+def source_commit() -> str | None:
+    """The commit of the code that measured: ``CASCADEV_COMMIT`` (a copy of the working tree without
+    ``.git``, as on a lent GPU machine, is told it), else git's short hash with ``-dirty`` for uncommitted
+    changes to tracked files; None when neither knows."""
+    if os.environ.get("CASCADEV_COMMIT"):
+        return os.environ["CASCADEV_COMMIT"]
+    root = str(Path(__file__).resolve().parents[1])
+    try:
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 def measured_peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
@@ -282,7 +307,12 @@ def main(argv=None) -> int:
         "--case", nargs="+", default=["8x1024"], choices=[*CASES, "all", "custom"], help="one or more cases"
     )
     parser.add_argument("--frames", type=positive_int, default=8, help="custom case: frames")
-    parser.add_argument("--size", type=_width_by_height, default=(1024, 1024), help="custom case: WxH")
+    parser.add_argument(
+        "--size",
+        type=_width_by_height,
+        default=(1024, 1024),
+        help="custom case: output WxH (the input is WxH over --upscale)",
+    )
     parser.add_argument("--upscale", type=positive_int, default=None, help="custom case: upscale factor")
     parser.add_argument("--settings", default="both", choices=["default", "release", "both"])
     parser.add_argument("--steps", type=positive_int, default=8)
@@ -361,6 +391,7 @@ def report(args, device: torch.device, peak: float | None, runs: list[dict]) -> 
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "commit": source_commit(),
         "config": args.config,
         "cfg_options": args.cfg_options,
         "peak_tflop_per_s": peak,

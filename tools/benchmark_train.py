@@ -41,7 +41,7 @@ from cascadev.models import build_model  # noqa: E402
 from cascadev.training import metrics_log  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import measured_peak_tflops, synthetic_video  # noqa: E402
+from benchmark import measured_peak_tflops, source_commit, synthetic_video  # noqa: E402
 from benchmark_dit import dit_flops  # noqa: E402
 
 
@@ -86,6 +86,7 @@ def run(config: str, steps: int, device: str, peak: float | None, work: Path, cf
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "torch": torch.__version__,
+        "commit": source_commit(),
         "config": config,
         "cfg_options": cfg_options,
         "clip": {"frames": window, "size": size, "batch": batch},

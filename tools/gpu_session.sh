@@ -33,6 +33,8 @@
 #
 # BUDGET=SECONDS (default 480): a measurement is not started past it, and a running one is stopped there,
 # so that the call returns its results in time, and three calls and a start fit a session's 30 minutes.
+# CASCADEV_COMMIT: the commit recorded in the results where the copy has no .git (the lent machines'), e.g.
+# `CASCADEV_COMMIT=abc1234 bash tools/gpu_session.sh ...` with the hash written into the command here.
 # PYTHON (default python3) runs everything. SMOKE=1 runs every command on the CPU at toy size
 # (configs/tiny.py, 4 frames of 64x64), to check the script here before a GPU session spends time on it.
 set -uo pipefail
@@ -78,6 +80,9 @@ import torch, diffusers, cascadev
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
 print(f"{name}; torch {torch.__version__}, diffusers {diffusers.__version__}, cascadev {cascadev.__version__}")
 EOF
+    # The measuring code's commit, into every JSON: a copy of the working tree without .git is told it.
+    export CASCADEV_COMMIT=${CASCADEV_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
+    say "commit ${CASCADEV_COMMIT:-unknown}"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee -a "$LOG"
 }
 
@@ -130,7 +135,7 @@ part_cases() {
 part_train() {
     local toy=()
     [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --device cpu)
-    # The release's recipe, then the same with fp16 attention (flash) in place of its fp32 attention.
+    # The release's recipe, then the same with fp16 attention (PyTorch's choice of kernel) in place of its fp32 attention.
     done_before train_1024 ||
         run train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
     done_before train_1024_fp16-attention ||

@@ -21,7 +21,7 @@ an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a w
   file): the functions that hold it outside the models, which tools/benchmark.py reports together as
   ``read_and_encode``.
 
-The JSON (``-o``) holds every figure; the printout ends with a short table of each.
+The JSON (``-o``) holds every figure; the printout ends with a line or a few for each measurement.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from cascadev.loading import build_pipeline, load_config, resolve_device, resolv
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _width_by_height, measured_peak_tflops, run_task, synthetic_video  # noqa: E402
+from benchmark import _width_by_height, measured_peak_tflops, run_task, source_commit, synthetic_video  # noqa: E402
 from benchmark_dit import dit_flops_parts  # noqa: E402
 
 SECTIONS = ("attention", "dit", "svd", "host")
@@ -83,7 +83,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return statistics.median(times)
 
 
-def profiled(fn: Callable[[], object], device: torch.device, shapes: bool = False):
+def profiled(fn: Callable[[], object], device: torch.device, shapes: bool = False) -> torch.profiler.profile:
     """torch.profiler over one call of ``fn`` (after a warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -96,7 +96,7 @@ def profiled(fn: Callable[[], object], device: torch.device, shapes: bool = Fals
     return prof
 
 
-def kernel_rows(prof, device: torch.device) -> list[tuple[str, float]]:
+def kernel_rows(prof: torch.profiler.profile, device: torch.device) -> list[tuple[str, float]]:
     """(name, seconds) of each device kernel (CUDA), or of each CPU operator's own time (CPU)."""
     if device.type == "cuda":
         from torch.autograd import DeviceType
@@ -119,6 +119,12 @@ def attention_section(pipe, device: torch.device, repeats: int) -> list[dict]:
     window, size = dit.lats_per_vid, dit.input_size
     tokens = window * (size // p) ** 2
     backends = SDPA_BACKENDS if device.type == "cuda" else {"math": "MATH"}
+    scores = heads * tokens**2 * torch.finfo(dtype).bits // 8  # the math kernel's, for full attention
+    if device.type == "cpu" and scores > 2**32:
+        raise CascadeVError(
+            f"the attention section on the CPU runs the math kernel, whose scores for {tokens} tokens would take "
+            f"{scores / 2**30:.0f} GiB; run it on a GPU, or leave it out (--sections dit svd host)"
+        )
     rows = []
     for strides in dict.fromkeys(dit.attn_strides):  # each pattern once, in order
         cells = dit.grid_cells(strides, window)
@@ -180,6 +186,7 @@ def temporal_convs_as_2d(vae: torch.nn.Module) -> Iterator[int]:
         and m.stride == (1, 1, 1)
         and m.dilation == (1, 1, 1)
         and m.groups == 1
+        and m.padding_mode == "zeros"
     ]
 
     def as_2d(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -326,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__,
+            "commit": source_commit(),
             "config": args.config,
             "clip": f"{args.frames}x{height}x{width}",
             "precision": {"weights": str(precision.dtype), "autocast": str(precision.autocast)},

@@ -389,15 +389,17 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             return checkpoint(block, x, t, grid, use_reentrant=False)
         if self._compiled_blocks is not None:
             try:
-                if not self._cudagraphs:
+                if not self._cudagraphs or torch.is_grad_enabled():
+                    # (With gradients, CUDA graph trees keep the activations the backward needs themselves.)
                     return self._compiled_blocks[i](x, t, grid)
-                # A CUDA graph replays into the same output buffer every time, and the blocks share their
-                # graphs: each call is a step of its own, and its output is copied out before the next one.
+                # Sampling: a CUDA graph replays into the same output memory, so a later replay would
+                # overwrite this block's output while the next blocks still read it. Each call is made a
+                # step of its own, and its output is copied out of the graph's memory.
                 torch.compiler.cudagraph_mark_step_begin()
                 return self._compiled_blocks[i](x, t, grid).clone()
             except torch._dynamo.exc.TorchDynamoException as exc:  # the compiler, not the block, failed
                 warnings.warn(f"compiling the DiT's blocks failed, running them eagerly: {str(exc).splitlines()[0]}")
-                self._compiled_blocks = None
+                self._compiled_blocks, self._cudagraphs = None, False
         return block(x, t, grid)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, as_images: bool = False) -> torch.Tensor:
