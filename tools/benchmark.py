@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from cascadev.reconstruct import SamplingArgs  # noqa: E402
 from cascadev.video_io import VideoReader, VideoWriter, write_video  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_dit import dit_flops  # noqa: E402
+from benchmark_dit import calls_flops_parts  # noqa: E402
 
 # name -> (frames, output height, output width, upscale factor or None); the issue's five cases. An
 # upscale case reads a clip of the output size over the factor.
@@ -117,6 +118,18 @@ class Stages:
             return out
 
         setattr(obj, name, timed)
+
+
+@contextmanager
+def recorded_dit_calls(pipe) -> Iterator[list[tuple[int, ...]]]:
+    """The input shapes (B, C, T, H, W) of the DiT's calls inside the block, for their FLOPs."""
+    shapes: list[tuple[int, ...]] = []
+    forward = pipe.dit.forward
+    pipe.dit.forward = lambda x, t, **kw: shapes.append(tuple(x.shape)) or forward(x, t, **kw)
+    try:
+        yield shapes
+    finally:
+        del pipe.dit.forward  # the class's method again
 
 
 def source_commit() -> str | None:
@@ -222,18 +235,15 @@ def run_case(
     stages.wrap(overlap.WriteBehind, "submit", "write_wait")  # on the main thread: handing over, waiting
     stages.wrap(overlap.WriteBehind, "__exit__", "write_wait")  # the last writes
     overlap.IO_DEPTH, io_depth = args.io_depth, overlap.IO_DEPTH
-    dit_calls = []
-    forward = pipe.dit.forward
-    pipe.dit.forward = lambda x, t, **kw: dit_calls.append(tuple(x.shape)) or forward(x, t, **kw)
     sampling = SamplingArgs(scheduler="euler_a", steps=args.steps, seed=0, progress=False)
     try:
-        with stages.time("end_to_end"):
+        with recorded_dit_calls(pipe) as dit_calls, stages.time("end_to_end"):
             run_task(pipe, src, work / f"{name}_{settings}", sampling, upscale)
     finally:
         for (owner, attr), original in patched.items():
             setattr(owner, attr, original)
         overlap.IO_DEPTH = io_depth
-    flops = sum(dit_flops(pipe.dit, shape[2], shape[3], shape[4]) * shape[0] for shape in dit_calls)
+    flops = sum(calls_flops_parts(pipe.dit, dit_calls).values())
     dit_seconds = stages.seconds.get("dit_step", 0.0)
     s = stages.seconds
     report = {

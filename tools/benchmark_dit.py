@@ -41,6 +41,15 @@ def dit_flops_parts(model, frames: int, height: int, width: int) -> dict[str, fl
     return {"linear": float(linear), "attention": float(attention)}
 
 
+def calls_flops_parts(model, shapes: list[tuple[int, ...]]) -> dict[str, float]:
+    """:func:`dit_flops_parts` summed over DiT calls with inputs of ``shapes`` (B, C, T, H, W)."""
+    total = {"linear": 0.0, "attention": 0.0}
+    for b, _, frames, height, width in shapes:
+        for kind, work in dit_flops_parts(model, frames, height, width).items():
+            total[kind] += b * work
+    return total
+
+
 def dit_flops(model, frames: int, height: int, width: int) -> float:
     """Analytic FLOPs of one forward over a (frames, height, width) latent window."""
     return sum(dit_flops_parts(model, frames, height, width).values())

@@ -53,8 +53,15 @@ from cascadev.loading import build_pipeline, load_config, resolve_device, resolv
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _width_by_height, measured_peak_tflops, run_task, source_commit, synthetic_video  # noqa: E402
-from benchmark_dit import dit_flops_parts  # noqa: E402
+from benchmark import (  # noqa: E402
+    _width_by_height,
+    measured_peak_tflops,
+    recorded_dit_calls,
+    run_task,
+    source_commit,
+    synthetic_video,
+)
+from benchmark_dit import calls_flops_parts  # noqa: E402
 
 SECTIONS = ("attention", "dit", "svd", "host")
 # Kernel names by kind; attention first: cuDNN's attention kernels also carry "sm90" and "wgmma".
@@ -148,22 +155,14 @@ def attention_section(pipe, device: torch.device, repeats: int) -> list[dict]:
 def dit_section(pipe, latent: torch.Tensor, device: torch.device, peak: float | None) -> dict:
     """One sampling step under the profiler: device time by kind of kernel, and each kind's TFLOP/s."""
     cond = pipe.condition(latent)
-    calls: list[tuple[int, ...]] = []  # the DiT's input shapes in the profiled step
-    forward = pipe.dit.forward
-    pipe.dit.forward = lambda x, t, **kw: calls.append(tuple(x.shape)) or forward(x, t, **kw)
-    try:
+    with recorded_dit_calls(pipe) as calls:  # cleared before each call: the profiled one's are kept
         prof = profiled(lambda: calls.clear() or pipe.sample(cond, steps=1), device)
-    finally:
-        del pipe.dit.forward  # the class's method again
     kinds = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
     top = sorted(kernel_rows(prof, device), key=lambda r: -r[1])
     for name, seconds in top:
         kind = "attention" if ATTENTION_KERNEL.search(name) else "matmul" if MATMUL_KERNEL.search(name) else "other"
         kinds[kind] += seconds
-    flops = {"linear": 0.0, "attention": 0.0}
-    for b, _, frames, height, width in calls:
-        for kind, work in dit_flops_parts(pipe.dit, frames, height, width).items():
-            flops[kind] += b * work
+    flops = calls_flops_parts(pipe.dit, calls)
     result = {"seconds": kinds, "dit_calls": len(calls), "top": [{"kernel": n[:160], "s": s} for n, s in top[:15]]}
     for kind, work in (("attention", flops["attention"]), ("matmul", flops["linear"])):
         if kinds[kind]:
