@@ -140,7 +140,8 @@ def count_frames(path: Path, latent: bool = False) -> int:
         if latent:
             from .latent_io import LatentReader
 
-            return LatentReader(path).num_frames
+            with LatentReader(path) as reader:
+                return reader.num_frames
         from .video_io import VideoReader
 
         return VideoReader(path, num_threads=1).num_frames

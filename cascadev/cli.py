@@ -498,8 +498,8 @@ def _summary(command: str, output: str) -> str:
     if command == "encode":
         from .latent_io import LatentReader
 
-        reader = LatentReader(output)
-        meta, shape = reader.meta, reader.shape
+        with LatentReader(output) as reader:
+            meta, shape = reader.meta, reader.shape
         return f"latent {'x'.join(map(str, shape))} of {shape[1]} frames, {meta.width}x{meta.height}, {_fps(meta.fps)}"
     if command == "recon":
         from .reconstruct import RECON_FILES
@@ -579,7 +579,7 @@ def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
         if args.command == "decode":
             from .latent_io import LatentReader
 
-            LatentReader(inputs[0])
+            LatentReader(inputs[0]).close()
         else:
             from .video_io import probe_video
 

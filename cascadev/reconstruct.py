@@ -163,7 +163,18 @@ def decode_latent(
     ``sampled(k)``, when given, returns segment k as other processes sampled it (:mod:`cascadev.segments`).
     """
     check_not_inputs({"input latent": latent}, {"output": output})
-    reader = LatentReader(latent)
+    with LatentReader(latent) as reader:
+        _decode_latent(load_pipeline, reader, output, sampling, sampled, writer_options)
+
+
+def _decode_latent(
+    load_pipeline: PipelineLoader,
+    reader: LatentReader,
+    output: str | os.PathLike,
+    sampling: SamplingArgs,
+    sampled: Callable[[int], torch.Tensor] | None,
+    writer_options: dict,
+) -> None:
     meta = reader.meta
     make_folder(Path(output).parent)
     with (
@@ -273,7 +284,7 @@ def _reconstruct(
     )
     pipe = load_once()
     sampled = share_segments(paths["latent.safetensors"]) if share_segments is not None else None
-    latent = LatentReader(paths["latent.safetensors"])
+    latent = LatentReader(paths["latent.safetensors"])  # closed with the writers, below
     count = latent.num_frames
     pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
     picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
@@ -308,6 +319,7 @@ def _reconstruct(
         picked.extend(row[i - done] for i in picks if done <= i < done + n)
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(latent)
         for writer in writers.values():
             stack.enter_context(writer)
         behind = stack.enter_context(WriteBehind())  # entered last: its writes finish before any writer closes

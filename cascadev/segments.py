@@ -59,26 +59,26 @@ def share_segments(
     from safetensors.torch import load_file, save_file
 
     state = distributed_state()
-    reader = LatentReader(latent)
-    ranges = pipe.segments(reader.num_frames)
-    options = {k: v for k, v in sampling.decode_options().items() if k != "progress"}
-    if state.is_main_process:  # segments an earlier run left for other settings are not these: start over
-        marker, settings = folder / SETTINGS_FILE, segment_settings(pipe, latent, ranges, options)
-        if folder.exists() and (not marker.is_file() or marker.read_text() != settings):
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_output(marker, "segment settings") as tmp:
-            tmp.write_text(settings)
-    state.wait_for_everyone()
-    # Contiguous shares: segments are of equal length, so equal counts balance the work.
-    with state.split_between_processes(list(range(len(ranges)))) as mine:
-        for k in mine:
-            path = folder / f"{k}.safetensors"
-            if path.is_file():  # sampled by an earlier, interrupted run
-                continue
-            z = pipe.sample_segment(reader.read, *ranges[k], **options)
-            with atomic_output(path, "segment file") as tmp:
-                save_file({"z": z.contiguous()}, str(tmp))
+    with LatentReader(latent) as reader:
+        ranges = pipe.segments(reader.num_frames)
+        options = {k: v for k, v in sampling.decode_options().items() if k != "progress"}
+        if state.is_main_process:  # segments an earlier run left for other settings are not these: start over
+            marker, settings = folder / SETTINGS_FILE, segment_settings(pipe, latent, ranges, options)
+            if folder.exists() and (not marker.is_file() or marker.read_text() != settings):
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_output(marker, "segment settings") as tmp:
+                tmp.write_text(settings)
+        state.wait_for_everyone()
+        # Contiguous shares: segments are of equal length, so equal counts balance the work.
+        with state.split_between_processes(list(range(len(ranges)))) as mine:
+            for k in mine:
+                path = folder / f"{k}.safetensors"
+                if path.is_file():  # sampled by an earlier, interrupted run
+                    continue
+                z = pipe.sample_segment(reader.read, *ranges[k], **options)
+                with atomic_output(path, "segment file") as tmp:
+                    save_file({"z": z.contiguous()}, str(tmp))
     state.wait_for_everyone()
 
     def sampled(k: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ def decode_latent_split(
     if state.num_processes == 1:
         decode_latent(load_pipeline, latent, output, sampling, **writer_options)
         return
-    LatentReader(latent)  # a bad latent fails before the models load
+    LatentReader(latent).close()  # a bad latent fails before the models load
     check_output_path(output, "output video")
     output = Path(output)
     folder = output.parent / f".{output.name}.segments"

@@ -240,6 +240,12 @@ def test_gpu_session_script_runs_at_toy_size_and_packs_its_results(tmp_path):
         assert {"results/bench_8x1024.json", "results/session.log"} <= set(tar.getnames())
     assert (out / "session.log").read_text() == (results / "session.log").read_text()
 
+    again = subprocess.run(["bash", script, "bench8"], capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "kept bench_8x1024" in again.stdout  # a measured JSON is not redone
+    assert (
+        "start bench_8x1024" not in again.stdout and json.loads((results / "bench_8x1024.json").read_text()) == report
+    )
+
     bad = subprocess.run(["bash", script, "bench8", "speed"], capture_output=True, text=True, timeout=60, env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("gpu_session: error: unknown part 'speed'")
 

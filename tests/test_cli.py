@@ -499,3 +499,29 @@ def test_one_progress_bar_per_stage_counting_frames(tmp_path, capsys, clip):
 def test_an_unrecognized_argument_is_named_with_its_command(tmp_path, capsys):
     code, err = run_cli(capsys, "recon", tmp_path / "in.mp4", "-o", tmp_path / "out", "--bogus", "1")
     assert_one_line_error(code, err, "recon: unrecognized arguments: --bogus 1")
+
+
+def test_every_latent_file_a_command_opens_is_closed(tmp_path, capsys, clip, monkeypatch):
+    """Readers hold the file mapped: a command closes each one it opens, not the garbage collector."""
+    from cascadev import batch
+
+    open_readers: set[int] = set()
+    opened, closed = LatentReader.__init__, LatentReader.close
+
+    def track_open(self, *args, **kwargs):
+        opened(self, *args, **kwargs)
+        open_readers.add(id(self))
+
+    def track_close(self):
+        open_readers.discard(id(self))
+        closed(self)
+
+    monkeypatch.setattr(LatentReader, "__init__", track_open)
+    monkeypatch.setattr(LatentReader, "close", track_close)
+    common = ["--config", TINY, "--random-init", "--quiet", "--steps", 1]
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, *common[:3])[0] == 0  # its summary line reads the latent
+    assert run_cli(capsys, "decode", latent, "-o", tmp_path / "d.mp4", *common)[0] == 0
+    assert run_cli(capsys, "recon", clip, "-o", tmp_path / "r", *common)[0] == 0
+    assert batch.count_frames(latent, latent=True) == 7
+    assert not open_readers

@@ -101,18 +101,20 @@ run() {
     [ "$rc" = 0 ] || FAILED+=("$name")
 }
 
-# done_before NAME: whether $RESULTS/NAME.json is there already (a call that carries gpu_results/ along goes on
-# where an earlier one's budget stopped it).
-done_before() {
-    [ -f "$RESULTS/$1.json" ] || return 1
-    say "kept $1: $RESULTS/$1.json is there"
+# measure NAME COMMAND...: `run`, unless $RESULTS/NAME.json is there already (a call that carries gpu_results/
+# along goes on where an earlier one's budget stopped it). COMMAND writes that JSON.
+measure() {
+    if [ -f "$RESULTS/$1.json" ]; then
+        say "kept $1: $RESULTS/$1.json is there"
+    else
+        run "$@"
+    fi
 }
 
 bench() { # NAME ARGS...: tools/benchmark.py on the device into $RESULTS/NAME.json
     local name=$1
     shift
-    done_before "$name" && return
-    run "$name" "$PYTHON" tools/benchmark.py --device "$DEVICE" -o "$RESULTS/$name.json" "$@" "${TOY[@]}"
+    measure "$name" "$PYTHON" tools/benchmark.py --device "$DEVICE" -o "$RESULTS/$name.json" "$@" "${TOY[@]}"
 }
 
 part_tests() { run tests "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider -rs; }
@@ -136,11 +138,9 @@ part_train() {
     local toy=()
     [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --device cpu)
     # The release's recipe, then the same with fp16 attention (PyTorch's choice of kernel) in place of its fp32 attention.
-    done_before train_1024 ||
-        run train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
-    done_before train_1024_fp16-attention ||
-        run train_1024_fp16-attention "$PYTHON" tools/benchmark_train.py --steps 3 "${toy[@]}" \
-            -o "$RESULTS/train_1024_fp16-attention.json" --cfg-options fp32_attention=False
+    measure train_1024 "$PYTHON" tools/benchmark_train.py --steps 3 -o "$RESULTS/train_1024.json" "${toy[@]}"
+    measure train_1024_fp16-attention "$PYTHON" tools/benchmark_train.py --steps 3 "${toy[@]}" \
+        -o "$RESULTS/train_1024_fp16-attention.json" --cfg-options fp32_attention=False
 }
 
 part_levers() {
@@ -158,8 +158,7 @@ part_levers() {
 part_profile() {
     local toy=()
     [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --frames 4 --size 64x64 --repeats 2)
-    done_before profile ||
-        run profile "$PYTHON" tools/profile_cascade.py --device "$DEVICE" -o "$RESULTS/profile.json" "${toy[@]}"
+    measure profile "$PYTHON" tools/profile_cascade.py --device "$DEVICE" -o "$RESULTS/profile.json" "${toy[@]}"
 }
 
 part_table() {
