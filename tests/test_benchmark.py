@@ -123,6 +123,10 @@ def test_profile_splits_the_time_below_the_stages(tmp_path):
         (None, 1, 64),
     ]
     assert all(r["math"]["ms"] > 0 for r in report["attention"])
+    # Beside the model's head dim (tiny's 32), the kernels' own: 64, 96 and 128, each with its rate.
+    assert all(list(r["math"]["by_head_dim"]) == ["64", "96", "128"] for r in report["attention"])
+    assert all(rate > 0 for r in report["attention"] for rate in r["math"]["by_head_dim"].values())
+    assert "(head dim 64: " in result.stdout
     dit = report["dit"]
     assert dit["dit_calls"] == 1 and dit["seconds"]["matmul"] > 0 and dit["matmul_tflop_per_s"] > 0
     svd = report["svd"]

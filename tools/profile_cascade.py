@@ -9,7 +9,9 @@ an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a w
 
 - ``attention``: the DiT's SDPA call alone at the shape of each attention pattern (cells x heads x
   tokens x head dim: 2,048, 8,192 and 32,768 tokens for the release), for each kernel, in TFLOP/s
-  (q k^T and attn v: 4 n^2 d per cell). Which kernel wins at which length.
+  (q k^T and attn v: 4 n^2 d per cell). Which kernel wins at which length; and each kernel's rate at
+  the head dims kernels are built for (64, 96, 128) beside the model's (72 for the release), to show
+  what an unusual head dim costs.
 - ``dit``: one sampling step under torch.profiler, device time by kind of kernel (attention, matrix
   product, the rest), and the TFLOP/s of the first two from the analytic FLOPs
   (tools/benchmark_dit.py): how far each is from the matmul peak, and what the rest costs.
@@ -69,6 +71,9 @@ ATTENTION_KERNEL = re.compile(r"fmha|flash|attention|attn|sdpa", re.I)
 MATMUL_KERNEL = re.compile(r"gemm|nvjet|cutlass|xmma|wgmma|matmul|aten::(addmm|mm|bmm|linear)$", re.I)
 # The kernels timed on CUDA (the math kernel's 32,768² scores per head do not fit), by SDPBackend member.
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
+# Head dims the attention kernels are tiled for, timed beside the model's: a rate at 72 near 72/96 of the
+# rate at 96 means the kernel pads 72 up to 96.
+COMPARED_HEAD_DIMS = (64, 96, 128)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -137,19 +142,32 @@ def attention_section(pipe, device: torch.device, repeats: int) -> list[dict]:
         cells = dit.grid_cells(strides, window)
         groups = 1 if cells is None else cells[0] * cells[1] ** 2
         n = tokens // groups
-        q, k, v = (torch.randn(groups, heads, n, head_dim, device=device, dtype=dtype) for _ in range(3))
-        flops = 4 * n * n * head_dim * heads * groups
         row = {"strides": None if strides is None else list(strides), "cells": groups, "tokens": n}
         for name, member in backends.items():
             with sdpa_kernel(getattr(SDPBackend, member)):
                 try:
-                    seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v), device, repeats)
+                    seconds = _sdpa_seconds(groups, heads, n, head_dim, device, dtype, repeats)
                 except RuntimeError as exc:  # no kernel of this backend for the shape or device
                     row[name] = {"error": str(exc).splitlines()[0][:120]}
                     continue
-            row[name] = {"ms": seconds * 1e3, "tflop_per_s": flops / seconds / 1e12}
+                flops = 4 * n * n * head_dim * heads * groups
+                row[name] = {"ms": seconds * 1e3, "tflop_per_s": flops / seconds / 1e12, "by_head_dim": {}}
+                for d in COMPARED_HEAD_DIMS:
+                    try:
+                        other = _sdpa_seconds(groups, heads, n, d, device, dtype, repeats)
+                    except RuntimeError:
+                        continue
+                    row[name]["by_head_dim"][str(d)] = 4 * n * n * d * heads * groups / other / 1e12
         rows.append(row)
     return rows
+
+
+def _sdpa_seconds(
+    groups: int, heads: int, n: int, head_dim: int, device: torch.device, dtype: torch.dtype, repeats: int
+) -> float:
+    """Median seconds of one SDPA call on random (groups, heads, n, head_dim) q, k, v."""
+    q, k, v = (torch.randn(groups, heads, n, head_dim, device=device, dtype=dtype) for _ in range(3))
+    return timed(lambda: F.scaled_dot_product_attention(q, k, v), device, repeats)
 
 
 def dit_section(pipe, latent: torch.Tensor, device: torch.device, peak: float | None) -> dict:
@@ -276,7 +294,7 @@ def summary(report: dict) -> str:
     lines = [f"Device: {report['device']}; torch {report['torch']}; {report['clip']}."]
     for row in report.get("attention", []):
         kernels = ", ".join(
-            f"{k} {v['tflop_per_s']:.0f}" if "tflop_per_s" in v else f"{k} -"
+            f"{k} {v['tflop_per_s']:.0f}" + _at_head_dims(v.get("by_head_dim")) if "tflop_per_s" in v else f"{k} -"
             for k, v in row.items()
             if isinstance(v, dict)
         )
@@ -301,6 +319,13 @@ def summary(report: dict) -> str:
         own = ", ".join(f"{r['function']} {r['own_s']:.3f}" for r in h["by_own_time"][:6])
         lines.append(f"host: recon {h['seconds']:.2f} s; most own time: {own}")
     return "\n".join(lines)
+
+
+def _at_head_dims(rates: dict | None) -> str:
+    """ " (head dim 64: 410, 96: ...)" from a kernel's ``by_head_dim`` rates; nothing where none were timed."""
+    if not rates:
+        return ""
+    return " (head dim " + ", ".join(f"{d}: {r:.0f}" for d, r in rates.items()) + ")"
 
 
 def main(argv: list[str] | None = None) -> int:
