@@ -18,10 +18,12 @@ from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
 from .rules import (
     ATTENTION_BACKENDS,
+    BETA_SCHEDULES,
     COMPILE_MODES,
     PREDICTION_TYPES,
     SCHEDULERS,
     SEED_LIMIT,
+    TRAIN_TIMESTEPS,
     is_whole,
     whole_description,
 )
@@ -137,7 +139,7 @@ SCHEMA: dict[str, Rule] = {
     "weights.vae": string(),
     "schedule": section(),
     "schedule.num_train_timesteps": COUNT,
-    "schedule.beta_schedule": string(),
+    "schedule.beta_schedule": string(BETA_SCHEDULES),
     "schedule.beta_start": number(0, 1, above=True),
     "schedule.beta_end": number(0, 1, above=True),
     "schedule.prediction_type": string(PREDICTION_TYPES),
@@ -167,7 +169,6 @@ SCHEMA: dict[str, Rule] = {
     "cache_latents": boolean(),
     "latent_cache_epochs": COUNT,
     "latent_cache_dir": string(nullable=True),
-    "train_sampling_steps": COUNT,
     "joint_training": number(0, 1),
     "seed": integer(0, SEED_LIMIT - 1),
     "num_workers": integer(0),
@@ -238,3 +239,13 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
             shown = repr(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")
+    # PixArt's configs give the training steps apart (train_sampling_steps); here training and sampling
+    # both take schedule.num_train_timesteps, so a PixArt value that differs is refused, not ignored.
+    pixart_steps = _lookup(cfg, "train_sampling_steps")
+    steps = _lookup(cfg, "schedule.num_train_timesteps")
+    steps = TRAIN_TIMESTEPS if steps is _MISSING else steps
+    if pixart_steps is not _MISSING and pixart_steps != steps:
+        raise CascadeVError(
+            f"config key train_sampling_steps={pixart_steps!r} disagrees with schedule.num_train_timesteps={steps}, "
+            f"which training and sampling share; drop train_sampling_steps (in {source})."
+        )

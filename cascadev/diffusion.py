@@ -31,7 +31,7 @@ safe in half precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -52,19 +52,21 @@ __all__ = [
 _LN2 = math.log(2.0)
 
 
-def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
-    """float64 betas ``(num_timesteps,)`` of a named schedule.
+def get_named_beta_schedule(
+    name: str, num_timesteps: int, beta_start: float = 0.0001, beta_end: float = 0.02
+) -> np.ndarray:
+    """float64 betas ``(num_timesteps,)`` of a named schedule: the ones diffusers' schedulers build (in
+    float32) from the same arguments, so that training and sampling share one noise schedule.
 
-    ``"linear"``: Ho et al.'s 1e-4 .. 0.02 over 1000 steps, both ends scaled by ``1000 / num_timesteps``
-    so that other step counts keep the same overall noise level. ``"cosine"`` (alias
-    ``"squaredcos_cap_v2"``): alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2, betas capped at 0.999.
+    ``"linear"``: ``beta_start`` .. ``beta_end`` evenly (the defaults are Ho et al.'s and the release's,
+    over 1000 steps). ``"squaredcos_cap_v2"`` (alias ``"cosine"``): alpha_bar(s) =
+    cos((s + 0.008) / 1.008 * pi / 2) ** 2, betas capped at 0.999 (``beta_start`` and ``beta_end`` unused).
     """
     if int(num_timesteps) != num_timesteps or num_timesteps < 2:
         raise CascadeVError(f"The number of diffusion steps must be a whole number of at least 2, got {num_timesteps}.")
     n = int(num_timesteps)
     if name == "linear":
-        scale = 1000.0 / n
-        return np.linspace(scale * 0.0001, scale * 0.02, n, dtype=np.float64)
+        return np.linspace(beta_start, beta_end, n, dtype=np.float64)
     if name in ("cosine", "squaredcos_cap_v2"):
 
         def alpha_bar(s: float) -> float:
@@ -72,7 +74,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
 
         betas = [min(1.0 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)]
         return np.asarray(betas, dtype=np.float64)
-    raise CascadeVError(f"Unknown beta_schedule {name!r}; expected 'linear' or 'cosine' ('squaredcos_cap_v2').")
+    raise CascadeVError(f"Unknown beta_schedule {name!r}; expected 'linear' or 'squaredcos_cap_v2' ('cosine').")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +132,10 @@ class GaussianDiffusion:
         beta_schedule: str = "linear",
         learn_sigma: bool = True,
         prediction_type: str = "epsilon",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
     ) -> None:
-        betas = get_named_beta_schedule(beta_schedule, num_timesteps)
+        betas = get_named_beta_schedule(beta_schedule, num_timesteps, beta_start, beta_end)
         self.num_timesteps = int(betas.shape[0])
         self.beta_schedule = beta_schedule
         self.learn_sigma = bool(learn_sigma)
@@ -155,6 +159,19 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
         # float32 copies of the arrays above, per device, made on first use (see _gather).
         self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    @classmethod
+    def from_schedule(cls, schedule: Mapping[str, Any], learn_sigma: bool = True) -> GaussianDiffusion:
+        """The training process of a config's ``schedule`` (:func:`cascadev.schedulers.noise_schedule`): the
+        noise schedule the samplers are built on (``make_scheduler``), and its ``prediction_type``."""
+        return cls(
+            num_timesteps=schedule["num_train_timesteps"],
+            beta_schedule=schedule["beta_schedule"],
+            beta_start=schedule["beta_start"],
+            beta_end=schedule["beta_end"],
+            learn_sigma=learn_sigma,
+            prediction_type=schedule["prediction_type"],
+        )
 
     # ----------------------------------------------------------------------------------------
     # helpers

@@ -10,11 +10,11 @@ time ``1000 * (t - 1 / N)``. Every operation follows PixArt's ``dpm_solver.py`` 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
+from .diffusion import get_named_beta_schedule
 from .rules import PREDICTION_TYPES, check_choice
 
 
@@ -41,8 +41,8 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         if beta_schedule != "linear":
             raise ValueError(f"PixArtDPMSolverScheduler supports the linear schedule only, got {beta_schedule!r}")
         check_choice(prediction_type, PREDICTION_TYPES, "prediction_type")
-        # PixArt's get_named_beta_schedule('linear') is a float64 numpy linspace.
-        betas = torch.from_numpy(np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64))
+        # PixArt's get_named_beta_schedule('linear') is a float64 numpy linspace, as training's is.
+        betas = torch.from_numpy(get_named_beta_schedule("linear", num_train_timesteps, beta_start, beta_end))
         self.log_alpha_array = (0.5 * torch.log(1 - betas).cumsum(0)).float()  # (N,) at t = (i + 1) / N
         self.t_array = torch.linspace(0.0, 1.0, num_train_timesteps + 1)[1:].float()
         self.init_noise_sigma = 1.0

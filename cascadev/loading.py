@@ -18,6 +18,7 @@ from .errors import CascadeVError
 from .models import build_model
 from .pipeline import CascadeVPipeline
 from .rules import check_choice, check_device_name
+from .schedulers import noise_schedule
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -289,7 +290,7 @@ def build_pipeline(
         **built,
         scale_factor=cfg.scale_factor,
         sr_scale=cfg.sr_scale,
-        schedule=dict(cfg.schedule),
+        schedule=noise_schedule(cfg),
         device=device,
         dtype=dtype,
         autocast_dtype=autocast_dtype,

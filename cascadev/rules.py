@@ -22,6 +22,10 @@ SEED_LIMIT = 2**63
 # The names a user may give; the modules that act on them map each name to its implementation.
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
+# Noise schedules (diffusers' names) that the training loss (cascadev.diffusion) and diffusers' samplers
+# build alike from a config's ``schedule``.
+BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
+TRAIN_TIMESTEPS = 1000  # the release's (improved-DDPM's) number of training steps
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the DiT predicts (diffusers' names): cascadev.diffusion
 MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
 # The SDPA kernel the DiT's attention may be pinned to (auto: PyTorch's choice): cascadev.pipeline

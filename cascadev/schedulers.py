@@ -3,11 +3,14 @@ DPM-Solver++ (the release's ``dpms``; ``--preset release`` uses it for ``dpm_sol
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .dpm_solver import PixArtDPMSolverScheduler
-from .rules import check_choice
+from .rules import TRAIN_TIMESTEPS, check_choice
 
 # The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives. The names
 # a user may give are cascadev.rules.SCHEDULERS; dpm_solver_pixart is what --preset release makes of dpm_solver.
@@ -21,8 +24,19 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 # Improved-DDPM "linear" schedule of the training recipe (1000 steps), which is diffusers' "linear", and
 # the release's epsilon prediction (a config's ``schedule.prediction_type`` may say "v_prediction").
 TRAINING_SCHEDULE = dict(
-    num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="epsilon"
+    num_train_timesteps=TRAIN_TIMESTEPS,
+    beta_schedule="linear",
+    beta_start=0.0001,
+    beta_end=0.02,
+    prediction_type="epsilon",
 )
+
+
+def noise_schedule(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's ``schedule`` with every key, the absent ones from ``TRAINING_SCHEDULE``: the one noise
+    schedule that training's loss (``GaussianDiffusion.from_schedule``) and the samplers (``make_scheduler``)
+    are both built on."""
+    return {**TRAINING_SCHEDULE, **dict(cfg.get("schedule") or {})}
 
 
 def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:

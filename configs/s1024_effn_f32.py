@@ -86,7 +86,6 @@ encode_chunk = 4  # frames per frozen-encoder call
 cache_latents = False  # encode each clip once to work_dir/latent_cache (fixed clips) and reuse it
 latent_cache_epochs = 1  # with cache_latents: the cache holds the clips of this many epochs; epoch e reads e % this
 latent_cache_dir = None
-train_sampling_steps = 1000
 joint_training = 0.1  # probability that a batch trains in image mode
 seed = 0
 

@@ -9,6 +9,7 @@ import pytest
 
 from cascadev.config_defaults import SHIPPED_CONFIG, setting, shipped
 from cascadev.errors import CascadeVError
+from cascadev.schedulers import TRAINING_SCHEDULE, noise_schedule
 
 ROOT = Path(__file__).parents[1]
 
@@ -62,8 +63,11 @@ def test_signature_defaults_agree_with_the_shipped_config():
     assert defaults(Conditioner.__init__)["chunk"] == defaults(FrozenEncoders.__init__)["chunk"] == cfg["encode_chunk"]
     assert defaults(Conditioner.__init__)["kind"] == defaults(FrozenEncoders.__init__)["condition"] == cfg["condition"]
     assert (SamplingArgs.scheduler, SamplingArgs.steps) == (cfg["sampling"]["scheduler"], cfg["sampling"]["steps"])
-    assert defaults(GaussianDiffusion.__init__)["num_timesteps"] == cfg["train_sampling_steps"]
-    assert defaults(GaussianDiffusion.__init__)["beta_schedule"] == cfg["schedule"]["beta_schedule"]
+    found = defaults(GaussianDiffusion.__init__)
+    assert found["num_timesteps"] == cfg["schedule"]["num_train_timesteps"]
+    for key in ("beta_schedule", "beta_start", "beta_end", "prediction_type"):
+        assert found[key] == cfg["schedule"][key], key
+    assert noise_schedule(cfg) == dict(cfg["schedule"]) == TRAINING_SCHEDULE
     # The networks' defaults are the released ones (attn_strides=None is the one exception: full attention).
     for cls, section in ((CascadeDiT, "model"), (EfficientNetEncoder, "compressor"), (Previewer, "previewer")):
         found = defaults(cls.__init__)

@@ -74,6 +74,7 @@ def test_every_schema_key_exists_in_the_released_config():
         ("schedule.prediction_type=sample", "schedule.prediction_type"),
         ("sampling.attention_backend=xformers", "sampling.attention_backend"),
         ("sampling.compile=fast", "sampling.compile"),
+        ("schedule.beta_schedule=scaled_linear", "schedule.beta_schedule"),  # the training loss has no such betas
     ],
 )
 def test_bad_config_values_name_the_key(tmp_path, capsys, clip, option, key):
@@ -147,6 +148,15 @@ def test_train_checks_the_config_before_touching_the_work_dir(tmp_path, capsys):
 def test_unknown_extra_keys_stay_allowed():
     cfg = load_config(TINY, ["my_note='hello'", "sampling.my_option=3"])
     assert cfg.my_note == "hello" and cfg.sampling.my_option == 3
+
+
+def test_pixart_train_sampling_steps_must_agree_with_the_shared_schedule():
+    load_config(TINY, ["train_sampling_steps=1000"])  # a PixArt config's value, the same: accepted
+    load_config(TINY, ["train_sampling_steps=500", "schedule.num_train_timesteps=500"])
+    with pytest.raises(
+        CascadeVError, match=r"train_sampling_steps=500 disagrees with schedule.num_train_timesteps=1000"
+    ):
+        load_config(TINY, ["train_sampling_steps=500"])
 
 
 def test_a_config_without_the_model_sections():

@@ -82,14 +82,44 @@ def test_linear_schedule_matches_improved_diffusion():
     assert betas.dtype == np.float64 and betas.shape == (1000,)
     assert betas[0] == pytest.approx(1e-4, abs=0) and betas[-1] == pytest.approx(0.02, abs=0)
     np.testing.assert_array_equal(betas, np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
-    # Other step counts are scaled so the total noise stays comparable.
-    b250 = get_named_beta_schedule("linear", 250)
-    assert b250[0] == pytest.approx(4e-4) and b250[-1] == pytest.approx(0.08)
     d = GaussianDiffusion()
     assert d.num_timesteps == 1000
     assert d.posterior_log_variance_clipped[0] == d.posterior_log_variance_clipped[1]
     with pytest.raises(CascadeVError, match="beta_schedule"):
         GaussianDiffusion(beta_schedule="quadratic-ish")
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {},
+        {"num_train_timesteps": 250, "beta_start": 0.0005, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"},
+    ],
+)
+def test_training_and_every_sampler_share_the_configs_noise_schedule(schedule):
+    """The loss's forward process and the samplers come from one ``schedule``: the same betas and alphas."""
+    from cascadev.schedulers import SCHEDULERS, make_scheduler, noise_schedule
+
+    full = noise_schedule({"schedule": schedule})
+    diffusion = GaussianDiffusion.from_schedule(full)
+    assert (
+        diffusion.num_timesteps == full["num_train_timesteps"] and diffusion.prediction_type == full["prediction_type"]
+    )
+    for name in SCHEDULERS:
+        if name == "dpm_solver_pixart" and full["beta_schedule"] != "linear":
+            continue  # PixArt's DPM-Solver takes the linear schedule only (it says so)
+        sampler = make_scheduler(name, full)
+        if hasattr(sampler, "betas"):
+            np.testing.assert_allclose(sampler.betas.double().numpy(), diffusion.betas, rtol=1e-6, atol=0)
+            np.testing.assert_allclose(  # float32 products: 1e-5 relative, near 0 absolute
+                sampler.alphas_cumprod.double().numpy(), diffusion.alphas_cumprod, rtol=1e-5, atol=1e-12
+            )
+        else:  # log alpha_t = log sqrt(alpha_bar_t)
+            np.testing.assert_allclose(
+                sampler.log_alpha_array.double().numpy(), 0.5 * np.log(diffusion.alphas_cumprod), rtol=1e-5
+            )
+        assert sampler.config.prediction_type == full["prediction_type"]
 
 
 def _toy_setup(shape, seed=0):

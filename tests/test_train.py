@@ -83,14 +83,21 @@ def test_the_latent_cache_holds_several_epochs_of_clips(tmp_path, clips):
     assert indices[4] <= {0, 1, 2, 3}
 
 
-def test_the_prediction_type_sets_the_training_target(tmp_path, clips):
-    """Same seed, data and network: only the target differs, so the first losses differ."""
+def test_the_configs_schedule_sets_the_training_target_and_noise(tmp_path, clips):
+    """Same seed, data and network: only the target (prediction_type) or the noise levels (the betas the
+    samplers use too) differ, so the first losses differ."""
     first = {}
-    for prediction in ("epsilon", "v_prediction"):
-        options = ["save_model_steps=100", f"schedule.prediction_type={prediction}"]
-        assert train(tmp_path / prediction, clips / "one.txt", "--max-steps", 1, options=options) == 0
-        first[prediction] = metrics(tmp_path / prediction)[0]["loss"]
+    for name, option in (
+        ("epsilon", "schedule.prediction_type=epsilon"),
+        ("v_prediction", "schedule.prediction_type=v_prediction"),
+        ("beta_end", "schedule.beta_end=0.012"),
+    ):
+        assert (
+            train(tmp_path / name, clips / "one.txt", "--max-steps", 1, options=["save_model_steps=100", option]) == 0
+        )
+        first[name] = metrics(tmp_path / name)[0]["loss"]
     assert first["epsilon"] != pytest.approx(first["v_prediction"], rel=1e-3)
+    assert first["epsilon"] != pytest.approx(first["beta_end"], rel=1e-3)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):

@@ -35,6 +35,7 @@ from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline, seeded_generator
+from ..schedulers import noise_schedule
 from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
@@ -246,9 +247,7 @@ class Trainer:
     def _build_frozen(self) -> None:
         """The diffusion, and the frozen VAE / compressor (/ previewer for validation) through ``build_pipeline``."""
         cfg, acc, options = self.cfg, self.accelerator, self.opts
-        self.diffusion = GaussianDiffusion(
-            int(setting(cfg, "train_sampling_steps")), prediction_type=setting(cfg, "schedule.prediction_type")
-        )
+        self.diffusion = GaussianDiffusion.from_schedule(noise_schedule(cfg))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         condition = conditioning.condition_kind(cfg)
         parts = conditioning.with_encoder(condition, ["vae"])
