@@ -5,6 +5,7 @@ Python API's say the same."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from .errors import CascadeVError
@@ -50,8 +51,8 @@ def positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         number = float("nan")
-    if not number > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    if not 0 < number < math.inf:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
     return number
 
 

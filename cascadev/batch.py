@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from .errors import CascadeVError
+from .errors import CascadeVError, first_line
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 LATENT_SUFFIXES = (".safetensors",)
@@ -200,8 +200,7 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
 def _error_line(exc: BaseException) -> str:
     if isinstance(exc, CascadeVError):
         return str(exc)
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}".rstrip(": ")
+    return first_line(exc)
 
 
 def run_batch(

@@ -19,7 +19,7 @@ from typing import Sequence
 from .argparsing import Parser, fail
 from .argtypes import device, frame_size, non_negative_int, positive_float, positive_int, seed
 from .atomic import disk_full_error, is_disk_full, remove_partials
-from .errors import CascadeVError, Interrupted
+from .errors import CascadeVError, Interrupted, first_line
 from .outlock import output_lock
 from .presets import PRESETS
 from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS
@@ -662,11 +662,7 @@ def _main(args: argparse.Namespace) -> int:
         if is_disk_full(exc):  # a write that no writer turned into a CascadeVError (e.g. a checkpoint's)
             where = exc.filename if isinstance(exc, OSError) and exc.filename else _output_location(args)
             return fail("cascadev", disk_full_error(where))
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(
-            f"cascadev: internal error: {type(exc).__name__}: {first} (set CASCADEV_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"cascadev: internal error: {first_line(exc)} (set CASCADEV_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     if interrupted:
         # Out of the except block the traceback (holding readers and writers) is gone: with signals

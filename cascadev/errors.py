@@ -17,6 +17,13 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """Another library's exception, for a one-line message: its type and the first line of its text (at
+    most ``limit`` characters), or the type alone when it has no text."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
 def warn(message: str) -> None:
     """One line on stderr for something the user should know while the run goes on."""
     import sys

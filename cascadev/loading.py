@@ -14,7 +14,7 @@ from . import conditioning, rules
 from .checkpoint import load_weights
 from .config_defaults import setting
 from .config_schema import validate_config
-from .errors import CascadeVError
+from .errors import CascadeVError, first_line
 from .models import build_model
 from .pipeline import CascadeVPipeline
 from .rules import check_choice, check_device_name
@@ -62,9 +62,7 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:  # mmengine reports syntax and _base_ errors with many exception types
-        raise CascadeVError(
-            f"config {path} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        )
+        raise CascadeVError(f"config {path} cannot be read: {first_line(exc)}")
     for option in options or ():
         if "=" not in option:
             raise CascadeVError(f"--cfg-options takes key=value pairs, got {option!r}")
@@ -124,7 +122,7 @@ def resolve_weights(
         if part == "dit" and ckpt is not None:
             candidates, hint = [Path(ckpt)], "the file given with --ckpt"
         else:
-            names = cfg.weights[part]
+            names = setting(cfg, f"weights.{part}")
             candidates = [root / n for n in ([names] if isinstance(names, str) else names)]
             # Which option or config key moves each file: --ckpt only ever replaces the DiT.
             hint = f"{'--ckpt or ' if part == 'dit' else ''}--weights-dir, config key weights.{part}"
@@ -191,7 +189,7 @@ def load_dit_folder(path: str | os.PathLike) -> nn.Module:
         with torch.device("meta"):
             model = CascadeDiT.from_config(config)
     except Exception as exc:  # diffusers raises ValueError/TypeError/OSError for bad configs
-        raise CascadeVError(f"DiT folder {path} has an unusable config.json: {str(exc).splitlines()[0][:200]}")
+        raise CascadeVError(f"DiT folder {path} has an unusable config.json: {first_line(exc)}")
     return load_weights(model, weights, f"the DiT of {path}")
 
 
@@ -204,7 +202,7 @@ def _load_vae(path: Path, dtype: torch.dtype) -> nn.Module:
     try:
         vae = AutoencoderKLTemporalDecoder.from_pretrained(str(path), variant=variant, torch_dtype=dtype)
     except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError for broken folders
-        raise CascadeVError(f"SVD VAE folder {path} cannot be loaded: {str(exc).splitlines()[0][:200]}")
+        raise CascadeVError(f"SVD VAE folder {path} cannot be loaded: {first_line(exc)}")
     if vae.config.latent_channels != 4:
         raise CascadeVError(f"SVD VAE folder {path} has {vae.config.latent_channels} latent channels, not 4")
     return vae

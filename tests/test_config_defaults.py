@@ -44,6 +44,20 @@ def test_setting_prefers_the_config_and_names_an_unknown_key():
         setting({}, "no_such_key")
 
 
+def test_a_config_without_weights_or_clip_keys_takes_the_shipped_ones(tmp_path):
+    from mmengine.config import Config
+
+    from cascadev.loading import resolve_weights
+    from cascadev.training.trainer import clip_geometry
+
+    cfg = Config({"weights_dir": str(tmp_path)})  # no weights section, no clip geometry
+    with pytest.raises(CascadeVError) as missing:
+        resolve_weights(cfg, ["compressor", "vae"])
+    for part in ("compressor", "vae"):
+        assert str(tmp_path / shipped()["weights"][part]) in str(missing.value)
+    assert clip_geometry(cfg) == tuple(shipped()[k] for k in ("num_frames_per_video", "time_stride", "sample_size"))
+
+
 def test_signature_defaults_agree_with_the_shipped_config():
     from cascadev.conditioning import Conditioner
     from cascadev.diffusion import GaussianDiffusion

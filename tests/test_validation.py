@@ -166,7 +166,11 @@ def test_scheduler_is_a_choice(capsys, command):
         (["train-ae", TINY, "--work-dir", "w", "--part", "dit"], "argument --part: unknown part 'dit'"),
         (
             ["encode", "v.mp4", "-o", "s", "--shards", "--shard-size", "0"],
-            "argument --shard-size: must be a positive number",
+            "argument --shard-size: must be a positive finite number",
+        ),
+        (
+            ["encode", "v.mp4", "-o", "s", "--shards", "--shard-size", "inf"],
+            "argument --shard-size: must be a positive finite number, got inf",
         ),
         (
             ["interpolate", "v.mp4", "-o", "i.mp4", "--factor", "1.5"],
@@ -309,3 +313,22 @@ def test_no_other_module_switches_on_the_condition_kind():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in ("semantic", "resize"):
                 pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} names the condition kind {node.value!r}")
+
+
+def test_another_librarys_exception_becomes_one_line_with_or_without_text(tmp_path, capsys, monkeypatch):
+    from cascadev.errors import first_line
+
+    assert first_line(RuntimeError()) == "RuntimeError"  # no text: its type alone (no IndexError)
+    assert first_line(ValueError("  bad shape\n  at line 3\n")) == "ValueError: bad shape"
+    assert first_line(OSError("x" * 300), limit=10) == "OSError: " + "x" * 10
+
+    # A bug's exception in a command: one line that says so, with the switch for its traceback.
+    from cascadev import cli
+
+    def broken(*args):
+        raise KeyError()
+
+    monkeypatch.setattr(cli, "_check_inputs", broken)
+    code = exit_status(main, ["encode", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "l.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == "cascadev: internal error: KeyError (set CASCADEV_DEBUG=1 for the traceback)\n"

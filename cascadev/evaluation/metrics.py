@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascadev.errors import CascadeVError
+from cascadev.errors import CascadeVError, first_line
 from cascadev.frames import from_uint8
 
 __all__ = [
@@ -132,11 +132,6 @@ def lpips_backbone_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _check_linear_heads(model: torch.nn.Module, package_dir: Path, net: str) -> None:
     """lpips loads its heads with ``strict=False``: make sure every shipped weight really arrived."""
     path = package_dir / "weights" / "v0.1" / f"{net}.pth"
@@ -144,7 +139,7 @@ def _check_linear_heads(model: torch.nn.Module, package_dir: Path, net: str) -> 
         shipped = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MetricUnavailable(
-            f"lpips: the package's linear heads {path} cannot be read ({_first_line(exc)}); reinstall lpips."
+            f"lpips: the package's linear heads {path} cannot be read ({first_line(exc)}); reinstall lpips."
         ) from exc
     state = model.state_dict()
     heads = [k for k in shipped if k.startswith("lin")]
@@ -168,7 +163,7 @@ def load_lpips(
         import lpips
     except Exception as exc:
         raise MetricUnavailable(
-            f"the lpips package cannot be imported ({_first_line(exc)}); pip install lpips."
+            f"the lpips package cannot be imported ({first_line(exc)}); pip install lpips."
         ) from exc
     backbone = lpips_backbone_path(net)
     if not random_backbone and not backbone.is_file():
@@ -182,7 +177,7 @@ def load_lpips(
             model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
     except Exception as exc:
         raise MetricUnavailable(
-            f"LPIPS could not load {backbone} ({_first_line(exc)}); replace it with "
+            f"LPIPS could not load {backbone} ({first_line(exc)}); replace it with "
             f"{_TORCHVISION_MODELS_URL}{backbone.name}."
         ) from exc
     _check_linear_heads(model, Path(lpips.__file__).parent, net)

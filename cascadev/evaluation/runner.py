@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
-from cascadev.errors import CascadeVError
+from cascadev.errors import CascadeVError, first_line
 from cascadev.frames import resize_uint8
 from cascadev.overlap import read_ahead
 from cascadev.overwrite import check_not_inputs
@@ -285,8 +285,7 @@ def _score_pair(
                 values = lpips_metric(ref_frames, rec_frames)
             except RuntimeError as exc:  # e.g. frames too small for AlexNet's pooling
                 raise CascadeVError(
-                    f"LPIPS failed on video {plan.pair.name} ({width}x{height} frames): "
-                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}."
+                    f"LPIPS failed on video {plan.pair.name} ({width}x{height} frames): {first_line(exc)}."
                 ) from exc
             per_frame["lpips"].extend(values.tolist())
     scores = _VideoScores(per_frame=per_frame)

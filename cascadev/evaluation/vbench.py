@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from cascadev.errors import first_line
+
 from . import VBENCH_DIMENSIONS
 
 __all__ = [
@@ -68,11 +70,6 @@ def vbench_cache_dir() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "vbench"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _import_vbench() -> tuple[Any, str | None]:
     """(module, None), or (None, why it cannot be used)."""
     try:
@@ -84,9 +81,9 @@ def _import_vbench() -> tuple[Any, str | None]:
                 "install it in its own environment, pip install vbench, with its weights in "
                 "VBENCH_CACHE_DIR)"
             )
-        return None, f"the vbench package failed to import ({_first_line(exc)})"
+        return None, f"the vbench package failed to import ({first_line(exc)})"
     except Exception as exc:
-        return None, f"the vbench package failed to import ({_first_line(exc)})"
+        return None, f"the vbench package failed to import ({first_line(exc)})"
     if not hasattr(module, "VBench"):
         return None, "the installed vbench package has no VBench class"
     return module, None
@@ -180,7 +177,7 @@ def run_vbench(
                 result_file = work / "out" / f"cascadev_{dim}_eval_results.json"
                 aggregate, per_video = json.loads(result_file.read_text(encoding="utf-8"))[dim]
             except Exception as exc:  # VBench's own failures must not stop the other metrics
-                scores.unavailable[dim] = f"VBench failed on {dim} ({_first_line(exc)})"
+                scores.unavailable[dim] = f"VBench failed on {dim} ({first_line(exc)})"
                 continue
             for entry in per_video if isinstance(per_video, list) else []:
                 if not isinstance(entry, dict):

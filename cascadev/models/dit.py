@@ -25,6 +25,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cascadev.errors import first_line
+
 Strides = Sequence[int] | None
 
 
@@ -398,7 +400,7 @@ class CascadeDiT(ModelMixin, ConfigMixin):
                 torch.compiler.cudagraph_mark_step_begin()
                 return self._compiled_blocks[i](x, t, grid).clone()
             except torch._dynamo.exc.TorchDynamoException as exc:  # the compiler, not the block, failed
-                warnings.warn(f"compiling the DiT's blocks failed, running them eagerly: {str(exc).splitlines()[0]}")
+                warnings.warn(f"compiling the DiT's blocks failed, running them eagerly: {first_line(exc)}")
                 self._compiled_blocks, self._cudagraphs = None, False
         return block(x, t, grid)
 

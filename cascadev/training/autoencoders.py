@@ -98,10 +98,9 @@ class AutoencoderTrainer(Trainer):
             )
         names = ["compressor", "previewer"] if self.part == "compressor" else ["vae"]
         for name in names:
-            if not (Path(folder) / self.cfg.weights[name]).exists():
-                raise CascadeVError(
-                    f"{key} {folder} has no {self.cfg.weights[name]} (the {name} a train-ae run exports)"
-                )
+            file = setting(self.cfg, f"weights.{name}")
+            if not (Path(folder) / file).exists():
+                raise CascadeVError(f"{key} {folder} has no {file} (the {name} a train-ae run exports)")
         nets = build_pipeline(self.cfg, names, weights_dir=folder)
         model = CompressorAutoencoder(nets.compressor, nets.previewer) if self.part == "compressor" else nets.vae
         return model.requires_grad_(True)  # build_pipeline hands out frozen networks
@@ -173,7 +172,7 @@ class AutoencoderTrainer(Trainer):
         """Write the trained weights under the config's ``weights`` names in ``out_dir``; returns the paths."""
         model = self._unwrapped()
         out_dir.mkdir(parents=True, exist_ok=True)
-        names = self.cfg.weights
+        names = {name: setting(self.cfg, f"weights.{name}") for name in ("compressor", "previewer", "vae")}
         if self.part == "compressor":
             self._recalibrate_batchnorm(model)
             written = [out_dir / names["compressor"], out_dir / names["previewer"]]

@@ -44,6 +44,7 @@ from .targets import FrozenEncoders, LatentCache
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
+    from mmengine.config import Config
 
 
 @dataclass
@@ -141,16 +142,19 @@ def build_accelerator(cfg, options: TrainOptions) -> Accelerator:
     )
 
 
-def build_dataset(cfg, seed: int, global_batch: int) -> VideoClipDataset:
+def clip_geometry(cfg: Config) -> tuple[int, int, int]:
+    """A training clip's frames, frame stride and side in pixels: (num_frames_per_video, time_stride, sample_size)."""
+    return tuple(int(setting(cfg, key)) for key in ("num_frames_per_video", "time_stride", "sample_size"))
+
+
+def build_dataset(cfg: Config, seed: int, global_batch: int) -> VideoClipDataset:
     """The training clips of the config's video lists."""
     videos = read_video_list(cfg.video_list)
     # A list smaller than one global batch (a smoke run on one video) draws several clips per video
     # per epoch; real lists keep the release's one clip per video per epoch.
     return VideoClipDataset(
         videos,
-        int(cfg.num_frames_per_video),
-        int(cfg.time_stride),
-        int(cfg.sample_size),
+        *clip_geometry(cfg),
         seed=seed,
         clips_per_video=-(-global_batch // len(videos)),
         **dict(setting(cfg, "data")),
@@ -214,7 +218,7 @@ class Trainer:
         self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
 
-        self.batch_size = int(cfg.train_batch_size)
+        self.batch_size = int(setting(cfg, "train_batch_size"))
         global_batch = self.batch_size * acc.num_processes
         self.dataset = build_dataset(cfg, self.seed, global_batch)
         self.batches_per_epoch = len(self.dataset) // global_batch
@@ -660,9 +664,7 @@ class Trainer:
         # The whole held-out frame, resized (no crop at native size, no flip), padded when the clip is short.
         clip = VideoClipDataset(
             [setting(cfg, "validation.video")],
-            int(cfg.num_frames_per_video),
-            int(cfg.time_stride),
-            int(cfg.sample_size),
+            *clip_geometry(cfg),
             seed=self.seed,
             short_video="pad",
             resize=True,
