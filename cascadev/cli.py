@@ -93,7 +93,12 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="sampling steps (default: the config's sampling.steps, 8 for the release, 2 for nano)",
     )
-    g.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="euler_a (default), ddim or dpm_solver")
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        choices=SCHEDULERS,
+        help="euler_a, ddim or dpm_solver (default: the config's sampling.scheduler, euler_a for the release)",
+    )
     g.add_argument(
         "--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video"
     )

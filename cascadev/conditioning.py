@@ -71,8 +71,17 @@ def kind_of_dit(in_channels: int) -> str:
 
 
 def dit_spec(cfg: Mapping[str, Any]) -> dict:
-    """The config's ``model`` with the input channels of its condition kind."""
-    return dict(cfg["model"], in_channels=dit_in_channels(condition_kind(cfg)))
+    """The config's ``model`` with the input channels of its condition kind (``model.in_channels``, when a
+    config gives it, must agree)."""
+    kind = condition_kind(cfg)
+    channels = dit_in_channels(kind)
+    given = cfg["model"].get("in_channels", channels)
+    if given != channels:
+        raise CascadeVError(
+            f"config key model.in_channels={given} disagrees with condition={kind!r}, whose DiT takes {channels} "
+            "input channels; drop model.in_channels (the condition sets it)"
+        )
+    return dict(cfg["model"], in_channels=channels)
 
 
 def with_encoder(kind: str, parts: Sequence[str]) -> list[str]:
@@ -82,8 +91,10 @@ def with_encoder(kind: str, parts: Sequence[str]) -> list[str]:
 
 
 def resize_for_encoding(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Frames (N, 3, H, W) -> (N, 3, *size): the one filter for frames resized before an encoder (the
-    resize condition's x1/4 in training and sampling, ``upscale``'s input brought to the target size).
+    """Frames (N, 3, H, W) -> (N, 3, *size): the filter of the resize condition's x1/4, in training and
+    sampling alike, and of ``upscale``'s input brought to the target size. (A video prepared for
+    ``encode`` / ``recon`` at ``--size``, like a training clip, is resized by
+    :func:`cascadev.frames.resize_short_side` instead: bilinear, antialiased.)
 
     Bicubic keeps enlarged edges sharper than bilinear; antialiasing acts only when a side shrinks; the
     clamp removes bicubic's overshoot. Same size: returned unchanged.

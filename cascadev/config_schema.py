@@ -98,7 +98,6 @@ COUNT = integer(1)
 
 SCHEMA: dict[str, Rule] = {
     # the model and the frozen networks
-    "image_size": COUNT,
     "num_frames_per_video": COUNT,
     "sr_scale": COUNT,
     "scale_factor": number(0, above=True),
@@ -107,7 +106,6 @@ SCHEMA: dict[str, Rule] = {
     "model.type": string(),
     "model.input_size": COUNT,
     "model.patch_size": COUNT,
-    "model.in_channels": COUNT,
     "model.hidden_size": COUNT,
     "model.depth": COUNT,
     "model.num_heads": COUNT,

@@ -4,7 +4,6 @@
 # 256x256 with 8-frame windows (latent 32x32); like the released model it runs on any size (tiles).
 _base_ = ['./s1024_effn_f32.py']
 
-image_size = 256
 num_frames_per_video = 8
 # 1 / (std of the nano VAE's latents on 8 training clips), measured after the VAE stage (tools/latent_scale.py;
 # train_nano.sh passes its own measurement to the DiT stage): PixArt's 0.13025 belongs to the SDXL VAE.

@@ -1,7 +1,6 @@
 # The released CascadeV LDM-VAE (ByteDance/CascadeV "s1024.effn-f32"): 1x32x32 compression at 1024x1024.
 # mmengine-style Python config; derive variants with `_base_ = ['./s1024_effn_f32.py']` and override keys.
 
-image_size = 1024  # trained frame size in pixels (square crops)
 num_frames_per_video = 8  # frames per training clip, the DiT's window (lats_per_vid)
 sr_scale = 4  # semantic latent (1/32) -> DiT / SVD latent (1/8)
 scale_factor = 0.13025  # PixArt-Σ's SDXL value, applied to the SVD latent and the condition
@@ -9,9 +8,9 @@ condition = 'semantic'  # 'semantic' (20 input channels) or 'resize' (paper Fig.
 
 model = dict(
     type='CascadeDiT',
-    input_size=128,  # image_size // 8
+    input_size=128,  # sample_size // 8: the latent of a training crop
     patch_size=2,
-    in_channels=20,  # 4 noisy SVD-latent channels + 16 semantic-latent channels
+    # in_channels follows `condition`: 4 noisy SVD-latent channels + 16 semantic ones (20), or + 4 (8)
     hidden_size=1152,
     depth=28,
     num_heads=16,

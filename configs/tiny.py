@@ -3,7 +3,6 @@
 # --random-init it needs no weights.
 _base_ = ['./s1024_effn_f32.py']
 
-image_size = 64
 num_frames_per_video = 4
 
 model = dict(

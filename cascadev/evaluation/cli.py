@@ -52,7 +52,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=positive_int,
         default=None,
-        help="processes computing PSNR/SSIM/flickering, one video each (default: every available core)",
+        help="processes computing PSNR/SSIM/flickering, one video each (default: every available core, or 1 "
+        "for jobs under 16M compared pixels, where starting a pool costs more than it saves)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

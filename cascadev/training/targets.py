@@ -87,8 +87,9 @@ class FrozenEncoders:
 class LatentCache:
     """Encodings of the training clips on disk, one safetensors file per dataset item.
 
-    With caching on, every item uses its epoch-0 clip, so each video is encoded once and later epochs
-    skip the frozen encoders entirely.
+    With caching on, the cache holds ``latent_cache_epochs`` = K versions of each item (the clips of
+    epochs 0 .. K-1, each encoded once) and epoch e reads version e % K (``Trainer._loader``), so later
+    epochs skip the frozen encoders entirely; K = 1 trains every epoch on the epoch-0 clips.
     """
 
     def __init__(self, root: str | Path):
