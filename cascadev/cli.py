@@ -530,6 +530,15 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
         )
     sampling = _sampling(args, cfg)
     video_options = dict(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
+    if args.command in ("decode", "recon"):
+        from .conditioning import DEFAULT_KIND, condition_kind
+
+        kind = condition_kind(cfg)
+        if kind != DEFAULT_KIND:  # before any model loads or any frame is encoded
+            raise CascadeVError(
+                f"{args.command} decodes semantic latents, and this config's DiT takes the {kind} condition "
+                "(condition in the config); upscale and interpolate take it"
+            )
     if args.command == "decode":
         from .segments import decode_latent_split
 

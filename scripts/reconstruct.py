@@ -1,15 +1,13 @@
 #!/usr/bin/env python
-"""Entry script for reconstruction: the same as `cascadev encode|decode|recon ...`."""
+"""Entry script for reconstruction: `cascadev encode|decode|recon|upscale|interpolate ...`, and
+`cascadev recon ...` when no command is named (``scripts/reconstruct.py clip.mp4 -o out``)."""
 
 import sys
 
 from cascadev.cli import main
 
+COMMANDS = ("encode", "decode", "recon", "upscale", "interpolate")
+
 if __name__ == "__main__":
-    sys.exit(
-        main(
-            sys.argv[1:]
-            if len(sys.argv) > 1 and sys.argv[1] in ("encode", "decode", "recon")
-            else ["recon", *sys.argv[1:]]
-        )
-    )
+    args = sys.argv[1:]
+    sys.exit(main(args if args[:1] and args[0] in COMMANDS else ["recon", *args]))

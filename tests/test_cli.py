@@ -525,3 +525,13 @@ def test_every_latent_file_a_command_opens_is_closed(tmp_path, capsys, clip, mon
     assert run_cli(capsys, "recon", clip, "-o", tmp_path / "r", *common)[0] == 0
     assert batch.count_frames(latent, latent=True) == 7
     assert not open_readers
+
+
+def test_recon_and_decode_refuse_a_resize_condition_model_before_any_work(tmp_path, capsys, clip):
+    resize = ["--config", TINY, "--random-init", "--quiet", "--cfg-options", "condition=resize"]
+    latent = tmp_path / "l.safetensors"
+    assert run_cli(capsys, "encode", clip, "-o", latent, "--config", TINY, "--random-init", "--quiet")[0] == 0
+    for command, source, out in (("recon", clip, tmp_path / "r"), ("decode", latent, tmp_path / "d.mp4")):
+        code, err = run_cli(capsys, command, source, "-o", out, *resize)
+        assert_one_line_error(code, err, f"{command} decodes semantic latents", "the resize condition")
+        assert not out.exists()

@@ -103,6 +103,17 @@ def test_every_tool_and_script_gives_one_line_errors(tmp_path):
         assert "usage:" not in err and "Traceback" not in err, (script, err)
 
 
+def test_the_reconstruct_script_forwards_each_command_and_defaults_to_recon():
+    script = [sys.executable, str(ROOT / "scripts" / "reconstruct.py")]
+    for argv, expected in (
+        (["upscale", "v.mp4", "-o", "u.mp4", "--scale", "0"], "cascadev: error: upscale: argument --scale"),
+        (["interpolate", "v.mp4", "-o", "i.mp4", "--factor", "0"], "cascadev: error: interpolate: argument --factor"),
+        (["v.mp4", "-o", "out", "--scale", "2"], "cascadev: error: recon: unrecognized arguments: --scale"),
+    ):
+        result = subprocess.run([*script, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith(expected), (argv, result.stderr)
+
+
 def test_every_parser_is_the_one_class():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
