@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -54,9 +55,8 @@ class BatchResult:
         return [r for r in self.records if r["status"] == "failed"]
 
 
-def _natural_key(name: str) -> list[Any]:
-    import re
-
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders ``2.mp4`` before ``10.mp4`` (digit runs compare as numbers, case aside)."""
     parts = re.split(r"(\d+)", name)
     return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)] + [name]
 
@@ -88,7 +88,7 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
                     for p in path.iterdir()
                     if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
                 ),
-                key=lambda p: _natural_key(p.name),
+                key=lambda p: natural_key(p.name),
             )
             if not files:
                 raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
@@ -100,7 +100,7 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
         elif any(c in item for c in _GLOB_CHARS):
             files = sorted(
                 (Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()),
-                key=lambda p: _natural_key(str(p)),
+                key=lambda p: natural_key(str(p)),
             )
             if not files:
                 raise CascadeVError(f"The pattern {item} matches no files.")

@@ -14,10 +14,10 @@ from typing import Any
 
 from .errors import CascadeVError
 
-__all__ = ["SHIPPED_CONFIG", "setting", "shipped"]
+__all__ = ["MISSING", "SHIPPED_CONFIG", "lookup", "setting", "shipped"]
 
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "s1024_effn_f32.py"
-_MISSING = object()
+MISSING = object()  # what lookup returns for an absent key (None is a value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -28,23 +28,25 @@ def shipped() -> dict[str, Any]:
     return Config.fromfile(str(SHIPPED_CONFIG)).to_dict() if SHIPPED_CONFIG.is_file() else {}
 
 
-def _lookup(node: Any, key: str) -> Any:
-    """``node[a][b]`` for the dotted key ``a.b`` (an mmengine Config or nested dicts), or ``_MISSING``."""
+def lookup(node: Any, key: str) -> Any:
+    """``node[a][b]`` for the dotted key ``a.b`` (an mmengine Config or nested dicts), or ``MISSING``."""
     for part in key.split("."):
+        if isinstance(node, (str, bytes)):  # a value where a section was expected ("in" would find substrings)
+            return MISSING
         try:
             if part not in node:
-                return _MISSING
-        except TypeError:  # a value where a section was expected
-            return _MISSING
-        node = node[part]
+                return MISSING
+            node = node[part]
+        except (TypeError, KeyError):  # another value where a section was expected
+            return MISSING
     return node
 
 
 def setting(cfg: Any, key: str) -> Any:
     """The value of the dotted ``key`` in ``cfg``, else the shipped config's; one error line if neither has it."""
     for source in (cfg, shipped()):
-        value = _lookup(source, key)
-        if value is not _MISSING:
+        value = lookup(source, key)
+        if value is not MISSING:
             return value
     raise CascadeVError(
         f"the config has no key {key}, and the shipped config {SHIPPED_CONFIG} that gives its default is missing"

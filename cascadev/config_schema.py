@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conditioning import KINDS
+from .config_defaults import MISSING, lookup
 from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
 from .rules import (
@@ -208,17 +209,6 @@ SCHEMA: dict[str, Rule] = {
 # Sections every command builds its models from.
 REQUIRED = ("model", "compressor", "previewer", "vae", "schedule", "scale_factor", "sr_scale")
 
-_MISSING = object()
-
-
-def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
 
 def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
     """Check every key of ``SCHEMA`` present in ``cfg`` (and that ``REQUIRED`` ones are); one line per failure.
@@ -227,11 +217,11 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
     ``model.depth``.
     """
     for key in REQUIRED:
-        if _lookup(cfg, key) is _MISSING:
+        if lookup(cfg, key) is MISSING:
             raise CascadeVError(f"{source} lacks the key {key}, which every command needs.")
     for key, rule in SCHEMA.items():
-        value = _lookup(cfg, key)
-        if value is _MISSING or (value is None and rule.nullable):
+        value = lookup(cfg, key)
+        if value is MISSING or (value is None and rule.nullable):
             continue
         if not rule.check(value):
             shown = repr(value)
@@ -239,10 +229,10 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
             raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")
     # PixArt's configs give the training steps apart (train_sampling_steps); here training and sampling
     # both take schedule.num_train_timesteps, so a PixArt value that differs is refused, not ignored.
-    pixart_steps = _lookup(cfg, "train_sampling_steps")
-    steps = _lookup(cfg, "schedule.num_train_timesteps")
-    steps = TRAIN_TIMESTEPS if steps is _MISSING else steps
-    if pixart_steps is not _MISSING and pixart_steps != steps:
+    pixart_steps = lookup(cfg, "train_sampling_steps")
+    steps = lookup(cfg, "schedule.num_train_timesteps")
+    steps = TRAIN_TIMESTEPS if steps is MISSING else steps
+    if pixart_steps is not MISSING and pixart_steps != steps:
         raise CascadeVError(
             f"config key train_sampling_steps={pixart_steps!r} disagrees with schedule.num_train_timesteps={steps}, "
             f"which training and sampling share; drop train_sampling_steps (in {source})."

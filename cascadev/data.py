@@ -16,7 +16,6 @@ by the next good video of the list; only when every video is bad is a :class:`Ca
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cascadev.batch import natural_key
 from cascadev.errors import CascadeVError
 from cascadev.frames import crop, from_uint8, resize_short_side
 from cascadev.rules import check_choice, check_seed, check_whole
@@ -144,17 +144,12 @@ def clip_indices(
     return np.concatenate([available, np.full(num_frames - len(available), available[-1])])
 
 
-def _natural_key(name: str) -> list[Any]:
-    """Sort key that puts frame_2.jpg before frame_10.jpg."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
 def _list_frames(folder: Path) -> list[Path]:
     try:
         files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     except OSError as exc:
         raise CascadeVError(f"The frame folder {folder} cannot be listed ({exc}).") from exc
-    return sorted(files, key=lambda p: _natural_key(p.name))
+    return sorted(files, key=lambda p: natural_key(p.name))
 
 
 def _read_image(path: Path) -> np.ndarray:

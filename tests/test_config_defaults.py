@@ -42,6 +42,10 @@ def test_setting_prefers_the_config_and_names_an_unknown_key():
     assert setting({"load_from": None}, "load_from") is None  # a key set to None is set
     with pytest.raises(CascadeVError, match="no_such_key"):
         setting({}, "no_such_key")
+    from cascadev.config_defaults import MISSING, lookup
+
+    for plain in ("depth", 3, None, ["depth"]):  # a value where a section was expected: no key below it
+        assert lookup({"model": plain}, "model.depth") is MISSING
 
 
 def test_a_config_without_weights_or_clip_keys_takes_the_shipped_ones(tmp_path):

@@ -23,7 +23,6 @@ themselves, in one batch per dimension (:mod:`cascadev.evaluation.vbench`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
+from cascadev.batch import VIDEO_SUFFIXES, natural_key
 from cascadev.errors import CascadeVError, first_line
 from cascadev.frames import resize_uint8
 from cascadev.overlap import read_ahead
@@ -49,20 +49,17 @@ from .parallel import available_cores, score_pairs
 __all__ = [
     "ALL_METRICS",
     "PAIRED_METRICS",
-    "VIDEO_SUFFIXES",
     "EvalOptions",
     "PairPlan",
     "VideoPair",
     "evaluate",
     "list_videos",
     "match_videos",
-    "natural_key",
     "parse_metrics",
     "plan_pairs",
     "run_evaluation",
 ]
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 SSIM_MIN_SIDE = 7  # scikit-image's default 7x7 window
 PARALLEL_MIN_PIXELS = 64 * 512 * 512  # below this many compared pixels one process is faster than a pool
 COUNT_POLICY = "frame counts must match; with --resize the first min(REF, REC) frames of both are compared"
@@ -114,12 +111,6 @@ def _resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Finding and matching videos
 # --------------------------------------------------------------------------------------------
-
-
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders ``2.mp4`` before ``10.mp4`` (digit runs compare as numbers)."""
-    parts = re.split(r"(\d+)", name)
-    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)] + [name]
 
 
 def _add(found: dict[str, Path], path: Path, flag: str, source: Path) -> None:
