@@ -22,7 +22,7 @@ from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted, first_line
 from .outlock import output_lock
 from .presets import PRESETS
-from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS
+from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS, VIDEO_CODEC, VIDEO_CRF
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -111,12 +111,14 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output video")
-    g.add_argument("--codec", default="libx264", help="video encoder (default libx264; e.g. libx265, libx264rgb)")
+    g.add_argument(
+        "--codec", default=VIDEO_CODEC, help=f"video encoder (default {VIDEO_CODEC}; e.g. libx265, libx264rgb)"
+    )
     g.add_argument(
         "--crf",
         type=non_negative_int,
-        default=18,
-        help="constant quality for libx264, libx264rgb and libx265: 0 (lossless) to 51 (default 18); "
+        default=VIDEO_CRF,
+        help=f"constant quality for libx264, libx264rgb and libx265: 0 (lossless) to 51 (default {VIDEO_CRF}); "
         "other codecs use their own defaults",
     )
     g.add_argument(
@@ -443,7 +445,7 @@ def _wrote(path: str | os.PathLike, summary: str) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    _check_inputs(args)
+    """The command, its inputs checked already (``_check_inputs``, in ``_main``)."""
     from .loading import load_config
 
     if args.command in ("train", "train-ae"):

@@ -17,7 +17,6 @@ target size), so a model never meets a different filter at sampling time than in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import CascadeVError
-from .frames import resize
+from .frames import resize, round_half_up
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,8 @@ KINDS = {"semantic": ConditionKind(16, "compressor"), "resize": ConditionKind(4,
 # DiT condition channels -> the kind of condition.
 CONDITION_KINDS = {kind.channels: name for name, kind in KINDS.items()}
 DEFAULT_KIND = "semantic"  # the release's
+# PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
+SCALE_FACTOR = 0.13025
 
 
 def check_kind(kind: str) -> str:
@@ -113,7 +114,7 @@ class Conditioner:
         vae: nn.Module | None = None,
         *,
         kind: str = DEFAULT_KIND,
-        scale_factor: float = 0.13025,
+        scale_factor: float = SCALE_FACTOR,
         sr_scale: int = 4,
         chunk: int = 4,
         device: torch.device | str = "cpu",
@@ -158,7 +159,7 @@ class Conditioner:
         (``sr_scale``; the resize condition's low resolution), rounded half up, at least 1."""
         if self.encoder == "compressor":
             return tuple(size)
-        return tuple(max(1, math.floor(s / self.sr_scale + 0.5)) for s in size)
+        return tuple(max(1, round_half_up(s / self.sr_scale)) for s in size)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, h, w) already at :meth:`input_size` -> this kind's condition latent (N, C, H/32, W/32)."""

@@ -48,7 +48,7 @@ from .reconstruct import (
     decode_frames,
     write_frames,
 )
-from .rules import check_choice, check_whole
+from .rules import VIDEO_CODEC, VIDEO_CRF, check_choice, check_whole
 from .video_io import VideoReader, VideoWriter, select_frames
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
@@ -250,8 +250,8 @@ def upscale_video(
     mode: str = "tiles",
     start: int = 0,
     num_frames: int | None = None,
-    codec: str = "libx264",
-    crf: int = 18,
+    codec: str = VIDEO_CODEC,
+    crf: int = VIDEO_CRF,
     pix_fmt: str | None = None,
     audio: bool = True,
 ) -> tuple[int, int]:
@@ -294,8 +294,8 @@ def interpolate_video(
     mode: str = "tiles",
     start: int = 0,
     num_frames: int | None = None,
-    codec: str = "libx264",
-    crf: int = 18,
+    codec: str = VIDEO_CODEC,
+    crf: int = VIDEO_CRF,
     pix_fmt: str | None = None,
     audio: bool = True,
 ) -> int:

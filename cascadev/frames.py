@@ -85,7 +85,8 @@ def frames_to_uint8(frames: torch.Tensor, height: int, width: int, truncate: boo
 # --------------------------------------------------------------------------------------------
 
 
-def _round_half_up(x: float) -> int:
+def round_half_up(x: float) -> int:
+    """``x`` to the nearest whole number, halves up (Python's ``round`` takes halves to even): sizes."""
     return int(math.floor(x + 0.5))
 
 
@@ -94,8 +95,8 @@ def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     rounded half up and at least 1. (The release preset's uint8 resize, ``presets.blur_resize``, rounds
     half to even, as the release does.)"""
     if height <= width:
-        return int(size), max(1, _round_half_up(width * size / height))
-    return max(1, _round_half_up(height * size / width)), int(size)
+        return int(size), max(1, round_half_up(width * size / height))
+    return max(1, round_half_up(height * size / width)), int(size)
 
 
 def resize(

@@ -35,14 +35,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from . import rules
-from .conditioning import DEFAULT_KIND, KINDS, Conditioner, kind_of_dit
+from .conditioning import DEFAULT_KIND, KINDS, SCALE_FACTOR, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .frames import pad_to
 from .schedulers import TRAINING_SCHEDULE, make_scheduler
 from .tiling import SegmentStream, Tiling, default_tile_stride
 
-# PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
-SCALE_FACTOR = 0.13025
 # How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
 # latent is at least twice the trained size on both sides).
 MODES = rules.MODES

@@ -22,18 +22,19 @@ from tqdm.auto import tqdm
 from . import frame_times
 from .atomic import make_folder, remove_quietly
 from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
-from .latent_io import LatentMeta, LatentReader, LatentWriter
+from .latent_io import LATENT_CHANNELS, LatentMeta, LatentReader, LatentWriter
+from .models.compressor import COMPRESSOR_STRIDE
 from .outlock import output_lock
 from .overlap import WriteBehind, read_ahead
 from .overwrite import check_not_inputs
 from .pictures import contact_sheet, save_image, side_by_side
 from .pipeline import CascadeVPipeline
 from .presets import PRESETS, Preset
-from .rules import SCHEDULERS, check_choice, check_seed, check_whole
+from .rules import SCHEDULERS, VIDEO_CODEC, VIDEO_CRF, check_choice, check_seed, check_whole
 from .video_io import VideoReader, VideoWriter, check_encoder_options, select_frames
 
 PipelineLoader = Callable[[], CascadeVPipeline]
-LATENT_STRIDE = 32  # pixels per semantic-latent position
+LATENT_STRIDE = COMPRESSOR_STRIDE  # pixels per semantic-latent position
 READ_CHUNK = 16  # frames read and encoded at a time
 RECON_FILES = ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
 COMPARE_TITLES = ("original", "preview (no LDM)", "reconstruction")
@@ -135,7 +136,7 @@ def encode_video(
         start=start,
         frame_times=None if times is None else tuple(times),
     )
-    shape = (16, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
+    shape = (LATENT_CHANNELS, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
     make_folder(Path(output).parent)
     with LatentWriter(output, shape, meta) as writer:
         pipe = load_pipeline()
@@ -219,7 +220,7 @@ def reconstruct_video(
     select_frames(source, start, num_frames)  # a bad input fails before the folder is made
     # So do bad output options.
     check_encoder_options(
-        writer_options.get("codec", "libx264"), writer_options.get("crf", 18), writer_options.get("pix_fmt")
+        writer_options.get("codec", VIDEO_CODEC), writer_options.get("crf", VIDEO_CRF), writer_options.get("pix_fmt")
     )
     made_dir = not out_dir.exists()
     make_folder(out_dir)

@@ -20,6 +20,9 @@ from .errors import CascadeVError
 # Seeds feed numpy's SeedSequence and torch.Generator.manual_seed, which take 0 <= seed < 2**63.
 SEED_LIMIT = 2**63
 # The names a user may give; the modules that act on them map each name to its implementation.
+# The output videos' encoder and quality unless told otherwise: H.264, visually lossless (x264's crf scale).
+VIDEO_CODEC = "libx264"
+VIDEO_CRF = 18
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
 # Noise schedules (diffusers' names) that the training loss (cascadev.diffusion) and diffusers' samplers

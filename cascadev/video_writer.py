@@ -21,6 +21,7 @@ import numpy as np
 from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.audio import AudioSource
 from cascadev.errors import CascadeVError
+from cascadev.rules import VIDEO_CODEC, VIDEO_CRF
 
 __all__ = ["VideoWriter", "check_encoder_options", "fps_fraction", "write_video"]
 
@@ -97,8 +98,8 @@ class VideoWriter(AtomicWriter):
         fps: float,
         height: int,
         width: int,
-        codec: str = "libx264",
-        crf: int = 18,
+        codec: str = VIDEO_CODEC,
+        crf: int = VIDEO_CRF,
         pix_fmt: str | None = None,
         audio_from: str | os.PathLike[str] | None = None,
         audio_start: float = 0.0,

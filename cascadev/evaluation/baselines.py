@@ -23,9 +23,9 @@ import numpy as np
 from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
-from cascadev.frames import bicubic_round_trip
+from cascadev.frames import bicubic_round_trip, round_half_up
 from cascadev.overlap import WriteBehind, read_ahead
-from cascadev.rules import check_whole
+from cascadev.rules import VIDEO_CRF, check_whole
 from cascadev.video_io import VideoReader, VideoWriter
 
 __all__ = ["bicubic_folder", "bicubic_frames", "bicubic_video", "low_res_size", "main"]
@@ -36,7 +36,7 @@ DEFAULT_FACTOR = 32
 def low_res_size(height: int, width: int, factor: int = DEFAULT_FACTOR) -> tuple[int, int]:
     """The 1/``factor`` frame size: ``(round(H/f), round(W/f))``, each at least 1."""
     check_whole(factor, "The downscaling factor")
-    return max(1, int(height / factor + 0.5)), max(1, int(width / factor + 0.5))
+    return max(1, round_half_up(height / factor)), max(1, round_half_up(width / factor))
 
 
 def bicubic_frames(frames: np.ndarray, factor: int = DEFAULT_FACTOR) -> np.ndarray:
@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("src", help="folder of videos, list file or one video")
     parser.add_argument("-o", "--output", required=True, help="output folder (<name>.mp4 per video)")
     parser.add_argument("--factor", type=positive_int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")
-    parser.add_argument("--crf", type=non_negative_int, default=18, help="x264 quality (0 = lossless; default 18)")
+    parser.add_argument(
+        "--crf", type=non_negative_int, default=VIDEO_CRF, help=f"x264 quality (0 = lossless; default {VIDEO_CRF})"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:

@@ -24,7 +24,7 @@ from einops import rearrange
 from safetensors.torch import load_file
 
 from ..checkpoint import save_safetensors
-from ..conditioning import DEFAULT_KIND, KINDS, Conditioner, check_kind
+from ..conditioning import DEFAULT_KIND, KINDS, SCALE_FACTOR, Conditioner, check_kind
 
 
 class FrozenEncoders:
@@ -39,7 +39,7 @@ class FrozenEncoders:
         compressor=None,
         *,
         condition: str = DEFAULT_KIND,
-        scale_factor: float = 0.13025,
+        scale_factor: float = SCALE_FACTOR,
         sr_scale: int = 4,
         chunk: int = 4,
         dtype: torch.dtype = torch.float32,
