@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cascadev.batch import natural_key
 from cascadev.errors import CascadeVError
@@ -35,7 +35,6 @@ __all__ = [
     "BadVideoWarning",
     "IMAGE_SUFFIXES",
     "VideoClipDataset",
-    "build_dataloader",
     "clip_indices",
     "read_video_list",
 ]
@@ -377,36 +376,3 @@ class VideoClipDataset(Dataset):
                 "substituted": source != own,
             }
         raise CascadeVError(f"None of the {n} videos in video_list could be read.")
-
-
-def build_dataloader(
-    dataset: Dataset,
-    batch_size: int,
-    num_workers: int,
-    shuffle: bool = True,
-    seed: int = 0,
-    drop_last: bool = True,
-) -> DataLoader:
-    """A DataLoader over ``dataset``: batches of ``video`` ``(B, T, 3, S, S)`` plus the other keys.
-
-    The shuffle order comes from a generator seeded with ``seed`` (it advances each epoch). Workers
-    are not persistent, so :meth:`VideoClipDataset.set_epoch` reaches them.
-    """
-    check_whole(batch_size, "The batch size")
-    check_whole(num_workers, "The num_workers option", 0)
-    if drop_last and len(dataset) < batch_size:
-        raise CascadeVError(
-            f"The video_list has {len(dataset)} videos, fewer than the batch size {batch_size}; "
-            "no full batch can be made."
-        )
-    generator = torch.Generator()
-    generator.manual_seed(int(seed))
-    return DataLoader(
-        dataset,
-        batch_size=int(batch_size),
-        shuffle=shuffle,
-        num_workers=int(num_workers),
-        drop_last=drop_last,
-        generator=generator,
-        persistent_workers=False,
-    )

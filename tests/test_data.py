@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from videos import write_test_video
 
 from cascadev.data import (
     BadVideoWarning,
     VideoClipDataset,
-    build_dataloader,
     clip_indices,
     read_video_list,
 )
@@ -335,9 +335,6 @@ def test_option_checks(tmp_path):
         VideoClipDataset(["a.mp4"], num_frames=2, time_stride=1, sample_size=16, short_video="cut")
     with pytest.raises(CascadeVError, match="no videos"):
         VideoClipDataset([], num_frames=2, time_stride=1, sample_size=16)
-    ds = VideoClipDataset(["a.mp4"], num_frames=2, time_stride=1, sample_size=16)
-    with pytest.raises(CascadeVError, match="fewer than the batch size 4"):
-        build_dataloader(ds, batch_size=4, num_workers=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +350,7 @@ def test_dataloader_with_two_workers_matches_single_process(tmp_path):
     ds.set_epoch(2)
 
     def collect(num_workers):
-        loader = build_dataloader(ds, batch_size=2, num_workers=num_workers, shuffle=False)
+        loader = DataLoader(ds, batch_size=2, num_workers=num_workers, drop_last=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadVideoWarning)
             return list(loader)
@@ -369,19 +366,6 @@ def test_dataloader_with_two_workers_matches_single_process(tmp_path):
     assert substituted.tolist() == [False, False, True, False]
     # The bad video's slot is filled by the next good one, in the workers as in the main process.
     assert torch.cat([b["source_index"] for b in multi]).tolist() == [0, 1, 3, 3]
-
-
-def test_dataloader_shuffle_is_seeded(tmp_path):
-    path = str(_write_coded_video(tmp_path / "v.mp4", 8))
-    ds = VideoClipDataset([path] * 6, num_frames=1, time_stride=1, sample_size=8)
-
-    def order(seed):
-        loader = build_dataloader(ds, batch_size=3, num_workers=0, shuffle=True, seed=seed)
-        return [int(i) for batch in loader for i in batch["index"]]
-
-    assert order(1) == order(1)
-    assert sorted(order(1)) == list(range(6))
-    assert any(order(1) != order(s) for s in (2, 3, 4))
 
 
 AUGMENTED = dict(num_frames=2, time_stride=1, sample_size=16, resize=True, hflip_prob=0.0)

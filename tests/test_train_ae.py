@@ -78,7 +78,12 @@ def test_resumed_run_equals_uninterrupted_run_and_exports_loadable_weights(tmp_p
     assert full.keys() == split.keys()
     for key in full:
         assert torch.allclose(full[key], split[key], atol=1e-6), key
-    assert (tmp_path / "split" / "validation" / "step_00000004.png").is_file()
+    from PIL import Image
+
+    from cascadev.pictures import sheet_size
+
+    picture = np.asarray(Image.open(tmp_path / "split" / "validation" / "step_00000004.png"))
+    assert picture.shape[:2] == sheet_size(4, 2, 64, 64)  # 4 frames x (original | step 4), labelled
     # The export holds the trained weights under the config's names, and the pipeline loads them.
     cfg = load_config(TINY)
     pipe = build_pipeline(cfg, ["compressor", "previewer"], weights_dir=tmp_path / "full" / "weights")

@@ -35,7 +35,6 @@ from ..frames import resize, to_uint8
 from ..loading import build_pipeline
 from ..models import build_model
 from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
-from ..pictures import save_image, side_by_side
 from ..rules import AUTOENCODER_PARTS, check_choice
 from .trainer import Trainer, TrainOptions
 
@@ -123,7 +122,7 @@ class AutoencoderTrainer(Trainer):
 
     @torch.no_grad()
     def _validate(self, step: int) -> None:
-        """Save original | reconstruction of the first training clip (four frames) as a PNG."""
+        """Save original | reconstruction of the first training clip (four frames) as a labelled PNG."""
         acc = self.accelerator
         if acc.is_main_process:
             model = self._unwrapped()
@@ -134,10 +133,7 @@ class AutoencoderTrainer(Trainer):
                 recon = resize(model(frames), frames.shape[-2:]) * 2 - 1  # previewer: [0, 1] at 1/4 size
             else:
                 recon = model(frames, num_frames=clip.shape[1]).sample
-            rows = side_by_side(to_uint8(frames), to_uint8(recon))[:4]
-            out = self.work_dir / "validation" / f"step_{step:08d}.png"
-            out.parent.mkdir(exist_ok=True)
-            save_image(out, np.concatenate(list(rows), axis=0))
+            self.save_validation(step, [to_uint8(frames), to_uint8(recon)], ["original", f"step {step}"])
             model.train()
         acc.wait_for_everyone()
 

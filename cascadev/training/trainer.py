@@ -687,6 +687,15 @@ class Trainer:
         )
         return clip, cond, recon, pipe
 
+    def save_validation(self, step: int, columns: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
+        """uint8 videos (T, S, S, 3), one per title -> ``work_dir/validation/step_N.png``: their first four
+        frames side by side, labelled (``contact_sheet``). Returns those rows, (4, S, len(titles) * S, 3)."""
+        rows = side_by_side(*columns)[:4]
+        out = self.work_dir / "validation" / f"step_{step:08d}.png"
+        out.parent.mkdir(exist_ok=True)
+        save_image(out, contact_sheet(list(rows), titles, range(len(rows))))
+        return rows
+
     @torch.no_grad()
     def _validate(self, step: int) -> None:
         """Reconstruct the held-out clip with the current weights and save original | preview | recon."""
@@ -702,10 +711,7 @@ class Trainer:
                 titles.append("preview (no LDM)")
             columns.append(to_uint8(recon))
             titles.append(f"step {step}")
-            rows = side_by_side(*columns)[:4]
-            out = self.work_dir / "validation" / f"step_{step:08d}.png"
-            out.parent.mkdir(exist_ok=True)
-            save_image(out, contact_sheet(list(rows), titles, range(len(rows))))
+            rows = self.save_validation(step, columns, titles)
             for tracker in acc.trackers:
                 if tracker.name == "tensorboard":
                     tracker.writer.add_images("validation", np.stack(list(rows)), step, dataformats="NHWC")
