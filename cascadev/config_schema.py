@@ -74,8 +74,18 @@ def section() -> Rule:
     return Rule(lambda v: isinstance(v, Mapping), "a dict of settings (key=value)")
 
 
-def sequence(item: Callable[[Any], bool] | None = None, what: str = "a list", nullable: bool = False) -> Rule:
-    return Rule(lambda v: isinstance(v, (list, tuple)) and (item is None or all(item(x) for x in v)), what, nullable)
+def sequence(
+    item: Callable[[Any], bool] | None = None, what: str = "a list", nullable: bool = False, length: int | None = None
+) -> Rule:
+    return Rule(
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and (length is None or len(v) == length)
+            and (item is None or all(item(x) for x in v))
+        ),
+        what,
+        nullable,
+    )
 
 
 def one_or_more_strings(nullable: bool = False) -> Rule:
@@ -162,8 +172,8 @@ SCHEMA: dict[str, Rule] = {
     "data.resize": boolean(),
     "data.hflip_prob": number(0, 1),
     "data.crop": string(CROPS),
-    "data.scale_range": sequence(lambda x: _is_number(x) and x >= 1, "a list of two numbers of at least 1"),
-    "data.gamma_range": sequence(lambda x: _is_number(x) and x > 0, "a list of two positive numbers"),
+    "data.scale_range": sequence(lambda x: _is_number(x) and x >= 1, "a list of two numbers of at least 1", length=2),
+    "data.gamma_range": sequence(lambda x: _is_number(x) and x > 0, "a list of two positive numbers", length=2),
     "encode_chunk": COUNT,
     "cache_latents": boolean(),
     "latent_cache_epochs": COUNT,
