@@ -188,3 +188,15 @@ def test_a_decode_shared_among_processes_keeps_the_frame_times(tmp_path, capsys,
     np.testing.assert_allclose(starts, timing(vfr)[0], atol=1e-3)  # each frame at its input time
     assert abs(duration - END) < float(np.diff(STARTS).min())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors", "split.mp4"]  # segment files gone
+
+
+def test_the_bicubic_baseline_keeps_variable_frame_times_and_refuses_its_source_as_output(tmp_path, vfr):
+    from cascadev.errors import CascadeVError
+    from cascadev.evaluation.baselines import bicubic_video
+
+    assert bicubic_video(vfr, tmp_path / "b.mp4", 4) == len(STARTS)
+    starts, duration, _ = timing(tmp_path / "b.mp4")
+    np.testing.assert_allclose(starts, timing(vfr)[0], atol=1e-3)  # each frame at its input time
+    assert abs(duration - END) < float(np.diff(STARTS).min())
+    with pytest.raises(CascadeVError, match="is the source video"):
+        bicubic_video(vfr, vfr, 4)

@@ -20,11 +20,13 @@ from typing import Sequence
 
 import numpy as np
 
+from cascadev import frame_times
 from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
 from cascadev.frames import bicubic_round_trip, round_half_up
 from cascadev.overlap import WriteBehind, read_ahead
+from cascadev.overwrite import check_not_inputs
 from cascadev.rules import VIDEO_CRF, check_whole
 from cascadev.video_io import VideoReader, VideoWriter
 
@@ -55,12 +57,17 @@ def bicubic_video(
     chunk: int = 16,
     **writer_options,
 ) -> int:
-    """Write the bicubic baseline of video ``src`` to ``dst`` (same size, fps and frames); return the
-    number of frames. ``writer_options`` go to :class:`~cascadev.video_io.VideoWriter` (crf, codec)."""
+    """Write the bicubic baseline of video ``src`` to ``dst`` (same size, frames and frame times, variable
+    ones too); return the number of frames. ``writer_options`` go to
+    :class:`~cascadev.video_io.VideoWriter` (crf, codec)."""
+    check_not_inputs({"source video": src}, {"output": dst})
     reader = VideoReader(src)
     low_res_size(reader.height, reader.width, factor)  # a bad factor fails before anything is written
+    times = frame_times.select(reader.frame_times, 0, reader.num_frames)
     with (
-        VideoWriter(dst, reader.fps or 30.0, reader.height, reader.width, **writer_options) as writer,
+        VideoWriter(
+            dst, reader.fps or 30.0, reader.height, reader.width, frame_times=times, **writer_options
+        ) as writer,
         WriteBehind() as behind,
     ):
         for frames in read_ahead(reader.iter_chunks(0, reader.num_frames, chunk)):
@@ -91,8 +98,6 @@ def bicubic_folder(
     written = []
     for name, path in tqdm(videos.items(), desc="bicubic", unit="video", disable=not progress):
         dst = out_dir / f"{name}.mp4"
-        if dst.exists() and dst.resolve() == path.resolve():
-            raise CascadeVError(f"The output {dst} would overwrite its source video; choose another folder.")
         bicubic_video(path, dst, factor, chunk=chunk, **writer_options)
         written.append(dst)
     return written
