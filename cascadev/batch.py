@@ -19,11 +19,16 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from .errors import CascadeVError, first_line
+
+if TYPE_CHECKING:
+    import argparse
+
+    from accelerate import PartialState
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 LATENT_SUFFIXES = (".safetensors",)
@@ -161,7 +166,7 @@ def balance(costs: Sequence[int], parts: int) -> list[list[int]]:
     return [sorted(b) for b in buckets]
 
 
-def distributed_state():
+def distributed_state() -> PartialState:
     """accelerate's PartialState (one process unless started by ``accelerate launch``)."""
     import torch
     from accelerate import PartialState
@@ -170,7 +175,7 @@ def distributed_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def share(state, costs: Sequence[int]) -> list[int]:
+def share(state: PartialState, costs: Sequence[int]) -> list[int]:
     """This process's indices of the work items, balanced by cost across ``state.num_processes``."""
     if state.num_processes == 1:
         return list(range(len(costs)))
@@ -327,7 +332,7 @@ def _use_process_device(args) -> None:
         args.device = "cpu" if state.device.type == "cpu" else str(state.device)
 
 
-def on_main_process(args, work: Callable[[], None], everyone: bool = False) -> None:
+def on_main_process(args: argparse.Namespace, work: Callable[[], None], everyone: bool = False) -> None:
     """A single input: every process runs ``work`` when it splits the input itself (``everyone``),
     otherwise the main process alone does (the others wait), so no output is written twice."""
     _use_process_device(args)
@@ -337,7 +342,12 @@ def on_main_process(args, work: Callable[[], None], everyone: bool = False) -> N
     state.wait_for_everyone()
 
 
-def run_command(args, inputs: Sequence[str], make_loader: Callable[[Sequence[str]], Callable], parts_task) -> None:
+def run_command(
+    args: argparse.Namespace,
+    inputs: Sequence[str],
+    make_loader: Callable[[Sequence[str]], Callable],
+    parts_task: tuple[list[str], Callable[[Path, Path, Callable], object]],
+) -> None:
     """``cascadev recon|encode|decode|upscale|interpolate`` over many inputs into the folder ``args.output``."""
     import functools
 

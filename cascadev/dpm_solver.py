@@ -79,8 +79,13 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     def step(
-        self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True
-    ):
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One solver step from time ``t_k`` to ``t_{k+1}``, given the model's prediction at ``t_k``."""
         k, steps = self._step_index, self.num_inference_steps
         s, t = self.t_continuous[k], self.t_continuous[k + 1]

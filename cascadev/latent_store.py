@@ -36,11 +36,16 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from .errors import CascadeVError
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+
+    from .pipeline import CascadeVPipeline
 
 INDEX = "index.jsonl"
 FORMAT = "cascadev_latent_store_v1"
@@ -154,7 +159,7 @@ def write_index(root: Path) -> int:
     return len(lines)
 
 
-def encode_store(args: argparse.Namespace, cfg, make_loader) -> None:
+def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[], CascadeVPipeline]) -> None:
     """``cascadev encode INPUTS -o STORE --shards``: every input video -> clip latents in shards."""
     import functools
 

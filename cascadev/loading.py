@@ -108,7 +108,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_weights(
-    cfg, parts: Iterable[str], weights_dir: str | os.PathLike | None = None, ckpt: str | os.PathLike | None = None
+    cfg: Config,
+    parts: Iterable[str],
+    weights_dir: str | os.PathLike | None = None,
+    ckpt: str | os.PathLike | None = None,
 ) -> dict[str, Path]:
     """The file (or folder) of each part's weights; one error naming every missing one.
 
@@ -221,7 +224,7 @@ SAMPLING_OPTIONS = (
 
 
 def build_pipeline(
-    cfg,
+    cfg: Config,
     parts: Sequence[str] = ("dit", "compressor", "previewer", "vae"),
     *,
     device: torch.device | str = "cpu",

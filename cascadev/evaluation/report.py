@@ -15,11 +15,14 @@ import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from cascadev.argparsing import Parser, fail
 from cascadev.atomic import atomic_output
 from cascadev.errors import CascadeVError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "RECON_COLUMNS",
@@ -158,7 +161,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def build_figure(results: Mapping[str, Any]):
+def build_figure(results: Mapping[str, Any]) -> Figure:
     """The figure: a panel per metric with its per-video distribution (box and points), a panel saying
     "not measured" for each metric that did not run, and the per-frame PSNR curve of every video underneath."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

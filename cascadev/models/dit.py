@@ -31,6 +31,7 @@ Strides = Sequence[int] | None
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, N, hidden) scaled and shifted by (B, 1, hidden) -> (B, N, hidden)."""
     return x * (1 + scale) + shift
 
 
@@ -64,6 +65,7 @@ class TimestepEmbedder(nn.Module):
 
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        """Sinusoidal features of the timesteps: t (N,) -> float32 (N, dim), cosines then sines."""
         half = dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t[:, None].float() * freqs[None]
@@ -155,8 +157,9 @@ class GridAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+        """x (B, N, hidden) -> (B, N, hidden); each cell attends as a batch item of its own."""
         b = x.shape[0]
-        qkv = self.qkv(x)
+        qkv = self.qkv(x)  # (B, N, 3 * hidden)
         if grid is None:
             q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         else:
@@ -169,7 +172,7 @@ class GridAttention(nn.Module):
                 h=self.num_heads,
                 **cell,
             )
-        out = attention(q, k, v, self.fp32_attention)
+        out = attention(q, k, v, self.fp32_attention)  # (B * cells, heads, tokens per cell, head dim)
         if grid is None:
             out = rearrange(out, "b h n d -> b n (h d)")
         else:
@@ -192,6 +195,8 @@ class FP32LayerNorm(nn.LayerNorm):
 
 
 class Mlp(nn.Module):
+    """(..., dim) -> (..., dim) through a GELU (tanh) hidden layer of ``hidden`` features."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -234,7 +239,8 @@ class T2IFinalLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        """x (B*T, N, hidden), t (B*T, hidden) -> (B*T, N, p * p * out_channels)."""
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)  # 2 x (B*T, 1, hidden)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 

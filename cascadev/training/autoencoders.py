@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
 from ..rules import AUTOENCODER_PARTS, check_choice
 from .trainer import Trainer, TrainOptions
 
+if TYPE_CHECKING:
+    from mmengine.config import Config
+
 PARTS = AUTOENCODER_PARTS
 
 
@@ -53,7 +57,7 @@ class CompressorAutoencoder(nn.Module):
         return self.previewer(self.compressor.encode_frames(frames))
 
 
-def part_config(cfg, part: str):
+def part_config(cfg: Config, part: str) -> Config:
     """``cfg`` with ``autoencoder_training[part]`` merged over its top-level keys."""
     check_choice(part, PARTS, "part")
     cfg = cfg.copy()
@@ -69,7 +73,7 @@ def part_config(cfg, part: str):
 class AutoencoderTrainer(Trainer):
     """The Trainer's loop on the compressor + previewer or on the VAE (``self.dit`` is the trained network)."""
 
-    def __init__(self, cfg, options: TrainOptions, part: str, export_dir: str | Path | None = None):
+    def __init__(self, cfg: Config, options: TrainOptions, part: str, export_dir: str | Path | None = None) -> None:
         self.part = part
         self.model_folder = part  # the VAE's save_pretrained folder in checkpoints
         self.export_dir = Path(export_dir) if export_dir is not None else Path(options.work_dir) / "weights"

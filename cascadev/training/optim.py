@@ -46,7 +46,9 @@ def scaled_lr(base_lr: float, global_batch: int, rule: str | None) -> float:
     raise CascadeVError(f"auto_lr.rule must be sqrt or linear (or auto_lr=None), got {rule!r}")
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, num_warmup_steps: int = 0):
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, num_warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``num_warmup_steps`` scheduler steps, then constant (the release's schedule). The
     trainer passes optimizer steps x processes: accelerate steps a prepared scheduler once per process."""
     return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=int(num_warmup_steps))

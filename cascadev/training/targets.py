@@ -35,8 +35,8 @@ class FrozenEncoders:
 
     def __init__(
         self,
-        vae,
-        compressor=None,
+        vae: torch.nn.Module,
+        compressor: torch.nn.Module | None = None,
         *,
         condition: str = DEFAULT_KIND,
         scale_factor: float = SCALE_FACTOR,

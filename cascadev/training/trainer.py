@@ -128,7 +128,7 @@ def _mixed_precision(requested: str, cpu: bool) -> str:
 # ---------------------------------------------------------------------- builders (accelerate-examples style)
 
 
-def build_accelerator(cfg, options: TrainOptions) -> Accelerator:
+def build_accelerator(cfg: Config, options: TrainOptions) -> Accelerator:
     """accelerate's Accelerator for the config's mixed precision and accumulation, logging to WORK_DIR/logs."""
     from accelerate import Accelerator
 
@@ -181,7 +181,7 @@ def freeze_modules(model: torch.nn.Module, names: Sequence[str]) -> None:
         )
 
 
-def build_ema(model: torch.nn.Module, cfg, device: torch.device) -> EMAModel | None:
+def build_ema(model: torch.nn.Module, cfg: Config, device: torch.device) -> EMAModel | None:
     """diffusers' EMAModel of ``model``'s parameters when the config's ``ema.enabled``, else None."""
     if not setting(cfg, "ema.enabled"):
         return None
@@ -192,7 +192,7 @@ def build_ema(model: torch.nn.Module, cfg, device: torch.device) -> EMAModel | N
     return ema
 
 
-def build_latent_cache(cfg, work_dir: Path) -> LatentCache | None:
+def build_latent_cache(cfg: Config, work_dir: Path) -> LatentCache | None:
     """The on-disk cache of encoded clips when the config's ``cache_latents``, else None."""
     if not setting(cfg, "cache_latents"):
         return None
@@ -209,7 +209,7 @@ class Trainer:
     #: Checkpoint subfolder of the trained network when it is a diffusers model (``save_pretrained``).
     model_folder = checkpoints.MODEL_DIR
 
-    def __init__(self, cfg, options: TrainOptions):
+    def __init__(self, cfg: Config, options: TrainOptions) -> None:
         from accelerate.utils import set_seed
 
         self.cfg, self.opts = cfg, options
