@@ -44,6 +44,7 @@ class Preset:
     fp32_attention: bool = False  # attention product in fp32 (on CUDA with fp16)
 
     def scheduler(self, name: str) -> str:
+        """The scheduler that runs for the user's ``name``: PixArt's own DPM-Solver where the preset asks."""
         return "dpm_solver_pixart" if self.pixart_dpm_solver and name == "dpm_solver" else name
 
     def preprocess(self, frames: np.ndarray, size: int | None) -> tuple[np.ndarray, int | None]:
@@ -56,6 +57,8 @@ class Preset:
         return frames, size
 
     def vae_chunk(self, num_frames: int, default: int | None) -> int | None:
+        """Frames per SVD-decoder call for a video of ``num_frames``: the release's (5 for a 25-frame
+        clip, else 4) where the preset asks, else ``default``."""
         if not self.release_vae_chunks:
             return default
         return 5 if num_frames == 25 else 4

@@ -47,6 +47,10 @@ def recon_outputs(out_dir: str | os.PathLike) -> dict[str, Path]:
 
 @dataclass
 class SamplingArgs:
+    """How the DiT samples in a file-level task: ``scheduler`` (euler_a, ddim or dpm_solver), ``steps``,
+    the noise ``seed`` (the same seed gives the same video), a ``progress`` bar, and the ``preset``
+    ("default", or "release": the release's exact behaviour, :mod:`cascadev.presets`)."""
+
     scheduler: str = "euler_a"
     steps: int = 8
     seed: int = 0
