@@ -36,7 +36,9 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "VideoClipDataset",
     "clip_indices",
+    "read_json_list",
     "read_video_list",
+    "resolve_entry",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -53,12 +55,14 @@ class BadVideoWarning(UserWarning):
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve(entry: str, base: Path) -> str:
+def resolve_entry(entry: str, base: Path) -> str:
+    """A list file's entry as a path: ``~`` expanded, a relative one taken from ``base`` (the list's folder)."""
     p = Path(entry).expanduser()
     return str(p if p.is_absolute() else base / p)
 
 
-def _read_json_list(path: Path) -> list[str]:
+def read_json_list(path: Path) -> list[tuple[str, str | None]]:
+    """The entries of a ``.json`` video list, as (path as written, its ``"caption"`` or None)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -67,13 +71,15 @@ def _read_json_list(path: Path) -> list[str]:
         raise CascadeVError(f"The video list {path} must hold a JSON list of paths or of objects with a 'path' key.")
     entries = []
     for i, item in enumerate(data):
+        caption = None
         if isinstance(item, dict):
+            caption = item.get("caption") if isinstance(item.get("caption"), str) else None
             item = item.get("path", item.get("video"))
         if not isinstance(item, str) or not item.strip():
             raise CascadeVError(
                 f"Entry {i} of the video list {path} is neither a path nor an object with a 'path' (or 'video') string."
             )
-        entries.append(item.strip())
+        entries.append((item.strip(), caption))
     return entries
 
 
@@ -109,11 +115,11 @@ def read_video_list(paths: str | Sequence[str]) -> list[str]:
         if not path.is_file():
             raise CascadeVError(f"The video list {path} does not exist (option video_list).")
         if path.suffix.lower() == ".json":
-            entries = _read_json_list(path)
+            entries = [entry for entry, _ in read_json_list(path)]
         else:
             entries = _read_text_list(path)
         base = path.resolve().parent
-        videos.extend(_resolve(e, base) for e in entries)
+        videos.extend(resolve_entry(e, base) for e in entries)
     if not videos:
         raise CascadeVError(f"The video lists {', '.join(map(str, paths))} name no videos.")
     return videos

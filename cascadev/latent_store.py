@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from .data import read_json_list, resolve_entry
 from .errors import CascadeVError
 
 if TYPE_CHECKING:
@@ -67,15 +68,9 @@ def read_captions(items: Sequence[str]) -> dict[str, str]:
         path = Path(item).expanduser()
         if not (path.is_file() and path.suffix.lower() == ".json"):
             continue
-        try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise CascadeVError(f"The video list {path} is not valid JSON ({exc}).") from exc
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("caption"), str):
-                video = Path(str(entry.get("path", entry.get("video", "")))).expanduser()
-                video = video if video.is_absolute() else path.resolve().parent / video
-                captions[str(video.resolve())] = entry["caption"]
+        for entry, caption in read_json_list(path):
+            if caption is not None:
+                captions[str(Path(resolve_entry(entry, path.resolve().parent)).resolve())] = caption
     return captions
 
 

@@ -177,8 +177,11 @@ def test_two_single_videos_and_list_files(tmp_path, capsys, folders):
     lists = tmp_path / "lists"
     lists.mkdir()
     (lists / "ref.txt").write_text(f"# originals\n{ref / 'clip2.mkv'}\n\n{ref / 'clip10.mp4'}\n")
-    (lists / "rec.txt").write_text(f"{rec / 'clip10.mp4'}\n{rec / 'clip2.mp4'}\n")
-    code, _, err = run_cli(capsys, "--ref", lists / "ref.txt", "--rec", lists / "rec.txt", "-o", tmp_path / "l.json")
+    # A JSON list as training and the batch commands take it (objects with a caption, or plain paths).
+    (lists / "rec.json").write_text(
+        json.dumps([{"path": str(rec / "clip10.mp4"), "caption": "x"}, str(rec / "clip2.mp4")])
+    )
+    code, _, err = run_cli(capsys, "--ref", lists / "ref.txt", "--rec", lists / "rec.json", "-o", tmp_path / "l.json")
     assert code == 0, err
     listed = json.loads((tmp_path / "l.json").read_text())
     assert list(listed["videos"]) == ["clip2", "clip10"]

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
 from cascadev.batch import VIDEO_SUFFIXES, natural_key
+from cascadev.data import read_video_list
 from cascadev.errors import CascadeVError, first_line
 from cascadev.frames import resize_uint8
 from cascadev.overlap import read_ahead
@@ -138,25 +139,18 @@ def list_videos(source: str | Path, flag: str = "--ref") -> dict[str, Path]:
             _add(found, path, flag, source)
     elif source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
         found[source.stem] = source
-    elif source.is_file():
+    elif source.is_file():  # a list file, as training's and the batch commands' (text or JSON)
         try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
+            entries = read_video_list([str(source)])
+        except CascadeVError as exc:
             raise CascadeVError(
                 f"{flag} {source} is neither a folder, a video ({', '.join(VIDEO_SUFFIXES)}) nor a "
-                "readable list file of video paths."
+                f"usable list file of video paths: {exc}"
             ) from exc
-        for line in lines:
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            path = Path(entry).expanduser()
-            path = path if path.is_absolute() else source.parent / path
-            if not path.is_file():
+        for entry in entries:
+            if not Path(entry).is_file():
                 raise CascadeVError(f"{flag} list {source} names {entry}, which is not a file.")
-            _add(found, path, flag, source)
-        if not found:
-            raise CascadeVError(f"{flag} list {source} names no videos.")
+            _add(found, Path(entry), flag, source)
     else:
         raise CascadeVError(f"{flag} {source} does not exist.")
     return {k: found[k] for k in sorted(found, key=natural_key)}
