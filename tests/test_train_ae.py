@@ -170,3 +170,25 @@ def test_part_overrides_and_bad_part(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # argparse's choices, through cascadev's one-line error
         main(["train-ae", TINY, "--part", "dit", "--work-dir", str(tmp_path / "w")])
     assert_one_line_error(stop.value.code, capsys.readouterr().err, "--part", "dit")
+
+
+def test_latent_scale_is_one_over_the_std_of_the_training_clips_posterior_samples(clips, tiny_weights):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from latent_scale import latent_scale
+
+    from cascadev.training.trainer import build_dataset
+
+    cfg = load_config(TINY, [f"video_list=['{clips / 'two.txt'}']"])
+    scale = latent_scale(cfg, str(tiny_weights), clips=2)
+    vae = build_pipeline(cfg, ["vae"], weights_dir=tiny_weights).vae
+    dataset = build_dataset(cfg, 0, global_batch=1)
+    with torch.no_grad():  # the same clips through diffusers' posterior, in one call each
+        posteriors = [vae.encode(dataset[i]["video"]).latent_dist for i in range(2)]
+    means = torch.cat([p.mean.flatten() for p in posteriors])
+    stds = torch.cat([p.std.flatten() for p in posteriors])
+    # A sample's variance is the means' plus the posterior's own (mean of std^2): within 20% of that.
+    expected = 1 / torch.sqrt(means.var() + stds.pow(2).mean())
+    assert scale == pytest.approx(float(expected), rel=0.2)
+    assert scale != pytest.approx(float(1 / means.std()), rel=0.2)  # the noise is in it, not the means alone

@@ -10,6 +10,7 @@ posterior samples of the first ``--clips`` clips of ``video_list``.
 from __future__ import annotations
 
 import torch
+from mmengine.config import Config
 
 from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import positive_int
@@ -19,17 +20,17 @@ from cascadev.loading import build_pipeline, load_config
 from cascadev.training.trainer import build_dataset
 
 
-def latent_scale(cfg, weights_dir: str | None, clips: int) -> float:
-    vae = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).vae
-    dataset = build_dataset(
-        cfg, int(setting(cfg, "seed")), global_batch=1
-    )  # the training clips, as the trainer reads them
+def latent_scale(cfg: Config, weights_dir: str | None, clips: int) -> float:
+    """1 / std of unscaled posterior samples of the first ``clips`` training clips, drawn as training does."""
+    # The posterior through the pipeline's Conditioner (chunked, as the trainer's FrozenEncoders call it).
+    conditioner = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).conditioner
+    dataset = build_dataset(cfg, int(setting(cfg, "seed")), global_batch=1)  # the clips, as the trainer reads them
     generator = torch.Generator().manual_seed(0)
     samples = []
     with torch.no_grad():
         for i in range(min(clips, len(dataset))):
-            frames = dataset[i]["video"]  # (T, 3, S, S)
-            samples.append(vae.encode(frames).latent_dist.sample(generator).flatten())
+            mean, std = conditioner.posterior(dataset[i]["video"])  # (T, 3, S, S) -> 2 x (T, 4, S/8, S/8)
+            samples.append((mean + std * torch.randn(mean.shape, generator=generator)).flatten())
     return float(1.0 / torch.cat(samples).std())
 
 
