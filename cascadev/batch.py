@@ -118,8 +118,18 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
     return [Path(p) for p in unique]
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: one identity for all its names; None when it does not exist."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]:
-    """Name each input's outputs after it; two inputs with one name are an error."""
+    """Name each input's outputs after it; two inputs with one name, or an output that is an input (an
+    output folder that is the inputs' own), are errors."""
     jobs, names = [], {}
     for source in sources:
         name = source.stem
@@ -136,6 +146,17 @@ def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]
         else:
             target = out_dir / (name + (".safetensors" if command == "encode" else ".mp4"))
             jobs.append(Job(source, name, target, (target,)))
+    # An existing output that is an input would count as done (or be overwritten): by file identity, so
+    # that links count too, and in one pass over the outputs however many inputs there are.
+    inputs = {_file_id(path): path for path in sources}
+    for job in jobs:
+        for out in job.outputs:
+            source = inputs.get(_file_id(out))
+            if source is not None:
+                raise CascadeVError(
+                    f"The output {out} is the input {source}; writing it would destroy the input, so choose "
+                    "another output folder."
+                )
     return jobs
 
 

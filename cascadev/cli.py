@@ -586,11 +586,13 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
 
 def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
     """One writer per output file; recon locks its folder itself, once the folder exists, and a batch
-    locks each of its outputs (cascadev.batch)."""
+    locks each of its outputs (cascadev.batch). A latent store (``encode --shards``) is a folder that
+    every run adds shards to under names of its own, so it takes no lock, with one input or many."""
     from .batch import is_batch
 
     inputs = getattr(args, "latent", None) or getattr(args, "video", None) or []
-    if args.command in ("encode", "decode", "upscale", "interpolate") and not is_batch(inputs):
+    single_file = not is_batch(inputs) and not getattr(args, "shards", False)
+    if args.command in ("encode", "decode", "upscale", "interpolate") and single_file:
         # The input is checked first: a bad input is reported as such, whatever the output.
         if args.command == "decode":
             from .latent_io import LatentReader

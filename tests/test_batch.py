@@ -140,6 +140,11 @@ def test_latent_store_round_trip_shards_captions_and_resume(tmp_path, vids):
         (c["video"], c["clip"]) for c in data.clips
     )
     assert manifest(store)["b"]["status"] == "done" and manifest(store)["a"]["status"] == "skipped"
+    # One video, into its own store, twice: the second run resumes (it finds the video complete).
+    one = [a if a != str(listing) else str(vids / "a.mp4") for a in args]
+    one[one.index(str(store))] = str(tmp_path / "one")
+    assert main(one) == 0 and main(one) == 0
+    assert len(LatentStore(tmp_path / "one")) == 2 and manifest(tmp_path / "one")["a"]["status"] == "skipped"
 
 
 def test_batch_interpolate_and_upscale_and_a_file_as_output_folder(tmp_path, capsys):
@@ -172,3 +177,15 @@ def test_decode_from_segments_sampled_elsewhere_equals_decode():
     direct = torch.cat(list(pipe.decode(read, 10, steps=1, seed=2, progress=False)))
     merged = torch.cat(list(pipe.decode(read, 10, steps=1, seed=2, progress=False, sampled=segments.__getitem__)))
     torch.testing.assert_close(merged, direct, rtol=1e-5, atol=1e-5)
+
+
+def test_an_output_folder_that_is_the_inputs_folder_is_refused(tmp_path, capsys):
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for name in ("a", "b"):
+        write_test_video(vids / f"{name}.mp4", 3, 16, 16, fps=10.0)
+    before = {p.name: p.read_bytes() for p in vids.iterdir()}
+    for command, option in (("upscale", "--scale"), ("interpolate", "--factor")):
+        code = main([command, str(vids), "-o", str(vids), option, "1", *MODEL])
+        assert_one_line_error(code, capsys.readouterr().err, "is the input", "choose another output folder")
+    assert {p.name: p.read_bytes() for p in vids.iterdir()} == before  # nothing taken for done, nothing written
