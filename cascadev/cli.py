@@ -373,18 +373,18 @@ def _sampling(args: argparse.Namespace, cfg):
     )
 
 
-def _check_work_dir(work_dir: Path) -> bool:
-    """The training work dir must be (or become) a writable folder; checked before anything is built.
-    Returns whether it was made here."""
-    if work_dir.exists() and not work_dir.is_dir():
-        raise CascadeVError(f"--work-dir {work_dir} is a file, not a folder.")
-    made = not work_dir.exists()
+def _check_folder(folder: Path, option: str) -> bool:
+    """A folder training writes (``--work-dir``, ``--export``) must be (or become) a writable folder;
+    checked before anything is built. Returns whether it was made here."""
+    if folder.exists() and not folder.is_dir():
+        raise CascadeVError(f"{option} {folder} is a file, not a folder.")
+    made = not folder.exists()
     try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=work_dir):  # access() says nothing of read-only mounts for root
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # access() says nothing of read-only mounts for root
             pass
     except OSError as exc:
-        raise CascadeVError(f"--work-dir {work_dir} is not a writable folder: {exc.strerror or exc}.") from None
+        raise CascadeVError(f"{option} {folder} is not a writable folder: {exc.strerror or exc}.") from None
     return made
 
 
@@ -452,7 +452,6 @@ def run(args: argparse.Namespace) -> None:
         from .training.trainer import Trainer, TrainOptions
 
         cfg = load_config(args.config, args.cfg_options)
-        made = _check_work_dir(Path(args.work_dir))
         options = TrainOptions(
             Path(args.work_dir),
             args.max_steps,
@@ -461,7 +460,12 @@ def run(args: argparse.Namespace) -> None:
             args.device,
             progress=not args.quiet,
         )
+        made: list[Path] = []  # folders made here, removed again if the run stops before it writes in them
         try:
+            # The export is written after training: its folder is checked now, with the work dir's.
+            for folder, option in ((args.work_dir, "--work-dir"), (getattr(args, "export", None), "--export")):
+                if folder is not None and _check_folder(Path(folder), option):
+                    made.append(Path(folder))
             if args.command == "train-ae":
                 from .training.autoencoders import AutoencoderTrainer
 
@@ -469,8 +473,8 @@ def run(args: argparse.Namespace) -> None:
             else:
                 trainer = Trainer(cfg, options)
         except BaseException:
-            if made:
-                _remove_if_empty(Path(args.work_dir))
+            for folder in made:
+                _remove_if_empty(folder)
             raise
         saved = trainer.fit()
         if trainer.accelerator.is_main_process:

@@ -192,3 +192,11 @@ def test_latent_scale_is_one_over_the_std_of_the_training_clips_posterior_sample
     expected = 1 / torch.sqrt(means.var() + stds.pow(2).mean())
     assert scale == pytest.approx(float(expected), rel=0.2)
     assert scale != pytest.approx(float(1 / means.std()), rel=0.2)  # the noise is in it, not the means alone
+
+
+def test_an_unwritable_export_is_refused_before_training(tmp_path, clips, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    code = train_ae("vae", tmp_path / "w", clips / "two.txt", "--max-steps", 1, "--export", a_file)
+    assert_one_line_error(code, capsys.readouterr().err, f"--export {a_file} is a file, not a folder")
+    assert not (tmp_path / "w").exists() and a_file.read_text() == "mine"  # nothing trained, nothing left
