@@ -362,11 +362,12 @@ def _enhance_parts(cfg) -> list[str]:
 def _sampling(args: argparse.Namespace, cfg):
     from .config_defaults import setting
     from .reconstruct import SamplingArgs
+    from .schedulers import check_steps, noise_schedule
 
     scheduler = args.scheduler or setting(cfg, "sampling.scheduler")  # the parser and the schema checked both
     return SamplingArgs(
         scheduler=scheduler,
-        steps=args.steps or setting(cfg, "sampling.steps"),
+        steps=check_steps(args.steps or setting(cfg, "sampling.steps"), noise_schedule(cfg)),
         seed=args.seed,
         progress=not args.quiet,
         preset=_preset(args),

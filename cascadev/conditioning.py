@@ -43,6 +43,7 @@ CONDITION_KINDS = {kind.channels: name for name, kind in KINDS.items()}
 DEFAULT_KIND = "semantic"  # the release's
 # PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
 SCALE_FACTOR = 0.13025
+VAE_STRIDE = 8  # pixels per SVD-VAE latent position
 
 
 def check_kind(kind: str) -> str:

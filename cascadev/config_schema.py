@@ -75,12 +75,17 @@ def section() -> Rule:
 
 
 def sequence(
-    item: Callable[[Any], bool] | None = None, what: str = "a list", nullable: bool = False, length: int | None = None
+    item: Callable[[Any], bool] | None = None,
+    what: str = "a list",
+    nullable: bool = False,
+    length: int | None = None,
+    min_length: int = 0,
 ) -> Rule:
     return Rule(
         lambda v: (
             isinstance(v, (list, tuple))
             and (length is None or len(v) == length)
+            and len(v) >= min_length
             and (item is None or all(item(x) for x in v))
         ),
         what,
@@ -134,7 +139,9 @@ SCHEMA: dict[str, Rule] = {
     "previewer.c_hidden": COUNT,
     "previewer.c_out": COUNT,
     "vae": section(),
-    "vae.block_out_channels": sequence(lambda x: _is_int(x) and x >= 1, "a list of positive whole numbers"),
+    "vae.block_out_channels": sequence(
+        lambda x: _is_int(x) and x >= 1, "a non-empty list of positive whole numbers", min_length=1
+    ),
     "vae.layers_per_block": COUNT,
     "vae.latent_channels": COUNT,
     "vae.sample_size": COUNT,

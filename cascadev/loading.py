@@ -70,7 +70,11 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -
         if any(not part.strip() for part in key.split(".")):
             raise CascadeVError(f"--cfg-options {option!r} has an empty key; write key=value, e.g. sampling.steps=8")
         try:
-            cfg.merge_from_dict({key: DictAction._parse_iterable(value)})
+            parsed = DictAction._parse_iterable(value)
+        except AssertionError:  # mmengine asserts its brackets balance
+            raise CascadeVError(f"--cfg-options {key}: the value {value!r} has unbalanced brackets") from None
+        try:
+            cfg.merge_from_dict({key: parsed})
         except (TypeError, KeyError, AttributeError):  # e.g. scale_factor.x=1: a number has no keys
             raise CascadeVError(
                 f"--cfg-options {key}: {key.rsplit('.', 1)[0]} is not a section of config {path.name}, so it has no keys"

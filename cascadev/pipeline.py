@@ -38,7 +38,7 @@ from . import rules
 from .conditioning import DEFAULT_KIND, KINDS, SCALE_FACTOR, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .frames import pad_to
-from .schedulers import TRAINING_SCHEDULE, make_scheduler
+from .schedulers import TRAINING_SCHEDULE, check_steps, make_scheduler
 from .tiling import SegmentStream, Tiling, default_tile_stride
 
 # How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
@@ -103,7 +103,7 @@ class CascadeVPipeline:
         self.dit, self.compressor, self.previewer, self.vae = dit, compressor, previewer, vae
         self.scale_factor = scale_factor
         self.sr_scale = sr_scale
-        self.schedule = dict(schedule or TRAINING_SCHEDULE)
+        self.schedule = {**TRAINING_SCHEDULE, **(schedule or {})}  # every key, as noise_schedule gives them
         self.vae_chunk = vae_chunk
         self.encode_chunk = encode_chunk
         self.tile_stride = tile_stride
@@ -246,7 +246,7 @@ class CascadeVPipeline:
 
         generators = [frame_generator(seed, frame_offset + i) for i in range(canvas_t)]
         sched = make_scheduler(scheduler, self.schedule)
-        sched.set_timesteps(steps, device=self.device)
+        sched.set_timesteps(check_steps(steps, self.schedule), device=self.device)
         if latents is None:
             latents = randn_tensor(
                 (canvas_t, 4, canvas_h, canvas_w), generator=generators, device=self.device, dtype=torch.float32

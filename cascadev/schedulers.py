@@ -10,6 +10,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .dpm_solver import PixArtDPMSolverScheduler
+from .errors import CascadeVError
 from .rules import TRAIN_TIMESTEPS, check_choice
 
 # The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives. The names
@@ -37,6 +38,16 @@ def noise_schedule(cfg: Mapping[str, Any]) -> dict[str, Any]:
     schedule that training's loss (``GaussianDiffusion.from_schedule``) and the samplers (``make_scheduler``)
     are both built on."""
     return {**TRAINING_SCHEDULE, **dict(cfg.get("schedule") or {})}
+
+
+def check_steps(steps: int, schedule: Mapping[str, Any]) -> int:
+    """``steps`` if the schedule has that many training steps to sample at (DDIM would refuse more)."""
+    if steps > schedule["num_train_timesteps"]:
+        raise CascadeVError(
+            f"{steps} sampling steps are more than the noise schedule's {schedule['num_train_timesteps']} "
+            "training steps (schedule.num_train_timesteps)"
+        )
+    return steps
 
 
 def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:

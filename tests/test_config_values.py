@@ -209,3 +209,49 @@ def test_upscale_output_size_is_bounded(tmp_path, capsys, clip):
     code, err = run_cli(capsys, "upscale", clip, "-o", out, "--scale", "1000", "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "32000x32000", "8192")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (
+            ["model.lats_per_vid=3"],
+            "CascadeDiT cannot be built: ValueError: attn_strides [2, 1] do not divide 3 frames",
+        ),
+        (["model.num_heads=7"], "hidden_size 96 is not divisible by num_heads 7"),
+        (["model.hidden_size=128"], "cannot be split into 1D + 2D sin-cos embeddings"),
+        (["model.patch_size=3"], "input_size 8 is not a multiple of patch_size 3"),
+        (["vae.block_out_channels=[]"], "config key vae.block_out_channels must be a non-empty list"),
+        (["model.attn_strides=[[1,2"], "the value '[[1,2' has unbalanced brackets"),
+        (
+            ["sampling.steps=1001", "sampling.scheduler=ddim"],
+            "1001 sampling steps are more than the noise schedule's 1000",
+        ),
+    ],
+)
+def test_values_that_fit_the_schema_but_not_each_other_stop_before_any_work(tmp_path, capsys, clip, options, needle):
+    out = tmp_path / "r"
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--cfg-options", *options)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
+
+
+def test_training_clips_must_be_the_dits_window_and_autoencoder_crops_its_grid(tmp_path, capsys, clip):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{clip}\n")
+    common = ["--random-init", "--device", "cpu", "--quiet", "--cfg-options", f"video_list=['{listing}']"]
+    code, err = run_cli(capsys, "train", TINY, "--work-dir", tmp_path / "w", *common, "num_frames_per_video=8")
+    assert_one_line_error(code, err, "num_frames_per_video=8 and sample_size=64 must be the DiT's window")
+    code, err = run_cli(
+        capsys,
+        "train-ae",
+        TINY,
+        "--part",
+        "vae",
+        "--work-dir",
+        tmp_path / "w2",
+        *common[1:],
+        "autoencoder_training.vae.sample_size=30",
+    )
+    assert_one_line_error(code, err, "sample_size 30 must be a multiple of 8 to train the vae")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "w2").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKLTemporalDecoder
 from torch import nn
 
-from ..errors import CascadeVError
+from ..errors import CascadeVError, first_line
 from .compressor import EfficientNetEncoder, Previewer
 from .dit import CascadeDiT
 
@@ -27,8 +27,8 @@ def build_model(spec: dict) -> nn.Module:
         raise CascadeVError(f"unknown model type {kind!r} in the config; choose one of {', '.join(MODELS)}")
     try:
         return MODELS[kind](**spec)
-    except TypeError as exc:  # an unknown or missing constructor argument
-        raise CascadeVError(f"the config's {kind} cannot be built: {exc}")
+    except (TypeError, ValueError) as exc:  # an unknown or missing argument, or values that do not fit together
+        raise CascadeVError(f"the config's {kind} cannot be built: {first_line(exc)}") from None
 
 
 __all__ = ["CascadeDiT", "EfficientNetEncoder", "Previewer", "MODELS", "build_model"]

@@ -287,6 +287,8 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         fp32_attention: bool = False,
     ):
         super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if (hidden_size // 3) % 2 or (hidden_size - hidden_size // 3) % 4:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import save_safetensors
+from ..conditioning import VAE_STRIDE
 from ..config_defaults import setting
 from ..config_schema import validate_config
 from ..errors import CascadeVError
@@ -64,9 +65,15 @@ def part_config(cfg: Config, part: str) -> Config:
     cfg.cache_latents = False  # latent caching is the DiT's: these networks see pixels
     cfg.load_from = None  # the top-level load_from is the DiT's file; a part names its own start
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
+    source = f"config {Path(cfg.filename).name}" + (f" with autoencoder_training.{part}" if overrides else "")
     if overrides:
         cfg.merge_from_dict(overrides)
-        validate_config(cfg.to_dict(), f"config {Path(cfg.filename).name} with autoencoder_training.{part}")
+        validate_config(cfg.to_dict(), source)
+    # The crops must tile the network's latent grid: 1/32 for the compressor, 1/8 for the VAE.
+    stride = COMPRESSOR_STRIDE if part == "compressor" else VAE_STRIDE
+    size = setting(cfg, "sample_size")
+    if size % stride:
+        raise CascadeVError(f"sample_size {size} must be a multiple of {stride} to train the {part} (in {source}).")
     return cfg
 
 

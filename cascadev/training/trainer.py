@@ -282,6 +282,14 @@ class Trainer:
         spec = dict(conditioning.dit_spec(cfg), fp32_attention=bool(setting(cfg, "fp32_attention")))
         torch.manual_seed(self.seed)
         dit = build_model(spec)
+        # A training clip is one DiT window: its frames, and its SVD latent (1/8 of the crop) one tile.
+        frames, _, size = clip_geometry(cfg)
+        pixels = conditioning.VAE_STRIDE * dit.input_size
+        if (frames, size) != (dit.lats_per_vid, pixels):
+            raise CascadeVError(
+                f"config keys num_frames_per_video={frames} and sample_size={size} must be the DiT's window: "
+                f"model.lats_per_vid={dit.lats_per_vid} frames of {pixels} pixels (8 x model.input_size)"
+            )
         dit.gradient_checkpointing = bool(setting(cfg, "grad_checkpointing"))
         if self.resume_from is None and setting(cfg, "load_from"):
             load_weights(
