@@ -140,9 +140,10 @@ def check_fit(
     name: str,
     source: str | Path | None = None,
 ) -> None:
-    """Check that ``state_dict`` has exactly the keys and shapes of ``model.state_dict()``.
+    """Check that ``state_dict`` has exactly the keys and shapes of ``model.state_dict()``, and floating-point
+    values where the model has them (integer weights are a different file, not a precision).
 
-    Dtypes are not compared (``load_weights`` casts). Works for models and state dicts on the meta
+    Floating-point dtypes are not compared (``load_weights`` casts). Works for models and state dicts on the meta
     device, since only shapes are read.
 
     Args:
@@ -164,7 +165,13 @@ def check_fit(
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
-    if not (missing or unexpected or mismatched):
+    wrong_kind = [
+        f"{k}: checkpoint {str(state_dict[k].dtype).replace('torch.', '')} vs model "
+        f"{str(expected[k].dtype).replace('torch.', '')}"
+        for k in expected
+        if k in state_dict and expected[k].is_floating_point() != state_dict[k].is_floating_point()
+    ]
+    if not (missing or unexpected or mismatched or wrong_kind):
         return
     parts = []
     if missing:
@@ -174,6 +181,8 @@ def check_fit(
     if mismatched:
         plural = "es" if len(mismatched) != 1 else ""
         parts.append(f"{len(mismatched)} shape mismatch{plural} ({_listing(mismatched)})")
+    if wrong_kind:
+        parts.append(f"{len(wrong_kind)} not floating point ({_listing(wrong_kind)})")
     what = f"checkpoint {source}" if source is not None else "the checkpoint"
     raise CascadeVError(f"{what} does not fit {name}: " + ", ".join(parts) + ".")
 

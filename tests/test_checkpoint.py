@@ -194,6 +194,7 @@ def test_check_fit_names_every_kind_of_difference():
     del sd["1.running_var"]
     sd["extra.weight"] = torch.zeros(1)
     sd["2.weight"] = torch.zeros(2, 5)
+    sd["0.weight"] = sd["0.weight"].to(torch.int32)  # integer values for a float weight: not a precision
     with pytest.raises(CascadeVError) as info:
         check_fit(_small_model(), sd, "the small model", source="w.pth")
     msg = str(info.value)
@@ -202,6 +203,7 @@ def test_check_fit_names_every_kind_of_difference():
     assert "2 missing keys (0.bias, 1.running_var)" in msg
     assert "1 unexpected (extra.weight)" in msg
     assert "1 shape mismatch (2.weight: checkpoint (2, 5) vs model (2, 4))" in msg
+    assert "1 not floating point (0.weight: checkpoint int32 vs model float32)" in msg
 
 
 class _ManifestModel(nn.Module):
