@@ -107,7 +107,15 @@ DAMAGE = {
     "truncated optimizer": ("optimizer.bin", lambda d: _truncate(d / "optimizer.bin")),
     "missing manifest": ("manifest.json", lambda d: (d / "manifest.json").unlink()),
     "half-pruned folder": ("manifest.json", _keep_only_state),
+    # A state that is no JSON object of counters, under a manifest that vouches for it (rewritten with it).
+    "garbage trainer state": ("trainer_state.json", lambda d: _rewrite_state(d, "{garbage")),
+    "negative step": ("trainer_state.json", lambda d: _rewrite_state(d, '{"step": -1}')),
 }
+
+
+def _rewrite_state(folder: Path, text: str) -> None:
+    (folder / checkpoints.STATE_FILE).write_text(text)
+    checkpoints.write_manifest(folder)
 
 
 def _assert_resumed_from_2(work, err, damaged_file):

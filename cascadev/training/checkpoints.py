@@ -68,8 +68,25 @@ def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in _numbered(work_dir) if (path / MANIFEST_FILE).is_file()]
 
 
+# The loop's counters in trainer_state.json: whole numbers (older checkpoints may lack all but the step).
+STATE_COUNTERS = ("step", "micro_step", "epoch", "batch_in_epoch", "skipped")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_state(path: Path) -> dict:
-    return json.loads((path / STATE_FILE).read_text())
+    """The checkpoint's ``trainer_state.json``; ValueError when it is not a JSON object of counters."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        state = None
+    if not (
+        isinstance(state, dict) and "step" in state and all(_is_count(state[k]) for k in STATE_COUNTERS if k in state)
+    ):
+        raise ValueError(f"{STATE_FILE} is damaged (not a JSON object of the loop's counters)")
+    return state
 
 
 def held_model(path: Path) -> str | None:
@@ -168,6 +185,10 @@ def verify(folder: Path) -> str | None:
             problem = _plain_tensor_file(path)
             if problem:
                 return f"{name}/{path.relative_to(folder).as_posix()} {problem}"
+    try:  # a manifest written over a bad state (or a state edited with it) still cannot be resumed from
+        read_state(folder)
+    except ValueError as exc:
+        return f"{name}/{exc}"
     return None
 
 
