@@ -638,8 +638,10 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """cascadev's own warnings as one line, like its errors; other libraries' as Python prints them."""
-    if Path(filename).resolve().is_relative_to(_PACKAGE):
+    """cascadev's own warnings as one line, like its errors; other libraries' as Python prints them. Ours are
+    those raised in the package or of a category it defines (a dataset's, raised where torch's loader
+    called it)."""
+    if category.__module__.split(".")[0] == "cascadev" or Path(filename).resolve().is_relative_to(_PACKAGE):
         return f"cascadev: warning: {message}\n"
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 

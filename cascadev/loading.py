@@ -206,8 +206,16 @@ def _load_vae(path: Path, dtype: torch.dtype) -> nn.Module:
     if not (path / "config.json").is_file():
         raise CascadeVError(f"SVD VAE folder {path} has no config.json; run pretrained/download.sh")
     variant = "fp16" if (path / "diffusion_pytorch_model.fp16.safetensors").exists() else None
+    if variant is None and not (path / "diffusion_pytorch_model.safetensors").is_file():
+        raise CascadeVError(
+            f"SVD VAE folder {path} has no diffusion_pytorch_model(.fp16).safetensors (a pickled .bin is not "
+            "loaded); run pretrained/download.sh"
+        )
     try:
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(str(path), variant=variant, torch_dtype=dtype)
+        # safetensors only: a folder holding a pickled .bin is refused, never unpickled (nor tried and logged).
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            str(path), variant=variant, torch_dtype=dtype, use_safetensors=True
+        )
     except Exception as exc:  # diffusers raises OSError/ValueError/EnvironmentError for broken folders
         raise CascadeVError(f"SVD VAE folder {path} cannot be loaded: {first_line(exc)}")
     if vae.config.latent_channels != 4:

@@ -535,3 +535,21 @@ def test_recon_and_decode_refuse_a_resize_condition_model_before_any_work(tmp_pa
         code, err = run_cli(capsys, command, source, "-o", out, *resize)
         assert_one_line_error(code, err, f"{command} decodes semantic latents", "the resize condition")
         assert not out.exists()
+
+
+def test_a_vae_folder_with_only_a_pickled_bin_is_refused_in_one_line(tmp_path, capsys, clip, tiny_weights):
+    import shutil
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    vae = weights / "svd_vae"
+    from safetensors.torch import load_file
+
+    state = load_file(vae / "diffusion_pytorch_model.safetensors")
+    (vae / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(state, vae / "diffusion_pytorch_model.bin")  # what diffusers would unpickle
+    code, err = run_cli(
+        capsys, "recon", clip, "-o", tmp_path / "r", "--config", TINY, "--weights-dir", weights, "--quiet"
+    )
+    assert_one_line_error(code, err, f"SVD VAE folder {vae} has no diffusion_pytorch_model(.fp16).safetensors")
+    assert not (tmp_path / "r").exists()

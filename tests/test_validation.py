@@ -346,3 +346,17 @@ def test_another_librarys_exception_becomes_one_line_with_or_without_text(tmp_pa
     code = exit_status(main, ["encode", str(tmp_path / "in.mp4"), "-o", str(tmp_path / "l.safetensors")])
     err = capsys.readouterr().err
     assert code == 1 and err == "cascadev: internal error: KeyError (set CASCADEV_DEBUG=1 for the traceback)\n"
+
+
+def test_a_warning_of_cascadevs_own_category_is_one_line_wherever_it_is_raised():
+    from cascadev import cli
+    from cascadev.data import BadVideoWarning
+
+    torch_file = str(Path(torch.__file__).parent / "utils" / "data" / "_utils" / "fetch.py")
+    message = "Skipping a training video, another one takes its place: bad.mp4 is not a video"
+    # The dataset warns where torch's DataLoader called it: still cascadev's line.
+    assert cli._format_warning(message, BadVideoWarning, torch_file, 54, "data = [...]") == (
+        f"cascadev: warning: {message}\n"
+    )
+    foreign = cli._format_warning("deprecated", UserWarning, torch_file, 54, "data = [...]")
+    assert foreign.startswith(f"{torch_file}:54: UserWarning: deprecated")  # another library's, as Python prints it
