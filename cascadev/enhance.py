@@ -37,18 +37,18 @@ from .atomic import make_folder
 from .conditioning import resize_for_encoding
 from .errors import CascadeVError
 from .frames import from_uint8, pad_to, padded_size, short_side_size
+from .latent_io import LATENT_STRIDE
 from .overlap import WriteBehind, read_ahead
 from .overwrite import check_not_inputs
 from .pipeline import MODES, CascadeVPipeline
 from .reconstruct import (
-    LATENT_STRIDE,
     READ_CHUNK,
     PipelineLoader,
     SamplingArgs,
     decode_frames,
     write_frames,
 )
-from .rules import VIDEO_CODEC, VIDEO_CRF, check_choice, check_whole
+from .rules import MAX_FPS, VIDEO_CODEC, VIDEO_CRF, check_choice, check_whole
 from .video_io import VideoReader, VideoWriter, select_frames
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
@@ -309,11 +309,17 @@ def interpolate_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, size=size)
+    fps = (reader.fps or 30.0) * factor
+    if fps > MAX_FPS:
+        raise CascadeVError(
+            f"--factor {factor} would make {fps:g} frames per second of {video}'s {reader.fps or 30.0:g}; "
+            f"the most is {MAX_FPS}"
+        )
     times = frame_times.select(reader.frame_times, start, count)
     writer = _open_writer(
         output,
         reader,
-        (reader.fps or 30.0) * factor,
+        fps,
         out_size,
         start,
         codec,

@@ -28,6 +28,7 @@ import torch
 from cascadev import frame_times as times_io
 from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
+from cascadev.rules import MAX_FPS
 
 __all__ = [
     "LATENT_CHANNELS",
@@ -41,6 +42,7 @@ __all__ = [
 
 LATENT_KEY = "latent"
 LATENT_CHANNELS = 16
+LATENT_STRIDE = 32  # pixels per latent position (the compressor's 1/32; the resize variant's 1/4 x 1/8)
 
 # Metadata keys (safetensors stores every value as a string; these are parsed back to numbers).
 KEY_FPS = "fps"
@@ -87,8 +89,8 @@ class LatentMeta:
     frame_times: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.fps) and self.fps > 0):
-            raise CascadeVError(f"The latent's frame rate must be positive, got {self.fps}.")
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise CascadeVError(f"The latent's frame rate must be positive and at most {MAX_FPS}, got {self.fps}.")
         for key in (KEY_HEIGHT, KEY_WIDTH, KEY_SOURCE_HEIGHT, KEY_SOURCE_WIDTH):
             if getattr(self, key) < 1:
                 raise CascadeVError(f"The latent's {key} must be at least 1, got {getattr(self, key)}.")
@@ -317,6 +319,11 @@ class LatentReader:
         except CascadeVError as exc:
             raise CascadeVError(f"{self.path}: {exc}") from exc
         meta.setdefault(KEY_NUM_FRAMES, shape[1])
+        version = meta.get(KEY_FORMAT, FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise CascadeVError(
+                f"{self.path} is a latent file of format {version!r}; this cascadev reads format {FORMAT_VERSION}."
+            )
         self.metadata: dict[str, Any] = meta
 
     @property
@@ -325,11 +332,19 @@ class LatentReader:
 
     @property
     def meta(self) -> LatentMeta:
-        """The metadata as a :class:`LatentMeta`; raises if the file lacks the required keys."""
+        """The metadata as a :class:`LatentMeta`; raises if the file lacks the required keys, or if its
+        frame size is larger than the latent decodes to (``LATENT_STRIDE`` pixels per position)."""
         try:
-            return LatentMeta.from_dict(self.metadata)
+            meta = LatentMeta.from_dict(self.metadata)
         except CascadeVError as exc:
             raise CascadeVError(f"{self.path}: {exc}") from exc
+        h, w = self.shape[2:]
+        if meta.height > LATENT_STRIDE * h or meta.width > LATENT_STRIDE * w:
+            raise CascadeVError(
+                f"{self.path}: its metadata says {meta.width}x{meta.height} pixels, more than its {w}x{h} latent "
+                f"decodes to ({LATENT_STRIDE * w}x{LATENT_STRIDE * h})."
+            )
+        return meta
 
     def read(self, t0: int, t1: int) -> torch.Tensor:
         """Frames ``t0 .. t1 - 1`` as float32 (C, t1 - t0, h, w); only those bytes are read.

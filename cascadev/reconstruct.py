@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from . import frame_times
 from .atomic import make_folder, remove_quietly
 from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
-from .latent_io import LATENT_CHANNELS, LatentMeta, LatentReader, LatentWriter
-from .models.compressor import COMPRESSOR_STRIDE
+from .latent_io import LATENT_CHANNELS, LATENT_STRIDE, LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
 from .overlap import WriteBehind, read_ahead
 from .overwrite import check_not_inputs
@@ -34,7 +33,6 @@ from .rules import SCHEDULERS, VIDEO_CODEC, VIDEO_CRF, check_choice, check_seed,
 from .video_io import VideoReader, VideoWriter, check_encoder_options, select_frames
 
 PipelineLoader = Callable[[], CascadeVPipeline]
-LATENT_STRIDE = COMPRESSOR_STRIDE  # pixels per semantic-latent position
 READ_CHUNK = 16  # frames read and encoded at a time
 RECON_FILES = ("latent.safetensors", "original.mp4", "preview.mp4", "recon.mp4", "compare.mp4", "compare.png")
 COMPARE_TITLES = ("original", "preview (no LDM)", "reconstruction")

@@ -21,7 +21,7 @@ import numpy as np
 from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.audio import AudioSource
 from cascadev.errors import CascadeVError
-from cascadev.rules import VIDEO_CODEC, VIDEO_CRF
+from cascadev.rules import MAX_FPS, VIDEO_CODEC, VIDEO_CRF
 
 __all__ = ["VideoWriter", "check_encoder_options", "fps_fraction", "write_video"]
 
@@ -111,8 +111,10 @@ class VideoWriter(AtomicWriter):
             raise CascadeVError(
                 f"Cannot write {self.path}: the file name must end in one of {', '.join(_OUTPUT_SUFFIXES)}."
             )
-        if not (isinstance(fps, numbers.Real) and math.isfinite(float(fps)) and fps > 0):
-            raise CascadeVError(f"Cannot write {self.path}: the frame rate must be positive, got {fps}.")
+        if not (isinstance(fps, numbers.Real) and math.isfinite(float(fps)) and 0 < fps <= MAX_FPS):
+            raise CascadeVError(
+                f"Cannot write {self.path}: the frame rate must be positive and at most {MAX_FPS}, got {fps}."
+            )
         if int(height) != height or int(width) != width or height < 1 or width < 1:
             raise CascadeVError(f"Cannot write {self.path}: frame size {width}x{height} is not valid.")
         check_encoder_options(codec, crf, pix_fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import struct
 
 import pytest
@@ -195,6 +196,20 @@ def test_wrong_tensor_contents(tmp_path):
     save_file({"latent": torch.zeros(16, 2, 2, 2)}, str(bad_meta), metadata={"fps": "fast"})
     with pytest.raises(CascadeVError, match="fps"):
         LatentReader(bad_meta)
+
+
+def test_metadata_that_does_not_fit_the_latent_is_refused_naming_the_file(tmp_path):
+    base = {k: str(v) for k, v in META.to_dict().items()}  # 150x100 pixels, for 4 x 5 positions (160x128)
+    for name, change, needle in (
+        ("tall", {"height": "640"}, "says 150x640 pixels, more than its 5x4 latent decodes to (160x128)"),
+        ("fast", {"fps": "1e300"}, "frame rate must be positive and at most 1000, got 1e+300"),
+        ("newer", {"cascadev_latent_version": "99"}, "is a latent file of format '99'; this cascadev reads format 1"),
+    ):
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"latent": _latent()}, str(path), metadata={**base, **change})
+        with pytest.raises(CascadeVError, match=re.escape(needle)) as info:
+            LatentReader(path).meta
+        assert str(path) in str(info.value)
 
 
 def test_abandoned_writer_leaves_no_temporary_file(tmp_path):
