@@ -173,6 +173,8 @@ class LatentWriter(AtomicWriter):
     ) -> None:
         self.path = Path(path)
         check_output_path(self.path, "latent file")
+        if self.path.suffix.lower() != ".safetensors":  # e.g. `encode -o clip.mp4`: a latent under a video's name
+            raise CascadeVError(f"Cannot write {self.path}: a latent file's name must end in .safetensors.")
         if len(shape) != 4 or any(int(s) != s or s < 1 for s in shape):
             raise ValueError(f"latent shape must be four positive sizes (C, T, h, w), got {tuple(shape)}")
         if dtype not in _DTYPES:

@@ -119,7 +119,7 @@ def test_latent_store_round_trip_shards_captions_and_resume(tmp_path, vids):
     assert len(data) == 5  # a: 2 clips of 4 frames, b: 3
     whole = {
         n: load_latent(p)[0]
-        for n, p in (("a", tmp_path / "a.st"), ("b", tmp_path / "b.st"))
+        for n, p in (("a", tmp_path / "a.safetensors"), ("b", tmp_path / "b.safetensors"))
         if main(["encode", str(vids / f"{n}.mp4"), "-o", str(p), *MODEL]) == 0
     }
     for item in data:

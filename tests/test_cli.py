@@ -232,6 +232,10 @@ def test_unwritable_outputs(tmp_path, capsys, clip):
     assert_one_line_error(code, err, "out")
     code, err = run_cli(capsys, "decode", clip, "-o", blocker / "v.mp4", "--config", TINY, "--random-init")
     assert_one_line_error(code, err, "clip.mp4")  # the input is checked first
+    code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.mp4", "--config", TINY, "--random-init")
+    assert_one_line_error(
+        code, err, f"Cannot write {tmp_path / 'l.mp4'}: a latent file's name must end in .safetensors"
+    )
     assert leftovers(tmp_path) == ["file"]
 
 
