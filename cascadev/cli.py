@@ -157,7 +157,7 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latent store (many videos -> shards of clip latents)")
     g.add_argument("--shards", action="store_true", help="write a sharded latent store into the folder OUTPUT")
     g.add_argument(
-        "--shard-size", type=positive_float, default=1024.0, metavar="MB", help="largest shard in MB (default 1024)"
+        "--shard-size", type=positive_float, default=None, metavar="MB", help="largest shard in MB (default 1024)"
     )
     g.add_argument(
         "--clip-frames",
@@ -413,6 +413,12 @@ def _output_location(args: argparse.Namespace) -> str:
 def _check_inputs(args: argparse.Namespace) -> None:
     """The cheap checks (input files, config file) that run before torch and diffusers are imported,
     so that a typo costs a fraction of a second, not the ten seconds those imports take."""
+    if args.command == "encode" and not args.shards:
+        given = [
+            o for o, v in (("--clip-frames", args.clip_frames), ("--shard-size", args.shard_size)) if v is not None
+        ]
+        if given:  # a store's options on a plain encode would be ignored
+            raise CascadeVError(f"{' and '.join(given)} shape a latent store: add --shards, or leave them out.")
     if args.command in ("train", "train-ae"):
         files = [(args.config, "config")]
     else:

@@ -73,7 +73,11 @@ def read_json_list(path: Path) -> list[tuple[str, str | None]]:
     for i, item in enumerate(data):
         caption = None
         if isinstance(item, dict):
-            caption = item.get("caption") if isinstance(item.get("caption"), str) else None
+            caption = item.get("caption")
+            if caption is not None and not isinstance(caption, str):
+                raise CascadeVError(
+                    f"Entry {i} of the video list {path} has a caption that is not a string: {caption!r}."
+                )
             item = item.get("path", item.get("video"))
         if not isinstance(item, str) or not item.strip():
             raise CascadeVError(

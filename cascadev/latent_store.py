@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 INDEX = "index.jsonl"
 FORMAT = "cascadev_latent_store_v1"
 SHARD_GLOB = "shard-*.safetensors"
+SHARD_MB = 1024.0  # the largest shard, in MB, unless --shard-size says otherwise
 
 
 def clip_starts(start: int, count: int, clip_frames: int | None) -> list[tuple[int, int]]:
@@ -174,7 +175,9 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
     jobs = [batch.Job(s, str(s), root, ()) for s in sources]
     load = functools.cache(make_loader())
     stored = set(complete_videos(scan_shards(root))) if root.is_dir() else set()
-    writer = ShardWriter(root, f"{uuid.uuid4().hex[:8]}-{state.process_index:03d}", int(args.shard_size * 2**20))
+    writer = ShardWriter(
+        root, f"{uuid.uuid4().hex[:8]}-{state.process_index:03d}", int((args.shard_size or SHARD_MB) * 2**20)
+    )
 
     def encode(job: batch.Job) -> list[str]:
         reader = VideoReader(job.source)

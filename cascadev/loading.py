@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import conditioning, rules
-from .checkpoint import load_weights
+from .checkpoint import check_finite, load_weights
 from .config_defaults import setting
 from .config_schema import validate_config
 from .errors import CascadeVError, first_line
@@ -220,6 +220,7 @@ def _load_vae(path: Path, dtype: torch.dtype) -> nn.Module:
         raise CascadeVError(f"SVD VAE folder {path} cannot be loaded: {first_line(exc)}")
     if vae.config.latent_channels != 4:
         raise CascadeVError(f"SVD VAE folder {path} has {vae.config.latent_channels} latent channels, not 4")
+    check_finite(vae.state_dict(), path)  # as the other networks' weights are
     return vae
 
 

@@ -557,3 +557,30 @@ def test_a_vae_folder_with_only_a_pickled_bin_is_refused_in_one_line(tmp_path, c
     )
     assert_one_line_error(code, err, f"SVD VAE folder {vae} has no diffusion_pytorch_model(.fp16).safetensors")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_vae_with_nan_weights_is_refused_like_the_other_networks(tmp_path, capsys, clip, tiny_weights):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    file = weights / "svd_vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(file)
+    key = sorted(state)[0]
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, file)
+    code, err = run_cli(
+        capsys, "recon", clip, "-o", tmp_path / "r", "--config", TINY, "--weights-dir", weights, "--quiet"
+    )
+    assert_one_line_error(
+        code, err, f"checkpoint {weights / 'svd_vae'} has non-finite values (NaN or Inf) in tensor {key}"
+    )
+
+
+def test_store_options_without_shards_are_refused(tmp_path, capsys, clip):
+    for option in (["--clip-frames", "4"], ["--shard-size", "10"]):
+        code, err = run_cli(capsys, "encode", clip, "-o", tmp_path / "l.safetensors", *option, "--config", TINY)
+        assert_one_line_error(code, err, f"{option[0]} shape a latent store: add --shards")
+    assert leftovers(tmp_path) == []

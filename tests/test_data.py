@@ -112,6 +112,10 @@ def test_list_errors(tmp_path):
     wrong.write_text(json.dumps([{"caption": "no path"}]))
     with pytest.raises(CascadeVError, match="Entry 0 of the video list"):
         read_video_list([str(wrong)])
+    numbered = tmp_path / "numbered.json"
+    numbered.write_text(json.dumps([{"path": "a.mp4", "caption": 5}]))
+    with pytest.raises(CascadeVError, match="Entry 0 of the video list .* has a caption that is not a string: 5"):
+        read_video_list([str(numbered)])
     with pytest.raises(CascadeVError, match="names no list file"):
         read_video_list([])
 
