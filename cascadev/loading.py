@@ -15,7 +15,7 @@ from .checkpoint import check_finite, load_weights
 from .config_defaults import setting
 from .config_schema import validate_config
 from .errors import CascadeVError, first_line
-from .models import build_model
+from .models import build_model, svd_vae
 from .pipeline import CascadeVPipeline
 from .rules import check_choice, check_device_name
 from .schedulers import noise_schedule
@@ -233,6 +233,7 @@ SAMPLING_OPTIONS = (
     "attention_backend",
     "compile",
     "vae_channels_last",
+    "vae_temporal_2d",
 )
 
 
@@ -258,7 +259,8 @@ def build_pipeline(
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
     zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
     ``sampling`` overrides ``cfg.sampling`` keys (``SAMPLING_OPTIONS``; compile: a torch.compile mode
-    for the DiT's blocks; vae_channels_last: the VAE's 2D convolutions in channels-last layout). ``dtype`` and ``autocast_dtype`` are a
+    for the DiT's blocks; vae_channels_last and vae_temporal_2d: faster kernels for the VAE's
+    convolutions, :mod:`cascadev.models.svd_vae`). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
     (:mod:`cascadev.presets`). ``modules`` gives parts that already exist (the trainer's live DiT and
     frozen networks, for validation): they are used as they are, neither loaded, cast, moved nor frozen.
@@ -297,9 +299,9 @@ def build_pipeline(
     if compile_mode and "dit" in to_load:  # a given (live, training) DiT stays as it is
         built["dit"].compile_blocks(None if compile_mode == "default" else compile_mode)
     if options.pop("vae_channels_last", False) and "vae" in to_load:
-        for module in built["vae"].modules():  # its Conv3d (temporal) weights are 5D: they keep their layout
-            if isinstance(module, nn.Conv2d):
-                module.to(memory_format=torch.channels_last)
+        svd_vae.use_channels_last(built["vae"])
+    if options.pop("vae_temporal_2d", False) and "vae" in to_load:
+        svd_vae.temporal_convs_as_2d(built["vae"])
     return CascadeVPipeline(
         **built,
         scale_factor=cfg.scale_factor,

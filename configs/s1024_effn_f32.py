@@ -70,6 +70,7 @@ sampling = dict(
     batch_size=1,  # windows x tiles per DiT call
     attention_backend='auto',  # SDPA kernel of the DiT's attention: auto (PyTorch's choice) | flash | efficient | cudnn | math
     vae_channels_last=False,  # the SVD decoder's 2D convolutions in channels-last layout (cuDNN's fast path)
+    vae_temporal_2d=False,  # its (3, 1, 1) Conv3d run as Conv2d over (T, H*W): cuDNN's 2D kernels, the same sums
     compile=None,  # None (eager) or a torch.compile mode for each DiT block: default | reduce-overhead (+ CUDA graphs) | max-autotune
 )
 

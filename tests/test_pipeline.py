@@ -130,6 +130,23 @@ def test_vae_channels_last_decodes_the_same_frames():
     assert ((a - b).norm() / a.norm()).item() < 1e-5  # the same convolutions in another layout
 
 
+def test_vae_temporal_convs_as_2d_decode_the_same_frames_and_keep_the_weights():
+    from cascadev.models.svd_vae import TemporalConvAs2d, temporal_convs_as_2d
+
+    cfg = load_config(CONFIG)
+    latent = torch.randn(4, 4, 8, 8)
+    plain = build_pipeline(cfg, ["vae"], random_init=True)
+    fast = build_pipeline(cfg, ["vae"], random_init=True, vae_temporal_2d=True)
+    swapped = [m for m in fast.vae.modules() if type(m) is TemporalConvAs2d]
+    assert len(swapped) == 19  # tiny's decoder: every (3, 1, 1) Conv3d; none of the encoder's 3x3 ones
+    assert fast.vae.state_dict().keys() == plain.vae.state_dict().keys()
+    a, b = plain.vae_decode(latent), fast.vae_decode(latent)
+    assert ((a - b).norm() / a.norm()).item() < 1e-5  # the same sums on 2D kernels
+    assert temporal_convs_as_2d(fast.vae, enable=False) == 19  # and back
+    assert not any(type(m) is TemporalConvAs2d for m in fast.vae.modules())
+    torch.testing.assert_close(fast.vae_decode(latent), a, rtol=1e-5, atol=1e-6)
+
+
 def test_a_tile_stride_past_the_tile_and_segments_shorter_than_a_window_are_refused():
     from cascadev.errors import CascadeVError
 

@@ -147,7 +147,8 @@ part_levers() {
     # In order of the expected gain, so that the budget cuts the least informative.
     bench lever_batch_size-9 --case 8x2048 --settings default --cfg-options sampling.batch_size=9
     local lever
-    for lever in sampling.attention_backend=flash sampling.attention_backend=cudnn sampling.compile=default \
+    for lever in sampling.vae_temporal_2d=True sampling.attention_backend=flash sampling.attention_backend=cudnn \
+        sampling.compile=default \
         sampling.vae_channels_last=True sampling.vae_chunk=8 sampling.attention_backend=efficient \
         sampling.compile=reduce-overhead; do
         bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"

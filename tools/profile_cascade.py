@@ -18,7 +18,8 @@ an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a w
 - ``svd``: one SVD-decoder chunk (``vae_chunk`` frames): its FLOPs (``FlopCounterMode``) and TFLOP/s,
   device time by operator and input rank under torch.profiler (the 2D convolutions apart from the
   temporal Conv3d), and its time with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) off and on,
-  and with the temporal (3, 1, 1) Conv3d run as the equivalent Conv2d (``temporal_convs_as_2d``).
+  and with the temporal (3, 1, 1) Conv3d run as the equivalent Conv2d (``sampling.vae_temporal_2d``,
+  :func:`cascadev.models.svd_vae.temporal_convs_as_2d`).
 - ``host``: cProfile of the main thread over a whole recon (encode, then decode through the latent
   file): the functions that hold it outside the models, which tools/benchmark.py reports together as
   ``read_and_encode``.
@@ -36,9 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,6 +51,7 @@ from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
+from cascadev.models import svd_vae  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -189,37 +189,6 @@ def dit_section(pipe, latent: torch.Tensor, device: torch.device, peak: float | 
     return result
 
 
-@contextmanager
-def temporal_convs_as_2d(vae: torch.nn.Module) -> Iterator[int]:
-    """The SVD decoder's (3, 1, 1) Conv3d layers run as Conv2d over (B, C, T, H*W): the same sums, on
-    cuDNN's 2D kernels instead of its 3D ones. An experiment of this profile (not a pipeline option yet);
-    yields the number of layers swapped."""
-    convs = [
-        m
-        for m in vae.modules()
-        if isinstance(m, torch.nn.Conv3d)
-        and m.kernel_size == (3, 1, 1)
-        and m.padding == (1, 0, 0)
-        and m.stride == (1, 1, 1)
-        and m.dilation == (1, 1, 1)
-        and m.groups == 1
-        and m.padding_mode == "zeros"
-    ]
-
-    def as_2d(conv: torch.nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        y = F.conv2d(x.reshape(b, c, t, h * w), conv.weight[..., 0], conv.bias, padding=(1, 0))  # (b, c', t, h*w)
-        return y.view(b, -1, t, h, w)
-
-    for conv in convs:
-        conv.forward = partial(as_2d, conv)
-    try:
-        yield len(convs)
-    finally:
-        for conv in convs:
-            del conv.forward  # the class's method again
-
-
 def svd_section(pipe, height: int, width: int, device: torch.device, repeats: int, peak: float | None) -> dict:
     """One SVD-decoder chunk: its FLOPs (counted), device time by operator and input rank, and its time
     with cudnn.benchmark off and on."""
@@ -247,12 +216,15 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
     finally:
         torch.backends.cudnn.benchmark = saved
     reference = pipe.vae_decode(z)
-    with temporal_convs_as_2d(pipe.vae) as swapped:
+    swapped = svd_vae.temporal_convs_as_2d(pipe.vae)  # sampling.vae_temporal_2d's layers, then back
+    try:
         result["temporal_convs_as_2d"] = {
             "layers": swapped,
             "seconds": timed(lambda: pipe.vae_decode(z), device, repeats),
             "rel_err": ((pipe.vae_decode(z) - reference).norm() / reference.norm()).item(),
         }
+    finally:
+        svd_vae.temporal_convs_as_2d(pipe.vae, enable=False)
     result["tflop_per_chunk"] = flops / 1e12
     result["tflop_per_s"] = flops / result["seconds_cudnn_benchmark_false"] / 1e12
     result["of_peak"] = result["tflop_per_s"] / peak if peak else None
