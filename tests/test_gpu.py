@@ -116,3 +116,17 @@ def test_cuda_graphs_of_the_compiled_blocks_sample_as_the_eager_dit():
     pipes["reduce-overhead"].dit.load_state_dict(pipes[None].dit.state_dict())
     samples = {mode: pipe.sample(pipe.condition(cond.transpose(0, 1)), steps=3) for mode, pipe in pipes.items()}
     assert rel_err(samples["reduce-overhead"], samples[None]) < 1e-4
+
+
+def test_svd_temporal_convs_as_2d_decode_as_the_conv3d_on_cuda_in_half_precision():
+    # sampling.vae_temporal_2d: cuDNN's 2D kernels for the decoder's (3, 1, 1) Conv3d, the same sums.
+    from cascadev.loading import build_pipeline
+
+    cfg = load_config(ROOT / "configs" / "tiny.py")
+    dtype = PRECISIONS[CUDA_PRECISION].dtype
+    latent = torch.randn(4, 4, 16, 16)
+    plain, fast = (
+        build_pipeline(cfg, ["vae"], device="cuda", dtype=dtype, random_init=True, vae_temporal_2d=flag)
+        for flag in (False, True)
+    )
+    assert rel_err(fast.vae_decode(latent), plain.vae_decode(latent)) < 1e-2  # half-precision sums, reordered
