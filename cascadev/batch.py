@@ -148,10 +148,11 @@ def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]
             jobs.append(Job(source, name, target, (target,)))
     # An existing output that is an input would count as done (or be overwritten): by file identity, so
     # that links count too, and in one pass over the outputs however many inputs there are.
-    inputs = {_file_id(path): path for path in sources}
+    inputs = {key: path for path in sources if (key := _file_id(path)) is not None}  # a missing one fails later
     for job in jobs:
         for out in job.outputs:
-            source = inputs.get(_file_id(out))
+            key = _file_id(out)
+            source = None if key is None else inputs.get(key)
             if source is not None:
                 raise CascadeVError(
                     f"The output {out} is the input {source}; writing it would destroy the input, so choose "

@@ -165,11 +165,12 @@ def check_fit(
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
+    # (A float count in an integer buffer, e.g. num_batches_tracked after a blanket .half(), loads as before.)
     wrong_kind = [
         f"{k}: checkpoint {str(state_dict[k].dtype).replace('torch.', '')} vs model "
         f"{str(expected[k].dtype).replace('torch.', '')}"
         for k in expected
-        if k in state_dict and expected[k].is_floating_point() != state_dict[k].is_floating_point()
+        if k in state_dict and expected[k].is_floating_point() and not state_dict[k].is_floating_point()
     ]
     if not (missing or unexpected or mismatched or wrong_kind):
         return
@@ -182,7 +183,7 @@ def check_fit(
         plural = "es" if len(mismatched) != 1 else ""
         parts.append(f"{len(mismatched)} shape mismatch{plural} ({_listing(mismatched)})")
     if wrong_kind:
-        parts.append(f"{len(wrong_kind)} not floating point ({_listing(wrong_kind)})")
+        parts.append(f"{len(wrong_kind)} with integer values for floating-point weights ({_listing(wrong_kind)})")
     what = f"checkpoint {source}" if source is not None else "the checkpoint"
     raise CascadeVError(f"{what} does not fit {name}: " + ", ".join(parts) + ".")
 

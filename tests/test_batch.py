@@ -189,3 +189,11 @@ def test_an_output_folder_that_is_the_inputs_folder_is_refused(tmp_path, capsys)
         code = main([command, str(vids), "-o", str(vids), option, "1", *MODEL])
         assert_one_line_error(code, capsys.readouterr().err, "is the input", "choose another output folder")
     assert {p.name: p.read_bytes() for p in vids.iterdir()} == before  # nothing taken for done, nothing written
+
+
+def test_a_missing_list_entry_is_one_failed_job_not_an_input_the_outputs_would_overwrite(tmp_path):
+    write_test_video(tmp_path / "a.mp4", 3, 16, 16, fps=10.0)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.mp4\nmissing.mp4\n")
+    jobs = batch.make_jobs("upscale", batch.expand_inputs([str(listing)]), tmp_path / "out")  # outputs yet to exist
+    assert [job.name for job in jobs] == ["a", "missing"]

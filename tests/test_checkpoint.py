@@ -203,7 +203,9 @@ def test_check_fit_names_every_kind_of_difference():
     assert "2 missing keys (0.bias, 1.running_var)" in msg
     assert "1 unexpected (extra.weight)" in msg
     assert "1 shape mismatch (2.weight: checkpoint (2, 5) vs model (2, 4))" in msg
-    assert "1 not floating point (0.weight: checkpoint int32 vs model float32)" in msg
+    assert "1 with integer values for floating-point weights (0.weight: checkpoint int32 vs model float32)" in msg
+    halved = {k: v.half() for k, v in _random_state_dict().items()}  # a blanket .half(): float counts too
+    check_fit(_small_model(), halved, "the small model")
 
 
 class _ManifestModel(nn.Module):
