@@ -17,6 +17,7 @@ target size), so a model never meets a different filter at sampling time than in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,15 +74,17 @@ def kind_of_dit(in_channels: int) -> str:
 
 
 def dit_spec(cfg: Mapping[str, Any]) -> dict:
-    """The config's ``model`` with the input channels of its condition kind (``model.in_channels``, when a
-    config gives it, must agree)."""
+    """The config's ``model`` with the input channels of its condition kind. A ``model.in_channels`` that
+    disagrees (configs derived from or dumped with an older shipped config carry 20) is replaced, with a
+    one-line warning rather than silently."""
     kind = condition_kind(cfg)
     channels = dit_in_channels(kind)
     given = cfg["model"].get("in_channels", channels)
     if given != channels:
-        raise CascadeVError(
-            f"config key model.in_channels={given} disagrees with condition={kind!r}, whose DiT takes {channels} "
-            "input channels; drop model.in_channels (the condition sets it)"
+        warnings.warn(
+            f"config key model.in_channels={given} is replaced by {channels}: condition={kind!r} sets the DiT's "
+            "input channels (drop the key to silence this)",
+            stacklevel=1,  # this module's line: cascadev's one-line warning format
         )
     return dict(cfg["model"], in_channels=channels)
 

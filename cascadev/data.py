@@ -61,8 +61,9 @@ def resolve_entry(entry: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def read_json_list(path: Path) -> list[tuple[str, str | None]]:
-    """The entries of a ``.json`` video list, as (path as written, its ``"caption"`` or None)."""
+def read_json_list(path: Path) -> list[tuple[str, Any]]:
+    """The entries of a ``.json`` video list, as (path as written, its ``"caption"`` as stored, or None);
+    only the latent store reads captions, and checks them."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -74,10 +75,6 @@ def read_json_list(path: Path) -> list[tuple[str, str | None]]:
         caption = None
         if isinstance(item, dict):
             caption = item.get("caption")
-            if caption is not None and not isinstance(caption, str):
-                raise CascadeVError(
-                    f"Entry {i} of the video list {path} has a caption that is not a string: {caption!r}."
-                )
             item = item.get("path", item.get("video"))
         if not isinstance(item, str) or not item.strip():
             raise CascadeVError(

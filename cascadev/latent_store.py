@@ -69,7 +69,11 @@ def read_captions(items: Sequence[str]) -> dict[str, str]:
         path = Path(item).expanduser()
         if not (path.is_file() and path.suffix.lower() == ".json"):
             continue
-        for entry, caption in read_json_list(path):
+        for i, (entry, caption) in enumerate(read_json_list(path)):
+            if caption is not None and not isinstance(caption, str):
+                raise CascadeVError(
+                    f"Entry {i} of the video list {path} has a caption that is not a string: {caption!r}."
+                )
             if caption is not None:
                 captions[str(Path(resolve_entry(entry, path.resolve().parent)).resolve())] = caption
     return captions

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import frame_times
 from .atomic import make_folder, remove_quietly
+from .errors import CascadeVError
 from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
 from .latent_io import LATENT_CHANNELS, LATENT_STRIDE, LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
@@ -129,15 +130,18 @@ def encode_video(
     start, count = select_frames(reader, start, num_frames)
     first, (height, width) = prepare_frames(reader.read([start]), size, preset)
     times = frame_times.select(reader.frame_times, start, count)  # variable frame rate: kept in the latent
-    meta = LatentMeta(
-        fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times),
-        height=height,
-        width=width,
-        source_height=reader.height,
-        source_width=reader.width,
-        start=start,
-        frame_times=None if times is None else tuple(times),
-    )
+    try:
+        meta = LatentMeta(
+            fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times),
+            height=height,
+            width=width,
+            source_height=reader.height,
+            source_width=reader.width,
+            start=start,
+            frame_times=None if times is None else tuple(times),
+        )
+    except CascadeVError as exc:  # e.g. a frame rate no latent may hold: the input's
+        raise CascadeVError(f"{video}: {exc}") from None
     shape = (LATENT_CHANNELS, count, first.shape[-2] // LATENT_STRIDE, first.shape[-1] // LATENT_STRIDE)
     make_folder(Path(output).parent)
     with LatentWriter(output, shape, meta) as writer:

@@ -20,9 +20,9 @@ from .errors import CascadeVError
 # Seeds feed numpy's SeedSequence and torch.Generator.manual_seed, which take 0 <= seed < 2**63.
 SEED_LIMIT = 2**63
 # The names a user may give; the modules that act on them map each name to its implementation.
-# The highest frame rate a video or latent may have: high-speed footage stays under it, and a rate above
-# it is a unit mistake or a runaway --factor (interpolate's output rate is the input's times the factor).
-MAX_FPS = 1000
+# The highest frame rate a video or latent may have: far above high-speed footage (1,000-10,000 fps), so a
+# rate beyond it is damage, a unit mistake or a runaway --factor (interpolate's output: input rate x factor).
+MAX_FPS = 100_000
 # The output videos' encoder and quality unless told otherwise: H.264, visually lossless (x264's crf scale).
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18

@@ -202,7 +202,7 @@ def test_metadata_that_does_not_fit_the_latent_is_refused_naming_the_file(tmp_pa
     base = {k: str(v) for k, v in META.to_dict().items()}  # 150x100 pixels, for 4 x 5 positions (160x128)
     for name, change, needle in (
         ("tall", {"height": "640"}, "says 150x640 pixels, more than its 5x4 latent decodes to (160x128)"),
-        ("fast", {"fps": "1e300"}, "frame rate must be positive and at most 1000, got 1e+300"),
+        ("fast", {"fps": "1e300"}, "frame rate must be positive and at most 100000, got 1e+300"),
         ("newer", {"cascadev_latent_version": "99"}, "is a latent file of format '99'; this cascadev reads format 1"),
     ):
         path = tmp_path / f"{name}.safetensors"

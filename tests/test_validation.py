@@ -287,8 +287,10 @@ def test_condition_kind_lives_in_the_conditioning_module(tmp_path, capsys):
     assert conditioning.with_encoder("resize", ["dit", "vae"]) == ["dit", "vae"]
     assert conditioning.dit_spec(load_config(TINY, ["condition=resize"]))["in_channels"] == 8
     assert conditioning.dit_spec(load_config(TINY, ["model.in_channels=20"]))["in_channels"] == 20
-    with pytest.raises(CascadeVError, match=r"model.in_channels=8 disagrees with condition='semantic'"):
-        conditioning.dit_spec(load_config(TINY, ["model.in_channels=8"]))
+    # A disagreeing value (an older config's 20 under condition=resize) is replaced, and said so.
+    with pytest.warns(UserWarning, match=r"model.in_channels=20 is replaced by 8: condition='resize' sets"):
+        resize = load_config(TINY, ["condition=resize", "model.in_channels=20"])
+        assert conditioning.dit_spec(resize)["in_channels"] == 8
     with pytest.raises(CascadeVError, match="12 input channels; expected 20 \\(semantic\\) or 8 \\(resize\\)"):
         conditioning.kind_of_dit(12)
     for bad in (
