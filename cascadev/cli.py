@@ -362,9 +362,10 @@ def _enhance_parts(cfg) -> list[str]:
 def _sampling(args: argparse.Namespace, cfg):
     from .config_defaults import setting
     from .reconstruct import SamplingArgs
-    from .schedulers import check_steps, noise_schedule
+    from .schedulers import check_steps, make_scheduler, noise_schedule
 
     scheduler = args.scheduler or setting(cfg, "sampling.scheduler")  # the parser and the schema checked both
+    make_scheduler(_preset(args).scheduler(scheduler), noise_schedule(cfg))  # one that cannot run fails now
     return SamplingArgs(
         scheduler=scheduler,
         steps=check_steps(args.steps or setting(cfg, "sampling.steps"), noise_schedule(cfg)),

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .diffusion import get_named_beta_schedule
-from .rules import PREDICTION_TYPES, check_choice
+from .rules import PREDICTION_TYPES, TRAIN_TIMESTEPS, check_choice
 
 
 class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
@@ -30,7 +30,7 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        num_train_timesteps: int = 1000,
+        num_train_timesteps: int = TRAIN_TIMESTEPS,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
@@ -70,8 +70,9 @@ class PixArtDPMSolverScheduler(SchedulerMixin, ConfigMixin):
         n = self.config.num_train_timesteps
         self.num_inference_steps = int(num_inference_steps)
         self.t_continuous = torch.linspace(1.0, 1.0 / n, self.num_inference_steps + 1, device=device)
-        # The model is evaluated at every time but the last; it sees the discrete time 1000 * (t - 1/N).
-        self.timesteps = (self.t_continuous[:-1] - 1.0 / n) * 1000.0
+        # The model is evaluated at every time but the last; it sees the discrete time N * (t - 1/N), in [0, N)
+        # as in training (PixArt writes 1000 for its N = 1000).
+        self.timesteps = (self.t_continuous[:-1] - 1.0 / n) * n
         self._step_index = 0
         self._history: list[torch.Tensor] = []  # data predictions x0 of the last steps, oldest first
 

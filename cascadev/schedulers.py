@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestral
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .dpm_solver import PixArtDPMSolverScheduler
-from .errors import CascadeVError
+from .errors import CascadeVError, first_line
 from .rules import TRAIN_TIMESTEPS, check_choice
 
 # The release samples with Euler-ancestral (8 steps); DDIM and DPM-Solver are its alternatives. The names
@@ -55,4 +55,8 @@ def make_scheduler(name: str, schedule: dict | None = None) -> SchedulerMixin:
 
     Each scheduler otherwise keeps its diffusers defaults, as the release constructs them.
     """
-    return SCHEDULERS[check_choice(name, SCHEDULERS, "scheduler")](**(schedule or TRAINING_SCHEDULE))
+    scheduler = SCHEDULERS[check_choice(name, SCHEDULERS, "scheduler")]
+    try:
+        return scheduler(**(schedule or TRAINING_SCHEDULE))
+    except ValueError as exc:  # e.g. PixArt's DPM-Solver (--preset release) on a cosine schedule
+        raise CascadeVError(f"the {name} scheduler cannot sample this noise schedule: {first_line(exc)}") from None

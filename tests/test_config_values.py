@@ -255,3 +255,13 @@ def test_training_clips_must_be_the_dits_window_and_autoencoder_crops_its_grid(t
     )
     assert_one_line_error(code, err, "sample_size 30 must be a multiple of 8 to train the vae")
     assert not (tmp_path / "w").exists() and not (tmp_path / "w2").exists()
+
+
+def test_a_scheduler_that_cannot_sample_the_schedule_stops_before_any_work(tmp_path, capsys, clip):
+    out = tmp_path / "r"
+    code, err = run_cli(
+        capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--preset", "release",
+        "--scheduler", "dpm_solver", "--cfg-options", "schedule.beta_schedule=squaredcos_cap_v2",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "the dpm_solver_pixart scheduler cannot sample this noise schedule")
+    assert not out.exists()

@@ -120,6 +120,11 @@ def test_training_and_every_sampler_share_the_configs_noise_schedule(schedule):
                 sampler.log_alpha_array.double().numpy(), 0.5 * np.log(diffusion.alphas_cumprod), rtol=1e-5
             )
         assert sampler.config.prediction_type == full["prediction_type"]
+        # The model is asked at training's own timesteps: within [0, N), the last step near 0.
+        sampler.set_timesteps(8)
+        ts = sampler.timesteps.double()
+        assert 0 <= ts.min() < 0.25 * diffusion.num_timesteps <= 0.75 * diffusion.num_timesteps < ts.max()
+        assert ts.max() < diffusion.num_timesteps, name
 
 
 def _toy_setup(shape, seed=0):
