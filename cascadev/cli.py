@@ -391,7 +391,7 @@ def _check_folder(folder: Path, option: str) -> bool:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """A work dir this run made and left without a file (it stopped at its video list or weights)."""
+    """A folder this run made (the work dir, the export) and left without a file: it stopped early."""
     if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -480,11 +480,11 @@ def run(args: argparse.Namespace) -> None:
                 trainer = AutoencoderTrainer(cfg, options, args.part, args.export)
             else:
                 trainer = Trainer(cfg, options)
+            saved = trainer.fit()
         except BaseException:
-            for folder in made:
+            for folder in made:  # a folder with a file in it (a checkpoint, the export) stays
                 _remove_if_empty(folder)
             raise
-        saved = trainer.fit()
         if trainer.accelerator.is_main_process:
             step = trainer.state["step"]
             _wrote(saved if saved is not None else args.work_dir, f"step {step}")

@@ -265,3 +265,13 @@ def test_a_scheduler_that_cannot_sample_the_schedule_stops_before_any_work(tmp_p
     )  # fmt: skip
     assert_one_line_error(code, err, "the dpm_solver_pixart scheduler cannot sample this noise schedule")
     assert not out.exists()
+
+
+def test_validation_steps_beyond_the_schedule_stop_training_before_it_starts(tmp_path, capsys, clip):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{clip}\n")
+    options = [f"video_list=['{listing}']", f"validation.video={clip}", "validation.steps=5000"]
+    code, err = run_cli(capsys, "train", TINY, "--work-dir", tmp_path / "w", "--random-init", "--device", "cpu",
+                        "--quiet", "--cfg-options", *options)  # fmt: skip
+    assert_one_line_error(code, err, "5000 sampling steps are more than the noise schedule's 1000")
+    assert not (tmp_path / "w").exists()

@@ -200,3 +200,9 @@ def test_an_unwritable_export_is_refused_before_training(tmp_path, clips, capsys
     code = train_ae("vae", tmp_path / "w", clips / "two.txt", "--max-steps", 1, "--export", a_file)
     assert_one_line_error(code, capsys.readouterr().err, f"--export {a_file} is a file, not a folder")
     assert not (tmp_path / "w").exists() and a_file.read_text() == "mine"  # nothing trained, nothing left
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{tmp_path / 'missing.mp4'}\n")  # fails in training, once the export folder is made
+    export = ["--export", tmp_path / "exported"]
+    code = train_ae("vae", tmp_path / "w2", bad, "--max-steps", 1, *export, options=["validation.interval=0"])
+    assert_one_line_error(code, capsys.readouterr().err, "None of the 1 videos")
+    assert not (tmp_path / "exported").exists()

@@ -133,7 +133,7 @@ class AutoencoderTrainer(Trainer):
 
     @torch.no_grad()
     def _validate(self, step: int) -> None:
-        """Save original | reconstruction of the first training clip (four frames) as a labelled PNG."""
+        """Save original | reconstruction of the first training clip (up to four frames) as a labelled PNG."""
         acc = self.accelerator
         if acc.is_main_process:
             model = self._unwrapped()

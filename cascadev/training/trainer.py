@@ -35,7 +35,7 @@ from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline, seeded_generator
-from ..schedulers import noise_schedule
+from ..schedulers import check_steps, noise_schedule
 from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
@@ -217,6 +217,8 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg, options)
         self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
+        if setting(cfg, "validation.video"):  # checked now, not at the first validation hours into the run
+            check_steps(int(setting(cfg, "validation.steps")), noise_schedule(cfg))
 
         self.batch_size = int(setting(cfg, "train_batch_size"))
         global_batch = self.batch_size * acc.num_processes
@@ -696,8 +698,8 @@ class Trainer:
         return clip, cond, recon, pipe
 
     def save_validation(self, step: int, columns: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
-        """uint8 videos (T, S, S, 3), one per title -> ``work_dir/validation/step_N.png``: their first four
-        frames side by side, labelled (``contact_sheet``). Returns those rows, (4, S, len(titles) * S, 3)."""
+        """uint8 videos (T, S, S, 3), one per title -> ``work_dir/validation/step_N.png``: their first (up to)
+        four frames side by side, labelled (``contact_sheet``). Returns those rows, (min(T, 4), S, len(titles) * S, 3)."""
         rows = side_by_side(*columns)[:4]
         out = self.work_dir / "validation" / f"step_{step:08d}.png"
         out.parent.mkdir(exist_ok=True)
