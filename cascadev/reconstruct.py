@@ -291,48 +291,47 @@ def _reconstruct(
     )
     pipe = load_once()
     sampled = share_segments(paths["latent.safetensors"]) if share_segments is not None else None
-    latent = LatentReader(paths["latent.safetensors"])  # closed with the writers, below
-    count = latent.num_frames
-    pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
-    picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
-    picked: list[np.ndarray] = []
-    h, w = meta.height, meta.width
-    audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
-    outs = ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
-    writers = {
-        n: VideoWriter(
-            paths[n],
-            meta.fps,
-            h,
-            w * (3 if n == "compare.mp4" else 1),
-            frame_times=meta.frame_times,
-            **writer_options,
-            **(audio if n in ("original.mp4", "recon.mp4") else {}),
-        )
-        for n in outs
-    }
+    with LatentReader(paths["latent.safetensors"]) as latent:
+        count = latent.num_frames
+        pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
+        picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
+        picked: list[np.ndarray] = []
+        h, w = meta.height, meta.width
+        audio = {"audio_from": source.path, "audio_start": source.start_time(meta.start)}
+        outs = ("original.mp4", "preview.mp4", "recon.mp4", "compare.mp4")
+        writers = {
+            n: VideoWriter(
+                paths[n],
+                meta.fps,
+                h,
+                w * (3 if n == "compare.mp4" else 1),
+                frame_times=meta.frame_times,
+                **writer_options,
+                **(audio if n in ("original.mp4", "recon.mp4") else {}),
+            )
+            for n in outs
+        }
 
-    def write_chunk(done: int, frames: torch.Tensor, preview: torch.Tensor) -> None:
-        """On the writer's thread: the chunk's source frames read and prepared, four videos written."""
-        n = frames.shape[0]
-        recon = frames_to_uint8(frames, h, w, preset.truncate)
-        preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
-        preview = frames_to_uint8(preview, h, w, preset.truncate)
-        source_frames = source.read(range(meta.start + done, meta.start + done + n))
-        original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
-        row = side_by_side(original, preview, recon)
-        for name, video in zip(outs, (original, preview, recon, row)):
-            writers[name].write(video)
-        picked.extend(row[i - done] for i in picks if done <= i < done + n)
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(latent)
-        for writer in writers.values():
-            stack.enter_context(writer)
-        behind = stack.enter_context(WriteBehind())  # entered last: its writes finish before any writer closes
-        done = 0
-        for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):
+        def write_chunk(done: int, frames: torch.Tensor, preview: torch.Tensor) -> None:
+            """On the writer's thread: the chunk's source frames read and prepared, four videos written."""
             n = frames.shape[0]
-            behind.submit(write_chunk, done, frames, pipe.preview(latent.read(done, done + n)))
-            done += n
-    save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))
+            recon = frames_to_uint8(frames, h, w, preset.truncate)
+            preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
+            preview = frames_to_uint8(preview, h, w, preset.truncate)
+            source_frames = source.read(range(meta.start + done, meta.start + done + n))
+            original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
+            row = side_by_side(original, preview, recon)
+            for name, video in zip(outs, (original, preview, recon, row)):
+                writers[name].write(video)
+            picked.extend(row[i - done] for i in picks if done <= i < done + n)
+
+        with contextlib.ExitStack() as stack:
+            for writer in writers.values():
+                stack.enter_context(writer)
+            behind = stack.enter_context(WriteBehind())  # entered last: its writes finish before any writer closes
+            done = 0
+            for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):
+                n = frames.shape[0]
+                behind.submit(write_chunk, done, frames, pipe.preview(latent.read(done, done + n)))
+                done += n
+        save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))

@@ -49,7 +49,7 @@ from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
-from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.errors import CascadeVError, first_line  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.models import svd_vae  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
@@ -148,7 +148,7 @@ def attention_section(pipe, device: torch.device, repeats: int) -> list[dict]:
                 try:
                     seconds = _sdpa_seconds(groups, heads, n, head_dim, device, dtype, repeats)
                 except RuntimeError as exc:  # no kernel of this backend for the shape or device
-                    row[name] = {"error": str(exc).splitlines()[0][:120]}
+                    row[name] = {"error": first_line(exc, 120)}
                     continue
                 flops = 4 * n * n * head_dim * heads * groups
                 row[name] = {"ms": seconds * 1e3, "tflop_per_s": flops / seconds / 1e12, "by_head_dim": {}}
@@ -216,7 +216,9 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
     finally:
         torch.backends.cudnn.benchmark = saved
     reference = pipe.vae_decode(z)
-    swapped = svd_vae.temporal_convs_as_2d(pipe.vae)  # sampling.vae_temporal_2d's layers, then back
+    # sampling.vae_temporal_2d's layers, put back afterwards (none are swapped when the config asks for them:
+    # the figures above are then the 2D ones already, and the config's choice stays).
+    swapped = svd_vae.temporal_convs_as_2d(pipe.vae)
     try:
         result["temporal_convs_as_2d"] = {
             "layers": swapped,
@@ -224,7 +226,8 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
             "rel_err": ((pipe.vae_decode(z) - reference).norm() / reference.norm()).item(),
         }
     finally:
-        svd_vae.temporal_convs_as_2d(pipe.vae, enable=False)
+        if swapped:
+            svd_vae.temporal_convs_as_2d(pipe.vae, enable=False)
     result["tflop_per_chunk"] = flops / 1e12
     result["tflop_per_s"] = flops / result["seconds_cudnn_benchmark_false"] / 1e12
     result["of_peak"] = result["tflop_per_s"] / peak if peak else None
