@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cascadev.atomic import atomic_output, check_output_path
-from cascadev.errors import CascadeVError
+from cascadev.errors import CascadeVError, first_line
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -75,7 +75,9 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises SafetensorError/OSError/... for bad files
-            raise CascadeVError(f"checkpoint {path} is corrupt or not a safetensors file ({_short(exc)}).") from None
+            raise CascadeVError(
+                f"checkpoint {path} is corrupt or not a safetensors file ({first_line(exc, 160)})."
+            ) from None
 
     if suffix not in PICKLE_SUFFIXES:
         known = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
@@ -98,7 +100,9 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
             f"checkpoint {path} is corrupt or cannot be loaded safely as a torch checkpoint of tensors."
         ) from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/ValueError/... for bad files
-        raise CascadeVError(f"checkpoint {path} is corrupt or not a torch checkpoint ({_short(exc)}).") from None
+        raise CascadeVError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint ({first_line(exc, 160)})."
+        ) from None
 
     if not isinstance(obj, Mapping):
         raise CascadeVError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors.")
@@ -121,12 +125,6 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
             f"(entries: {_describe_entries(obj)}); choose the entry with a key."
         )
     return sd
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    """One line of an exception's message, truncated, for embedding in a CascadeVError."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _listing(names: list[str]) -> str:
@@ -294,5 +292,5 @@ def save_safetensors(
     except CascadeVError:
         raise
     except Exception as exc:
-        raise CascadeVError(f"cannot write {path} ({_short(exc)}).") from None
+        raise CascadeVError(f"cannot write {path} ({first_line(exc, 160)}).") from None
     return path

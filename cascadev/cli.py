@@ -22,7 +22,7 @@ from .atomic import disk_full_error, is_disk_full, remove_partials
 from .errors import CascadeVError, Interrupted, first_line
 from .outlock import output_lock
 from .presets import PRESETS
-from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS, VIDEO_CODEC, VIDEO_CRF
+from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS, SHARD_MB, VIDEO_CODEC, VIDEO_CRF
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -157,7 +157,11 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("latent store (many videos -> shards of clip latents)")
     g.add_argument("--shards", action="store_true", help="write a sharded latent store into the folder OUTPUT")
     g.add_argument(
-        "--shard-size", type=positive_float, default=None, metavar="MB", help="largest shard in MB (default 1024)"
+        "--shard-size",
+        type=positive_float,
+        default=None,
+        metavar="MB",
+        help=f"largest shard in MB (default {SHARD_MB:g})",
     )
     g.add_argument(
         "--clip-frames",

@@ -28,6 +28,7 @@ import torch
 from cascadev import frame_times as times_io
 from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
 from cascadev.errors import CascadeVError
+from cascadev.models.compressor import COMPRESSOR_STRIDE
 from cascadev.rules import MAX_FPS
 
 __all__ = [
@@ -42,7 +43,7 @@ __all__ = [
 
 LATENT_KEY = "latent"
 LATENT_CHANNELS = 16
-LATENT_STRIDE = 32  # pixels per latent position (the compressor's 1/32; the resize variant's 1/4 x 1/8)
+LATENT_STRIDE = COMPRESSOR_STRIDE  # pixels per latent position: the compressor's 1/32 (the resize variant's 1/4 x 1/8)
 
 # Metadata keys (safetensors stores every value as a string; these are parsed back to numbers).
 KEY_FPS = "fps"

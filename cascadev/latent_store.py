@@ -42,6 +42,7 @@ import torch
 
 from .data import read_json_list, resolve_entry
 from .errors import CascadeVError
+from .rules import SHARD_MB
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 INDEX = "index.jsonl"
 FORMAT = "cascadev_latent_store_v1"
 SHARD_GLOB = "shard-*.safetensors"
-SHARD_MB = 1024.0  # the largest shard, in MB, unless --shard-size says otherwise
 
 
 def clip_starts(start: int, count: int, clip_frames: int | None) -> list[tuple[int, int]]:

@@ -26,6 +26,7 @@ MAX_FPS = 100_000
 # The output videos' encoder and quality unless told otherwise: H.264, visually lossless (x264's crf scale).
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18
+SHARD_MB = 1024.0  # a latent store's largest shard, in MB, unless --shard-size says otherwise
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
 # Noise schedules (diffusers' names) that the training loss (cascadev.diffusion) and diffusers' samplers

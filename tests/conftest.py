@@ -26,13 +26,14 @@ def tiny_weights(tmp_path_factory):
     import torch
 
     from cascadev.checkpoint import save_safetensors
+    from cascadev.conditioning import dit_spec
     from cascadev.loading import load_config
     from cascadev.models import build_model
 
     root = tmp_path_factory.mktemp("weights")
     cfg = load_config(CONFIGS / "tiny.py")
     torch.manual_seed(0)
-    dit = build_model(cfg.model)
+    dit = build_model(dit_spec(cfg))
     torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.02)
     save_safetensors(dit.state_dict(), root / "tiny.safetensors")
     save_safetensors(build_model(cfg.compressor).state_dict(), root / "effnet_encoder.safetensors")

@@ -21,6 +21,7 @@ from cascadev.argparsing import Parser
 from cascadev.argtypes import positive_int
 from cascadev.evaluation import metrics as M
 from cascadev.evaluation.runner import EvalOptions, evaluate
+from cascadev.rules import VIDEO_CRF
 from cascadev.video_io import write_video
 
 PAPER_VIDEOS, PAPER_FRAMES = 200, 64
@@ -34,8 +35,8 @@ def make_pairs(root: Path, videos: int, frames: int, size: int) -> None:
         y, x = np.mgrid[0:size, 0:size]
         ref = np.stack([((x + y + 7 * t) % 256)[..., None].repeat(3, -1) for t in range(frames)]).astype(np.uint8)
         rec = np.clip(ref + rng.integers(-12, 13, size=ref.shape), 0, 255).astype(np.uint8)
-        write_video(root / "ref" / f"{i}.mp4", ref, 30.0, crf=18)
-        write_video(root / "rec" / f"{i}.mp4", rec, 30.0, crf=18)
+        write_video(root / "ref" / f"{i}.mp4", ref, 30.0, crf=VIDEO_CRF)
+        write_video(root / "rec" / f"{i}.mp4", rec, 30.0, crf=VIDEO_CRF)
 
 
 def main(argv: list[str] | None = None) -> None:

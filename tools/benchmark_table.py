@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev.argparsing import Parser, fail  # noqa: E402
-from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.errors import CascadeVError, first_line  # noqa: E402
 
 # Issue 12's targets for 8 x 1024², 8 Euler-a steps, one H100, model loading excluded.
 TARGETS = {
@@ -35,7 +35,7 @@ def load_report(path: str | Path) -> dict:
         report = json.loads(Path(path).read_text())
         report["runs"][0]["seconds"]["end_to_end_without_loading"]
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-        raise CascadeVError(f"{path} is not a tools/benchmark.py report ({type(exc).__name__}: {exc}).") from None
+        raise CascadeVError(f"{path} is not a tools/benchmark.py report ({first_line(exc)}).") from None
     return report
 
 

@@ -39,6 +39,7 @@ from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.loading import load_config  # noqa: E402
 from cascadev.models import build_model  # noqa: E402
 from cascadev.training import metrics_log  # noqa: E402
+from cascadev.training.trainer import clip_geometry  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import measured_peak_tflops, source_commit, synthetic_video  # noqa: E402
@@ -55,11 +56,10 @@ def train_flops_per_sample(cfg) -> float:
 
 def run(config: str, steps: int, device: str, peak: float | None, work: Path, cfg_options: list[str]) -> dict:
     cfg = load_config(config, cfg_options)
-    size = int(setting(cfg, "sample_size"))
+    window, stride, size = clip_geometry(cfg)
     batch = int(setting(cfg, "train_batch_size"))
-    window = int(setting(cfg, "num_frames_per_video"))
     clip = work / "clip.mp4"
-    synthetic_video(clip, window * int(setting(cfg, "time_stride")), size, size)  # the frames one clip spans
+    synthetic_video(clip, window * stride, size, size)  # the frames one clip spans
     listing = work / "train.txt"
     listing.write_text(f"{clip}\n" * batch)
     cuda = device != "cpu" and torch.cuda.is_available()

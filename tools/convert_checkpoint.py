@@ -68,6 +68,7 @@ def convert_to_folder(src: Path, dst: Path, config: str, key: str | None = None)
     import shutil
     import tempfile
 
+    from cascadev.conditioning import dit_spec
     from cascadev.loading import load_config
     from cascadev.models import build_model
 
@@ -75,7 +76,7 @@ def convert_to_folder(src: Path, dst: Path, config: str, key: str | None = None)
         raise CascadeVError(f"output folder {dst} exists; choose another with -o.")
     cfg = load_config(config)
     with torch.device("meta"):
-        model = build_model(dict(cfg.model))
+        model = build_model(dit_spec(cfg))  # the input channels of the config's condition
     load_weights(model, src, f"the DiT of config {config}", key=key)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.argtypes import device as device_name  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
+from cascadev.conditioning import dit_spec  # noqa: E402
 from cascadev.loading import PRECISIONS, load_config, resolve_device  # noqa: E402
 from cascadev.models import build_model  # noqa: E402
 from cascadev.models.dit import CascadeDiT  # noqa: E402
@@ -51,7 +52,7 @@ def golden_dit() -> tuple[CascadeDiT, torch.Tensor, torch.Tensor]:
 def random_dit(config: str, frames: int | None) -> tuple[CascadeDiT, torch.Tensor, torch.Tensor]:
     cfg = load_config(config)
     torch.manual_seed(0)
-    model = build_model(dict(cfg.model)).eval()
+    model = build_model(dit_spec(cfg)).eval()
     torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)
     size = model.input_size
     x = torch.randn(1, model.in_channels, frames or model.lats_per_vid, size, size)

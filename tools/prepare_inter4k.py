@@ -44,6 +44,7 @@ from cascadev.errors import CascadeVError
 from cascadev.evaluation.runner import list_videos
 from cascadev.frames import crop as crop_frames
 from cascadev.frames import from_uint8, resize_short_side, to_uint8
+from cascadev.rules import VIDEO_CRF
 from cascadev.video_io import VideoReader, VideoWriter
 
 PROG = "prepare_inter4k"
@@ -64,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=positive_float, default=30.0, help="output frame rate (default 30)")
     parser.add_argument("--num-frames", type=positive_int, default=64, help="frames per video (default 64)")
     parser.add_argument(
-        "--crf", type=non_negative_int, default=18, help="x264 quality of the outputs (0 = lossless; default 18)"
+        "--crf",
+        type=non_negative_int,
+        default=VIDEO_CRF,
+        help=f"x264 quality of the outputs (0 = lossless; default {VIDEO_CRF})",
     )
     parser.add_argument("--skip-short", action="store_true", help="skip videos too short instead of stopping")
     return parser
@@ -81,7 +85,7 @@ def source_indices(source_fps: float, fps: float, num_frames: int) -> list[int]:
 
 
 def prepare_video(
-    src: Path, dst: Path, *, size: int, crop: bool, fps: float, num_frames: int, crf: int = 18
+    src: Path, dst: Path, *, size: int, crop: bool, fps: float, num_frames: int, crf: int = VIDEO_CRF
 ) -> list[int]:
     """Write the evaluation version of ``src`` to ``dst``; return the source frame indices used.
 
@@ -118,7 +122,7 @@ def prepare(
     crop: bool = True,
     fps: float = 30.0,
     num_frames: int = 64,
-    crf: int = 18,
+    crf: int = VIDEO_CRF,
     skip_short: bool = False,
     log=None,
 ) -> list[Path]:

@@ -49,7 +49,9 @@ from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
+from cascadev.conditioning import VAE_STRIDE  # noqa: E402
 from cascadev.errors import CascadeVError, first_line  # noqa: E402
+from cascadev.latent_io import LATENT_CHANNELS, LATENT_STRIDE  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.models import svd_vae  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
@@ -194,7 +196,7 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
     with cudnn.benchmark off and on."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    z = torch.randn(pipe.vae_chunk, 4, height // 8, width // 8, device=device)
+    z = torch.randn(pipe.vae_chunk, 4, height // VAE_STRIDE, width // VAE_STRIDE, device=device)
     with FlopCounterMode(display=False) as counter:
         pipe.vae_decode(z)
     flops = counter.get_total_flops()
@@ -319,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         precision = resolve_precision(args.dtype, device)
         cfg = load_config(args.config, args.cfg_options)
         width, height = args.size
-        if height % 32 or width % 32:
-            raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of 32")
+        if height % LATENT_STRIDE or width % LATENT_STRIDE:
+            raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {LATENT_STRIDE}")
         pipe = build_pipeline(
             cfg,
             ["dit", "compressor", "vae"],
@@ -338,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             "precision": {"weights": str(precision.dtype), "autocast": str(precision.autocast)},
             "peak_tflop_per_s": measured_peak_tflops(device, torch.float16),
         }
-        latent = torch.randn(16, args.frames, height // 32, width // 32)  # (C, T, H/32, W/32)
+        latent = torch.randn(
+            LATENT_CHANNELS, args.frames, height // LATENT_STRIDE, width // LATENT_STRIDE
+        )  # (C, T, h, w)
         with torch.no_grad():
             if "attention" in args.sections:
                 report["attention"] = attention_section(pipe, device, args.repeats)

@@ -25,6 +25,7 @@ from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_int
 from cascadev.errors import CascadeVError
 from cascadev.frames import bicubic_round_trip, round_half_up
+from cascadev.latent_io import LATENT_STRIDE
 from cascadev.overlap import WriteBehind, read_ahead
 from cascadev.overwrite import check_not_inputs
 from cascadev.rules import VIDEO_CRF, check_whole
@@ -32,7 +33,7 @@ from cascadev.video_io import VideoReader, VideoWriter
 
 __all__ = ["bicubic_folder", "bicubic_frames", "bicubic_video", "low_res_size", "main"]
 
-DEFAULT_FACTOR = 32
+DEFAULT_FACTOR = LATENT_STRIDE  # the semantic latent's: the cascade's 1/32 against plain bicubic
 
 
 def low_res_size(height: int, width: int, factor: int = DEFAULT_FACTOR) -> tuple[int, int]:
@@ -107,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="cascadev-bicubic", description="Write the bicubic x32 baseline of a folder of videos.")
     parser.add_argument("src", help="folder of videos, list file or one video")
     parser.add_argument("-o", "--output", required=True, help="output folder (<name>.mp4 per video)")
-    parser.add_argument("--factor", type=positive_int, default=DEFAULT_FACTOR, help="downscaling factor (default 32)")
+    parser.add_argument(
+        "--factor", type=positive_int, default=DEFAULT_FACTOR, help=f"downscaling factor (default {DEFAULT_FACTOR})"
+    )
     parser.add_argument(
         "--crf", type=non_negative_int, default=VIDEO_CRF, help=f"x264 quality (0 = lossless; default {VIDEO_CRF})"
     )

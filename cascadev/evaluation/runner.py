@@ -1,8 +1,9 @@
 """``cascadev eval``: match reference and reconstructed videos, stream their frames through the metrics,
 and write the results.
 
-Inputs. REF and REC are each a folder of videos, a list file (one video path per line, relative to
-the list file; blank lines and ``#`` comments ignored) or a single video. Videos are matched by file
+Inputs. REF and REC are each a folder of videos, a list file (as training's ``video_list``: one video
+path per line, relative to the list file, blank lines and ``#`` comments ignored; or a ``.json`` list of
+paths or of objects with a ``"path"``) or a single video. Videos are matched by file
 name without the suffix (``clip.mkv`` in REF matches ``clip.mp4`` in REC); two single videos are
 compared whatever their names. Every name must be on both sides.
 
@@ -143,9 +144,9 @@ def list_videos(source: str | Path, flag: str = "--ref") -> dict[str, Path]:
         try:
             entries = read_video_list([str(source)])
         except CascadeVError as exc:
+            # A video of another kind is taken for a list too: the message names both readings.
             raise CascadeVError(
-                f"{flag} {source} is neither a folder, a video ({', '.join(VIDEO_SUFFIXES)}) nor a "
-                f"usable list file of video paths: {exc}"
+                f"{flag} {source} is not a video ({', '.join(VIDEO_SUFFIXES)}), and as a list of videos: {exc}"
             ) from exc
         for entry in entries:
             if not Path(entry).is_file():

@@ -290,7 +290,7 @@ class Trainer:
         if (frames, size) != (dit.lats_per_vid, pixels):
             raise CascadeVError(
                 f"config keys num_frames_per_video={frames} and sample_size={size} must be the DiT's window: "
-                f"model.lats_per_vid={dit.lats_per_vid} frames of {pixels} pixels (8 x model.input_size)"
+                f"model.lats_per_vid={dit.lats_per_vid} frames of {pixels} pixels ({conditioning.VAE_STRIDE} x model.input_size)"
             )
         dit.gradient_checkpointing = bool(setting(cfg, "grad_checkpointing"))
         if self.resume_from is None and setting(cfg, "load_from"):
