@@ -18,6 +18,7 @@ outputs are the same as without threads. ``depth=0`` runs everything inline, on 
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -28,6 +29,7 @@ T = TypeVar("T")
 # its model work; more would only absorb jitter, at a chunk of frames each (a 16-frame chunk of 2K frames
 # is 200 MB of uint8, 800 MB as model input).
 IO_DEPTH = 1
+_READER = "cascadev-reader"  # the reader threads' name prefix
 _END = object()  # what next() returns at the end of the source (StopIteration does not cross futures)
 
 
@@ -43,7 +45,7 @@ def read_ahead(chunks: Iterable[T], depth: int | None = None) -> Iterator[T]:
         yield from chunks
         return
     source = iter(chunks)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="cascadev-reader")
+    pool = ThreadPoolExecutor(1, thread_name_prefix=_READER)
     pending: deque[Future] = deque(pool.submit(next, source, _END) for _ in range(depth))
     try:
         while True:
@@ -55,7 +57,9 @@ def read_ahead(chunks: Iterable[T], depth: int | None = None) -> Iterator[T]:
     finally:
         for future in pending:
             future.cancel()
-        pool.shutdown(wait=True)
+        # A generator dropped without close() is finalised wherever the garbage collector runs, possibly on
+        # a reader thread, which cannot wait for itself: there it only asks the pool to stop.
+        pool.shutdown(wait=not threading.current_thread().name.startswith(_READER))
         close = getattr(source, "close", None)  # a generator's own finally blocks run now, not at GC
         if close is not None:
             close()
