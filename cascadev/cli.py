@@ -603,8 +603,10 @@ def _task(args: argparse.Namespace, cfg, single: bool = False):
 def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
     """One writer per output file; recon locks its folder itself, once the folder exists, and a batch
     locks each of its outputs (cascadev.batch). A latent store (``encode --shards``) is a folder that
-    every run adds shards to under names of its own, so it takes no lock, with one input or many."""
-    from .batch import is_batch
+    every run adds shards to under names of its own, so it takes no lock, with one input or many. Under
+    ``accelerate launch`` the main process writes a single output (the others share its work or wait),
+    so it alone holds the lock."""
+    from .batch import distributed_state, is_batch
 
     inputs = getattr(args, "latent", None) or getattr(args, "video", None) or []
     single_file = not is_batch(inputs) and not getattr(args, "shards", False)
@@ -618,7 +620,8 @@ def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
             from .video_io import probe_video
 
             probe_video(inputs[0])
-        return output_lock(args.output)
+        if distributed_state().is_main_process:
+            return output_lock(args.output)
     return nullcontext()
 
 

@@ -190,3 +190,17 @@ def test_segments_left_for_other_settings_are_sampled_again(tmp_path, monkeypatc
         lambda a, b: load_latent(tmp_path / "l.safetensors")[0][:, a:b], 0, 6, steps=1, seed=2
     )
     assert not torch.equal(z2, z1) and torch.allclose(z2, expected, atol=1e-6)
+
+
+def test_two_processes_decode_one_latent_into_one_video(tmp_path):
+    # Each process samples its share of the segments; the main process alone holds the output's lock.
+    write_test_video(tmp_path / "long.mp4", 12, 64, 64)
+    latent = tmp_path / "l.safetensors"
+    assert main(["encode", str(tmp_path / "long.mp4"), "-o", str(latent), *MODEL]) == 0
+    sampling = ["--segment-frames", "6", "--seed", "5", *LOSSLESS]
+    assert main(["decode", str(latent), "-o", str(tmp_path / "one.mp4"), *sampling, *MODEL]) == 0
+    result = launch("decode", latent, "-o", tmp_path / "two.mp4", *sampling, *MODEL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = frames(tmp_path / "one.mp4"), frames(tmp_path / "two.mp4")
+    assert one.shape[0] == two.shape[0] == 12 and np.abs(one - two).mean() < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors", "long.mp4", "one.mp4", "two.mp4"]
