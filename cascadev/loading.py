@@ -73,6 +73,11 @@ def load_config(path: str | os.PathLike, options: Sequence[str] | None = None) -
             parsed = DictAction._parse_iterable(value)
         except AssertionError:  # mmengine asserts its brackets balance
             raise CascadeVError(f"--cfg-options {key}: the value {value!r} has unbalanced brackets") from None
+        except RecursionError:  # a call such as dict(a=1,b=2): mmengine parses lists and tuples, not calls
+            raise CascadeVError(
+                f"--cfg-options {key}: the value {value!r} cannot be parsed; give a section's keys one by one "
+                f"({key}.name=value)"
+            ) from None
         try:
             cfg.merge_from_dict({key: parsed})
         except (TypeError, KeyError, AttributeError):  # e.g. scale_factor.x=1: a number has no keys

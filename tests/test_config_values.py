@@ -223,6 +223,7 @@ def test_upscale_output_size_is_bounded(tmp_path, capsys, clip):
         (["model.patch_size=3"], "input_size 8 is not a multiple of patch_size 3"),
         (["vae.block_out_channels=[]"], "config key vae.block_out_channels must be a non-empty list"),
         (["model.attn_strides=[[1,2"], "the value '[[1,2' has unbalanced brackets"),
+        (["ema=dict(enabled=True,decay=0.9)"], "cannot be parsed; give a section's keys one by one (ema.name=value)"),
         (
             ["sampling.steps=1001", "sampling.scheduler=ddim"],
             "1001 sampling steps are more than the noise schedule's 1000",

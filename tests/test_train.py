@@ -361,3 +361,34 @@ def test_a_warning_is_one_line_like_the_errors_and_no_work_dir_is_left(tmp_path)
     assert lines[0] == "cascadev: warning: fp16 mixed precision needs a GPU; training in fp32 on the CPU"
     assert len(lines) == 2 and lines[1].startswith("cascadev: error: missing weights: pretrained/svd_vae")
     assert not (tmp_path / "w").exists()
+
+
+def test_configs_a_run_cannot_use_are_one_line_before_training(tmp_path, clips, capsys):
+    from cli_checks import assert_one_line_error
+
+    one = clips / "one.txt"
+    bad = {
+        "betas": (["optimizer.betas=[0.9,0.999]"], "CAME takes 3 betas and 2 eps"),
+        "unknown": (["optimizer.foo=1"], "the config's optimizer CAME cannot be built: TypeError"),
+        "adamw": (["optimizer.type=AdamW", "optimizer.eps=[1e-8,1e-8]"], "AdamW takes 2 betas and 1 eps"),
+        "cache": (["cache_latents=True", f"latent_cache_dir={clips / 'v0.mp4'}"], "is not a writable folder"),
+        "video": ([f"validation.video={one}"], f"validation.video: {one} is not a readable video"),
+    }
+    capsys.readouterr()
+    for name, (options, needle) in bad.items():
+        code = train(tmp_path / name, one, "--max-steps", 1, options=["save_model_steps=100", *options])
+        assert_one_line_error(code, capsys.readouterr().err, needle)
+
+
+def test_a_resume_with_another_optimizer_or_new_ema_is_refused_in_one_line(tmp_path, clips, capsys):
+    from cli_checks import assert_one_line_error
+
+    work = tmp_path / "w"
+    assert train(work, clips / "one.txt", "--max-steps", 1, options=["save_model_steps=1"]) == 0
+    capsys.readouterr()
+    for options, needle in (
+        (["optimizer.type=AdamW", "optimizer.betas=[0.9,0.999]", "optimizer.eps=1e-8"], "was trained with CAME"),
+        (["ema.enabled=True"], "holds no EMA weights (trained with ema.enabled=False)"),
+    ):
+        code = train(work, clips / "one.txt", "--max-steps", 2, options=["save_model_steps=1", *options])
+        assert_one_line_error(code, capsys.readouterr().err, "checkpoint-00000001", needle)

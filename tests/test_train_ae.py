@@ -167,6 +167,8 @@ def test_part_overrides_and_bad_part(tmp_path, capsys):
     assert (vae.train_batch_size, vae.sample_size, vae.num_frames_per_video) == (2, 64, 4)
     assert vae.data.crop == "random" and vae.data.scale_range == (4.0, 6.0)  # merged into, not replacing, data
     assert vae.optimizer.type == "AdamW" and cfg.train_batch_size == 1  # the original is left alone
+    # Latent caching is the DiT's: a part's own cache_latents=True is overruled too.
+    assert part_config(load_config(TINY, ["autoencoder_training.vae.cache_latents=True"]), "vae").cache_latents is False
     with pytest.raises(SystemExit) as stop:  # argparse's choices, through cascadev's one-line error
         main(["train-ae", TINY, "--part", "dit", "--work-dir", str(tmp_path / "w")])
     assert_one_line_error(stop.value.code, capsys.readouterr().err, "--part", "dit")

@@ -62,13 +62,13 @@ def part_config(cfg: Config, part: str) -> Config:
     """``cfg`` with ``autoencoder_training[part]`` merged over its top-level keys."""
     check_choice(part, PARTS, "part")
     cfg = cfg.copy()
-    cfg.cache_latents = False  # latent caching is the DiT's: these networks see pixels
     cfg.load_from = None  # the top-level load_from is the DiT's file; a part names its own start
     overrides = dict(cfg.get("autoencoder_training", {}).get(part, {}))
     source = f"config {Path(cfg.filename).name}" + (f" with autoencoder_training.{part}" if overrides else "")
     if overrides:
         cfg.merge_from_dict(overrides)
         validate_config(cfg.to_dict(), source)
+    cfg.cache_latents = False  # latent caching is the DiT's, whatever a part says: these networks see pixels
     # The crops must tile the network's latent grid: 1/32 for the compressor, 1/8 for the VAE.
     stride = COMPRESSOR_STRIDE if part == "compressor" else VAE_STRIDE
     size = setting(cfg, "sample_size")

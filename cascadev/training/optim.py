@@ -8,7 +8,7 @@ import torch
 from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
 
-from ..errors import CascadeVError
+from ..errors import CascadeVError, first_line
 
 
 def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
@@ -20,14 +20,22 @@ def build_optimizer(model: nn.Module, spec: dict) -> torch.optim.Optimizer:
     kind = spec.pop("type", "CAME")
     params = [p for p in model.parameters() if p.requires_grad]
     if kind in ("CAME", "CAMEWrapper"):
-        from came_pytorch import CAME
+        from came_pytorch import CAME as optimizer
 
-        return CAME(params, **spec)
-    if kind == "AdamW":
-        if len(tuple(spec.get("betas", (0.9, 0.999)))) != 2 or isinstance(spec.get("eps", 1e-8), (tuple, list)):
-            raise CascadeVError("AdamW takes two betas and one eps: set optimizer.betas=(0.9,0.999) optimizer.eps=1e-8")
-        return torch.optim.AdamW(params, **spec)
-    raise CascadeVError(f"unknown optimizer {kind!r} in the config; choose CAME or AdamW")
+        # CAME indexes its betas and eps only at the first step: their counts are checked here.
+        betas, eps, hint = 3, 2, "optimizer.betas=(0.9,0.999,0.9999) optimizer.eps=(1e-30,1e-16)"
+    elif kind == "AdamW":
+        optimizer, betas, eps, hint = torch.optim.AdamW, 2, 1, "optimizer.betas=(0.9,0.999) optimizer.eps=1e-8"
+    else:
+        raise CascadeVError(f"unknown optimizer {kind!r} in the config; choose CAME or AdamW")
+    given_eps = spec.get("eps")
+    eps_count = None if given_eps is None else len(given_eps) if isinstance(given_eps, (tuple, list)) else 1
+    if ("betas" in spec and len(tuple(spec["betas"])) != betas) or eps_count not in (None, eps):
+        raise CascadeVError(f"{kind} takes {betas} betas and {eps} eps: set {hint}")
+    try:
+        return optimizer(params, **spec)
+    except (TypeError, ValueError) as exc:  # an unknown argument, or a value out of range
+        raise CascadeVError(f"the config's optimizer {kind} cannot be built: {first_line(exc)}") from None
 
 
 def scaled_lr(base_lr: float, global_batch: int, rule: str | None) -> float:

@@ -36,6 +36,7 @@ from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline, seeded_generator
 from ..schedulers import check_steps, noise_schedule
+from ..video_io import probe_video
 from . import checkpoints, metrics_log
 from .interrupts import StopRequest
 from .optim import build_lr_scheduler, build_optimizer, scaled_lr
@@ -196,7 +197,11 @@ def build_latent_cache(cfg: Config, work_dir: Path) -> LatentCache | None:
     """The on-disk cache of encoded clips when the config's ``cache_latents``, else None."""
     if not setting(cfg, "cache_latents"):
         return None
-    return LatentCache(setting(cfg, "latent_cache_dir") or work_dir / "latent_cache")
+    folder = Path(setting(cfg, "latent_cache_dir") or work_dir / "latent_cache")
+    try:
+        return LatentCache(folder)
+    except OSError as exc:  # a file there, or a place that cannot be written
+        raise CascadeVError(f"latent_cache_dir {folder} is not a writable folder: {exc.strerror or exc}") from None
 
 
 class Trainer:
@@ -217,8 +222,12 @@ class Trainer:
         self.accelerator = acc = build_accelerator(cfg, options)
         self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
-        if setting(cfg, "validation.video"):  # checked now, not at the first validation hours into the run
+        if setting(cfg, "validation.video"):  # checked now (every process), not at the first validation
             check_steps(int(setting(cfg, "validation.steps")), noise_schedule(cfg))
+            try:
+                probe_video(setting(cfg, "validation.video"))
+            except CascadeVError as exc:
+                raise CascadeVError(f"validation.video: {exc}") from None
 
         self.batch_size = int(setting(cfg, "train_batch_size"))
         global_batch = self.batch_size * acc.num_processes
@@ -310,15 +319,37 @@ class Trainer:
                     f"{self.work_dir} holds checkpoints of the {held}, not of the {self.model_folder}: "
                     "give this run a work dir of its own (--work-dir)"
                 )
+            saved = checkpoints.read_state(self.resume_from)
+            self._check_resumable(saved)
             acc.load_state(str(self.resume_from))
-            state.update(checkpoints.read_state(self.resume_from))
+            state.update(saved)
             state.pop("model", None)
+            state.pop("optimizer", None)
             if self.ema is not None:
                 self._load_ema(self.resume_from, int(state.get("ema_step", 0)))
             self._say(f"resuming from {self.resume_from.name} (step {state['step']})")
         if acc.is_main_process:  # the steps after the checkpoint are trained and logged again
             metrics_log.keep_until(self.work_dir / "metrics.jsonl", state["step"])
         return state
+
+    @property
+    def optimizer_kind(self) -> str:
+        """The config's optimizer, as checkpoints record it (CAMEWrapper is CAME)."""
+        kind = dict(self.cfg.optimizer).get("type", "CAME")
+        return "CAME" if kind == "CAMEWrapper" else kind
+
+    def _check_resumable(self, saved: dict) -> None:
+        """The checkpoint holds the states this config's run needs: its optimizer's, and EMA weights if asked."""
+        name, other = self.resume_from.name, "or give this run a work dir of its own (--work-dir)"
+        trained_with = saved.get("optimizer", self.optimizer_kind)  # older checkpoints do not say
+        if trained_with != self.optimizer_kind:
+            raise CascadeVError(
+                f"{name} was trained with {trained_with} and the config says optimizer.type={self.optimizer_kind}: "
+                f"resume with {trained_with}, {other}"
+            )
+        has_ema = (self.resume_from / self.ema_folder).is_dir() or (self.resume_from / checkpoints.EMA_FILE).is_file()
+        if self.ema is not None and not has_ema:
+            raise CascadeVError(f"{name} holds no EMA weights (trained with ema.enabled=False): resume so, {other}")
 
     @property
     def ema_folder(self) -> str:
@@ -619,7 +650,7 @@ class Trainer:
                 if self.ema is not None:
                     self._save_ema(tmp)
                 ema_step = self.ema.optimization_step if self.ema is not None else 0
-                state = dict(self.state, ema_step=ema_step, model=self.model_folder)
+                state = dict(self.state, ema_step=ema_step, model=self.model_folder, optimizer=self.optimizer_kind)
                 final = checkpoints.finish(self.work_dir, step, state, int(setting(self.cfg, "keep_checkpoints")))
         except Exception as exc:  # a full disk above all: one line, and no partial checkpoint left
             error = checkpoints.save_failed(exc, self.work_dir, step) if acc.is_main_process else None
