@@ -120,7 +120,10 @@ def temp_path(path: str | os.PathLike) -> Path:
     """Create (empty) and return a unique temporary file beside ``path`` with the same suffix."""
     path = Path(path)
     prefix = f".{path.name}.partial-{os.getpid()}.{HOST_TAG}-"
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
+    except OSError as exc:  # a folder that takes no files: /proc, a read-only mount, a full disk
+        raise write_error(path, exc) from exc
     _LIVE.add(Path(name))
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
@@ -220,8 +223,8 @@ def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[Pat
         commit(tmp, path)
     except BaseException as exc:
         remove_quietly(tmp)
-        if not isinstance(exc, CascadeVError) and is_disk_full(exc):
-            raise disk_full_error(path) from exc
+        if isinstance(exc, OSError):  # a full disk, or a place that takes no files (/proc, a read-only mount)
+            raise write_error(path, exc) from exc
         raise
 
 

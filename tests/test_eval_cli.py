@@ -279,6 +279,10 @@ def test_bad_inputs(tmp_path, capsys, folders):
         (["--ref", ref, "--rec", rec, "-o", out, "--metrics", "lpips"], ["lpips", "alexnet-owt-7be5be79.pth"]),
         (["--ref", ref, "--rec", rec, "-o", out, "--metrics", "imaging_quality"], ["imaging_quality", "vbench"]),
     ]
+    if Path("/proc/self").is_dir():  # a folder that exists and takes no files
+        cases.append(
+            (["--ref", ref, "--rec", rec, "-o", "/proc/r.json", "--metrics", "psnr"], ["Writing /proc/r.json failed"])
+        )
     for argv, needles in cases:
         code, stdout, err = run_cli(capsys, *argv)
         assert_one_line_error(code, err, *needles)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .. import conditioning
+from ..atomic import atomic_output
 from ..checkpoint import check_fit, load_weights, read_state_dict, save_safetensors
 from ..config_defaults import setting
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
@@ -238,7 +239,9 @@ class Trainer:
         # Only now: a run that stops at its video list or its weights leaves no work dir behind.
         if acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            cfg.dump(str(self.work_dir / "config.py"))
+            text = cfg.pretty_text  # what Config.dump writes for a .py file, written whole or not at all
+            with atomic_output(self.work_dir / "config.py", "config copy") as tmp:
+                tmp.write_text(text)
         acc.wait_for_everyone()
         freeze_modules(model, setting(cfg, "frozen_modules"))
         model.to(acc.device).train()
