@@ -32,6 +32,7 @@ Read it with :class:`LatentStore` (a torch ``Dataset``)::
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import uuid
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from .data import read_json_list, resolve_entry
-from .errors import CascadeVError
+from .errors import CascadeVError, first_line
 from .rules import SHARD_MB
 
 if TYPE_CHECKING:
@@ -240,8 +241,27 @@ class LatentStore(torch.utils.data.Dataset):
             raise CascadeVError(
                 f"{self.root} is not a latent store: {index} is missing (run cascadev encode --shards)."
             )
-        self.clips = [json.loads(line) for line in index.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.clips = [self._record(index, n, line) for n, line in enumerate(self._lines(index), 1) if line.strip()]
         self._open: dict[str, Any] = {}
+
+    @staticmethod
+    def _lines(index: Path) -> list[str]:
+        try:
+            return index.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CascadeVError(f"The latent store index {index} cannot be read as text ({first_line(exc)}).") from None
+
+    @staticmethod
+    def _record(index: Path, n: int, line: str) -> dict[str, Any]:
+        """Line ``n`` of the index: a clip record naming a shard file of this store (a bare name)."""
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        ok = isinstance(record, dict) and all(k in record for k in ("shard", "key"))
+        if not ok or not fnmatch.fnmatch(str(record["shard"]), SHARD_GLOB) or "/" in str(record["shard"]):
+            raise CascadeVError(f"Line {n} of the latent store index {index} is not a clip record of this store.")
+        return record
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -250,12 +270,19 @@ class LatentStore(torch.utils.data.Dataset):
         from safetensors import safe_open
 
         clip = self.clips[i]
-        shard = self._open.get(clip["shard"])
-        if shard is None:
-            shard = self._open[clip["shard"]] = safe_open(str(self.root / clip["shard"]), framework="pt")
+        path = self.root / clip["shard"]
+        try:
+            shard = self._open.get(clip["shard"])
+            if shard is None:
+                shard = self._open[clip["shard"]] = safe_open(str(path), framework="pt")
+            latent = shard.get_tensor(clip["key"]).float()
+        except Exception as exc:  # safetensors' SafetensorError, OSError for a missing or damaged shard
+            raise CascadeVError(
+                f"Clip {i} of the latent store {self.root} cannot be read from {path} ({first_line(exc)})."
+            ) from None
         item = {k: v for k, v in clip.items() if k not in ("shard", "key", "latent_shape", "num_clips")}
         item["caption"] = item.get("caption") or ""
-        item["latent"] = shard.get_tensor(clip["key"]).float()
+        item["latent"] = latent
         return item
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles

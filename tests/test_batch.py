@@ -12,6 +12,7 @@ from videos import write_test_video
 
 from cascadev import batch
 from cascadev.cli import main
+from cascadev.errors import CascadeVError
 from cascadev.latent_io import load_latent
 from cascadev.latent_store import LatentStore, clip_starts
 from cascadev.video_io import VideoReader
@@ -197,3 +198,25 @@ def test_a_missing_list_entry_is_one_failed_job_not_an_input_the_outputs_would_o
     listing.write_text("a.mp4\nmissing.mp4\n")
     jobs = batch.make_jobs("upscale", batch.expand_inputs([str(listing)]), tmp_path / "out")  # outputs yet to exist
     assert [job.name for job in jobs] == ["a", "missing"]
+
+
+def test_a_damaged_latent_store_is_named_in_one_line_and_never_read_outside_itself(tmp_path, vids):
+    store = tmp_path / "store"
+    assert main(["encode", str(vids / "a.mp4"), "-o", str(store), "--shards", "--clip-frames", "4", *MODEL]) == 0
+    index = store / "index.jsonl"
+    lines = index.read_text().splitlines()
+    good = json.loads(lines[0])
+    for bad, needle in (
+        ({**good, "shard": "../../../etc/passwd"}, "Line 1 of the latent store index"),  # outside the store
+        ({k: v for k, v in good.items() if k != "shard"}, "Line 1 of the latent store index"),
+    ):
+        index.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(CascadeVError, match=needle):
+            LatentStore(store)
+    index.write_text("{broken\n")
+    with pytest.raises(CascadeVError, match="Line 1 of the latent store index"):
+        LatentStore(store)
+    index.write_text("\n".join(lines) + "\n")
+    (store / good["shard"]).write_bytes(b"garbage")
+    with pytest.raises(CascadeVError, match=f"Clip 0 of the latent store {store} cannot be read from"):
+        LatentStore(store)[0]
