@@ -141,6 +141,8 @@ def _metadata_strings(metadata: LatentMeta | dict[str, Any] | None) -> dict[str,
         return {}
     if isinstance(metadata, LatentMeta):
         metadata = metadata.to_dict()
+    if not isinstance(metadata, dict):
+        raise TypeError(f"latent metadata must be a LatentMeta or a dict, got {type(metadata).__name__}")
     out: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
@@ -237,6 +239,11 @@ class LatentWriter(AtomicWriter):
             raise ValueError(f"latent chunk covers frames {t0}..{t0 + n - 1}, outside 0..{frames - 1}")
         if n == 0:
             return
+        if not chunk.is_floating_point():
+            raise ValueError(f"latent chunk must hold floating-point values, got {chunk.dtype}")
+        problem = _value_problem(chunk.detach(), t0)  # what a reader would refuse is not written
+        if problem is not None:
+            raise CascadeVError(f"Cannot write {self.path}: the latent has {problem}.")
         data = chunk.detach().to(device="cpu", dtype=self.dtype).contiguous()
         # One contiguous byte run per channel: frames t0..t0+n-1 of channel c are adjacent on disk.
         raw = data.view(torch.uint8).numpy().reshape(channels, -1)
@@ -377,17 +384,23 @@ class LatentReader:
         self.close()
 
 
-def _check_values(chunk: torch.Tensor, path: Path, t0: int) -> None:
-    """Refuse non-finite or absurdly large values in latent frames ``t0 ..`` (C, n, h, w)."""
+def _value_problem(chunk: torch.Tensor, t0: int) -> str | None:
+    """What makes latent frames ``t0 ..`` (C, n, h, w) no latent: non-finite or absurdly large values; or None."""
     bad = ~torch.isfinite(chunk)
     what = "a non-finite value (NaN or Inf)"
     if not bad.any():
         bad = chunk.abs() > MAX_ABS
         what = f"a value beyond +-{MAX_ABS:g}"
         if not bad.any():
-            return
-    frame = t0 + int(bad.any(dim=(0, 2, 3)).nonzero()[0])
-    raise CascadeVError(f"The latent in {path} has {what} in frame {frame}; it is not a CascadeV latent (damaged?).")
+            return None
+    return f"{what} in frame {t0 + int(bad.any(dim=(0, 2, 3)).nonzero()[0])}"
+
+
+def _check_values(chunk: torch.Tensor, path: Path, t0: int) -> None:
+    """Refuse, on reading, latent frames ``t0 ..`` (C, n, h, w) that hold no latent."""
+    problem = _value_problem(chunk, t0)
+    if problem is not None:
+        raise CascadeVError(f"The latent in {path} has {problem}; it is not a CascadeV latent (damaged?).")
 
 
 def save_latent(

@@ -42,7 +42,7 @@ def test_non_floating_latents_are_refused(tmp_path, capsys, dtype):
 def test_bad_values_are_found_in_the_chunk_that_holds_them(tmp_path, value, needle):
     latent = torch.zeros(16, 6, 1, 1)
     latent[3, 4, 0, 0] = value
-    save_latent(tmp_path / "l.safetensors", latent, META)
+    raw_latent(tmp_path / "l.safetensors", latent)  # damaged as no LatentWriter would write it
     reader = LatentReader(tmp_path / "l.safetensors")
     assert reader.read(0, 4).abs().max() == 0  # the frames before are fine
     with pytest.raises(CascadeVError, match=f"{needle}.*frame 4"):
@@ -52,7 +52,7 @@ def test_bad_values_are_found_in_the_chunk_that_holds_them(tmp_path, value, need
 def test_decode_stops_mid_video_and_removes_the_partial_output(tmp_path, capsys, monkeypatch):
     latent = torch.randn(16, 12, 1, 1)
     latent[0, 11] = float("nan")  # in the last segment only
-    save_latent(tmp_path / "l.safetensors", latent, META)
+    raw_latent(tmp_path / "l.safetensors", latent)
     written = []
     real_write = VideoWriter.write
 

@@ -219,3 +219,21 @@ def test_abandoned_writer_leaves_no_temporary_file(tmp_path):
     del writer
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_refuses_what_a_reader_would(tmp_path):
+    path = tmp_path / "x.safetensors"
+    for bad, error, needle in (
+        (
+            torch.full((16, 2, 2, 2), float("nan")),
+            CascadeVError,
+            "the latent has a non-finite value (NaN or Inf) in frame 0",
+        ),
+        (torch.full((16, 2, 2, 2), 1e6), CascadeVError, "a value beyond +-10000 in frame 0"),
+        (torch.zeros(16, 2, 2, 2, dtype=torch.int32), ValueError, "floating-point values, got torch.int32"),
+    ):
+        with pytest.raises(error, match=re.escape(needle)), LatentWriter(path, (16, 2, 2, 2), META) as writer:
+            writer.write(0, bad)
+        assert not path.exists()
+    with pytest.raises(TypeError, match="a LatentMeta or a dict, got list"):
+        LatentWriter(path, (16, 2, 2, 2), [1, 2])
