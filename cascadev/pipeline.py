@@ -154,6 +154,7 @@ class CascadeVPipeline:
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (T, 3, H, W) in [-1, 1], H and W multiples of 32 -> semantic latent (16, T, H/32, W/32)."""
+        check_input(frames, "frames", "(T, 3, H, W)", 3)
         return self.conditioner.semantic(frames).cpu().transpose(0, 1)  # (T, 16, h, w) -> the file's (16, T, h, w)
 
     def encode_resized(self, frames: torch.Tensor) -> torch.Tensor:
@@ -181,6 +182,7 @@ class CascadeVPipeline:
         C is 16 for a semantic latent (``encode``) and 4 for the resize variant's (``encode_resized``).
         """
         kind = self.condition_kind
+        check_input(latent, "latent", "(C, T, h, w)")  # the file's layout
         if self.dit is not None and latent.shape[0] != KINDS[kind].channels:  # e.g. a semantic latent, resize DiT
             raise CascadeVError(
                 f"this DiT takes a {kind} condition of {KINDS[kind].channels} channels; "
@@ -237,6 +239,9 @@ class CascadeVPipeline:
         Returns:
             (T, 4, H, W) SVD-VAE latent, divided by scale_factor (ready for ``vae_decode``).
         """
+        check_input(cond, "cond", "(T, C, H, W)", KINDS[self.condition_kind].channels)
+        rules.check_whole(steps, "The number of sampling steps")
+        rules.check_seed(seed)
         num_frames, _, height, width = cond.shape
         plan = self.plan(height, width, mode)
         frames, tile = plan.frames, plan.tile
@@ -326,6 +331,7 @@ class CascadeVPipeline:
     @torch.no_grad()
     def vae_decode(self, latent: torch.Tensor) -> torch.Tensor:
         """SVD latent (T, 4, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], in chunks of ``vae_chunk`` frames."""
+        check_input(latent, "latent", "(T, 4, h, w)", 4)
         out = []
         for i in range(0, latent.shape[0], self.vae_chunk):
             z = latent[i : i + self.vae_chunk].to(self.device, self.dtype)
@@ -358,8 +364,11 @@ class CascadeVPipeline:
         """One segment of ``segments``, sampled on its own: (s1 - s0, 4, H, W), before the cross-fade.
 
         ``latents``: the segment's initial noise (default: drawn per frame from ``seed``, see ``sample``)."""
+        latent = read_latent(s0, s1)  # (C, s1 - s0, h, w)
+        if isinstance(latent, torch.Tensor) and latent.ndim == 4 and latent.shape[1] != s1 - s0:
+            raise CascadeVError(f"read_latent({s0}, {s1}) gave {latent.shape[1]} frames, not {s1 - s0}")
         return self.sample(
-            self.condition(read_latent(s0, s1)),
+            self.condition(latent),
             scheduler=scheduler,
             steps=steps,
             seed=seed,
@@ -426,6 +435,20 @@ class CascadeVPipeline:
                     # Decoded and handed out at once: the writer gets frames while later segments are still
                     # to be sampled, and nothing larger than a segment is ever held.
                     yield self.vae_decode(finished)  # (n, 4, h, w) -> (n, 3, 8h, 8w)
+
+
+def check_input(x: object, name: str, layout: str, channels: int | None = None) -> torch.Tensor:
+    """``x`` if it is a non-empty floating-point tensor of ``layout``'s rank (``"(T, C, H, W)"``) with
+    ``channels`` in its second axis; else one line naming the argument (numpy arrays, uint8 frames and the
+    file's channels-first layout are the usual slips)."""
+    rank = layout.count(",") + 1
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise CascadeVError(f"{name} must be a floating-point torch tensor {layout}, got {got}")
+    if x.ndim != rank or min(x.shape) < 1 or (channels is not None and x.shape[1] != channels):
+        what = layout if channels is None else f"{layout} with C = {channels}"
+        raise CascadeVError(f"{name} must be {what}, got shape {tuple(x.shape)}")
+    return x
 
 
 def _pad_to(x: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:

@@ -67,6 +67,10 @@ class SamplingArgs:
         check_choice(self.scheduler, SCHEDULERS, "scheduler")
         check_whole(self.steps, "The number of sampling steps")
         check_seed(self.seed)
+        if isinstance(self.preset, str):  # a preset's name, as --preset takes it
+            self.preset = PRESETS[check_choice(self.preset, PRESETS, "preset")]
+        if not isinstance(self.preset, Preset):
+            raise CascadeVError(f"preset must be a Preset or one of {', '.join(PRESETS)}, got {self.preset!r}")
 
 
 def prepare_frames(

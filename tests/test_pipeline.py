@@ -166,3 +166,36 @@ def test_a_latent_of_the_other_condition_kind_is_refused_in_one_line():
     assert pipe.condition(torch.randn(4, 4, 2, 2)).shape == (4, 4, 8, 8)  # its own: 4 channels, upsampled x4
     with pytest.raises(CascadeVError, match="this DiT takes a resize condition of 4 channels; the latent has 16"):
         pipe.condition(torch.randn(16, 4, 2, 2))  # a semantic latent (cascadev encode's)
+
+
+def test_the_pipelines_entry_points_name_a_wrong_input_in_one_line():
+    from cascadev.errors import CascadeVError
+    from cascadev.reconstruct import SamplingArgs
+
+    pipe = build_pipeline(load_config(CONFIG), random_init=True)
+    cond = torch.randn(4, 16, 8, 8)  # (T, C, H, W)
+    for call, needle in (
+        (
+            lambda: pipe.sample(cond.transpose(0, 1)),
+            r"cond must be \(T, C, H, W\) with C = 16, got shape \(16, 4, 8, 8\)",
+        ),
+        (lambda: pipe.sample(cond[:0]), r"cond must be .*got shape \(0, 16, 8, 8\)"),
+        (lambda: pipe.sample(cond.numpy()), r"cond must be a floating-point torch tensor \(T, C, H, W\), got ndarray"),
+        (lambda: pipe.sample(cond, steps=0), "number of sampling steps must be"),
+        (lambda: pipe.sample(cond, seed=2**64), "seed must be"),
+        (lambda: pipe.vae_decode(torch.randn(8, 16, 8, 8)), r"latent must be \(T, 4, h, w\) with C = 4"),
+        (
+            lambda: pipe.encode(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)),
+            "frames must be a floating-point torch tensor",
+        ),
+        (lambda: pipe.condition(torch.randn(16, 8, 8)), r"latent must be \(C, T, h, w\)"),
+        (
+            lambda: list(pipe.decode(lambda a, b: torch.randn(16, 1, 2, 2), 8, progress=False)),
+            r"read_latent\(0, 8\) gave 1",
+        ),
+    ):
+        with pytest.raises(CascadeVError, match=needle):
+            call()
+    assert SamplingArgs(preset="release").preset.name == "release"
+    with pytest.raises(CascadeVError, match="unknown preset 'fast'"):
+        SamplingArgs(preset="fast")
