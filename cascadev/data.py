@@ -114,7 +114,8 @@ def read_video_list(paths: str | Sequence[str]) -> list[str]:
     for name in paths:
         path = Path(name).expanduser()
         if not path.is_file():
-            raise CascadeVError(f"The video list {path} does not exist (option video_list).")
+            why = "is not a file" if path.exists() else "does not exist"  # e.g. a folder, /dev/null
+            raise CascadeVError(f"The video list {path} {why} (option video_list).")
         if path.suffix.lower() == ".json":
             entries = [entry for entry, _ in read_json_list(path)]
         else:

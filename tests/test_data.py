@@ -100,6 +100,8 @@ def test_json_lists_both_forms_and_several_files(tmp_path):
 def test_list_errors(tmp_path):
     with pytest.raises(CascadeVError, match="missing.txt does not exist"):
         read_video_list([str(tmp_path / "missing.txt")])
+    with pytest.raises(CascadeVError, match=f"The video list {tmp_path} is not a file"):
+        read_video_list([str(tmp_path)])
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
     with pytest.raises(CascadeVError, match="name no videos"):
