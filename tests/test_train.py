@@ -392,3 +392,18 @@ def test_a_resume_with_another_optimizer_or_new_ema_is_refused_in_one_line(tmp_p
     ):
         code = train(work, clips / "one.txt", "--max-steps", 2, options=["save_model_steps=1", *options])
         assert_one_line_error(code, capsys.readouterr().err, "checkpoint-00000001", needle)
+
+
+def test_a_missing_load_from_names_the_release_only_when_it_is_the_releases(tmp_path, clips, capsys, monkeypatch):
+    from cli_checks import assert_one_line_error
+
+    from cascadev.config_defaults import shipped
+
+    monkeypatch.chdir(tmp_path)  # the release's relative path is missing here even where its weights are installed
+    capsys.readouterr()
+    for start, release in ((shipped()["load_from"], True), (str(tmp_path / "mine.safetensors"), False)):
+        start = start[0] if isinstance(start, list) else start
+        code = train(tmp_path / "w", clips / "one.txt", "--max-steps", 1, options=[f"load_from={start}"])
+        err = capsys.readouterr().err
+        assert_one_line_error(code, err, f"load_from {start} does not exist")
+        assert ("pretrained/download.sh" in err) is release

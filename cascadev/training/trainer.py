@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .. import conditioning
 from ..atomic import atomic_output
 from ..checkpoint import check_fit, load_weights, read_state_dict, save_safetensors
-from ..config_defaults import setting
+from ..config_defaults import setting, shipped
 from ..data import BadVideoWarning, VideoClipDataset, read_video_list
 from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
@@ -112,9 +112,15 @@ def _load_from_path(load_from) -> Path:
     candidates = [Path(p) for p in ([load_from] if isinstance(load_from, (str, Path)) else load_from)]
     found = next((p for p in candidates if p.exists()), None)
     if found is None:
+        shipped_start = shipped().get("load_from")
+        released = [Path(p) for p in ([shipped_start] if isinstance(shipped_start, str) else shipped_start or [])]
+        what = (
+            " (the released DiT, ByteDance/CascadeV s1024.effn-f32.pth: run pretrained/download.sh)"
+            if candidates[0] in released
+            else ""
+        )
         raise CascadeVError(
-            f"load_from {candidates[0]} does not exist (the released DiT, ByteDance/CascadeV s1024.effn-f32.pth: run "
-            "pretrained/download.sh); to train from scratch pass --cfg-options load_from=None"
+            f"load_from {candidates[0]} does not exist{what}; to train from scratch pass --cfg-options load_from=None"
         )
     return found
 
