@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from .errors import CascadeVError, first_line
+from .overwrite import file_id
 
 if TYPE_CHECKING:
     import argparse
@@ -118,15 +119,6 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
     return [Path(p) for p in unique]
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of an existing file: one identity for all its names; None when it does not exist."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
 def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]:
     """Name each input's outputs after it; two inputs with one name, or an output that is an input (an
     output folder that is the inputs' own), are errors."""
@@ -148,10 +140,10 @@ def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]
             jobs.append(Job(source, name, target, (target,)))
     # An existing output that is an input would count as done (or be overwritten): by file identity, so
     # that links count too, and in one pass over the outputs however many inputs there are.
-    inputs = {key: path for path in sources if (key := _file_id(path)) is not None}  # a missing one fails later
+    inputs = {key: path for path in sources if (key := file_id(path)) is not None}  # a missing one fails later
     for job in jobs:
         for out in job.outputs:
-            key = _file_id(out)
+            key = file_id(out)
             source = None if key is None else inputs.get(key)
             if source is not None:
                 raise CascadeVError(

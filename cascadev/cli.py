@@ -369,13 +369,14 @@ def _sampling(args: argparse.Namespace, cfg):
     from .schedulers import check_steps, make_scheduler, noise_schedule
 
     scheduler = args.scheduler or setting(cfg, "sampling.scheduler")  # the parser and the schema checked both
-    make_scheduler(_preset(args).scheduler(scheduler), noise_schedule(cfg))  # one that cannot run fails now
+    preset, schedule = _preset(args), noise_schedule(cfg.get("schedule"))
+    make_scheduler(preset.scheduler(scheduler), schedule)  # one that cannot sample the schedule fails now
     return SamplingArgs(
         scheduler=scheduler,
-        steps=check_steps(args.steps or setting(cfg, "sampling.steps"), noise_schedule(cfg)),
+        steps=check_steps(args.steps or setting(cfg, "sampling.steps"), schedule),
         seed=args.seed,
         progress=not args.quiet,
-        preset=_preset(args),
+        preset=preset,
     )
 
 

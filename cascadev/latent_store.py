@@ -71,12 +71,13 @@ def read_captions(items: Sequence[str]) -> dict[str, str]:
         if not (path.is_file() and path.suffix.lower() == ".json"):
             continue
         for i, (entry, caption) in enumerate(read_json_list(path)):
-            if caption is not None and not isinstance(caption, str):
+            if caption is None:
+                continue
+            if not isinstance(caption, str):
                 raise CascadeVError(
                     f"Entry {i} of the video list {path} has a caption that is not a string: {caption!r}."
                 )
-            if caption is not None:
-                captions[str(Path(resolve_entry(entry, path.resolve().parent)).resolve())] = caption
+            captions[str(Path(resolve_entry(entry, path.resolve().parent)).resolve())] = caption
     return captions
 
 

@@ -311,7 +311,7 @@ def build_pipeline(
         **built,
         scale_factor=cfg.scale_factor,
         sr_scale=cfg.sr_scale,
-        schedule=noise_schedule(cfg),
+        schedule=noise_schedule(cfg.get("schedule")),
         device=device,
         dtype=dtype,
         autocast_dtype=autocast_dtype,

@@ -20,6 +20,16 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
+def file_id(path: PathLike) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: one identity for all its names (what ``same_file`` compares for
+    two paths, as a key for many); None when it does not exist."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def check_not_inputs(
     inputs: Mapping[str, PathLike | Iterable[PathLike] | None],
     outputs: Mapping[str, PathLike | Iterable[PathLike] | None],

@@ -38,7 +38,7 @@ from . import rules
 from .conditioning import DEFAULT_KIND, KINDS, SCALE_FACTOR, Conditioner, kind_of_dit
 from .errors import CascadeVError
 from .frames import pad_to
-from .schedulers import TRAINING_SCHEDULE, check_steps, make_scheduler
+from .schedulers import check_steps, make_scheduler, noise_schedule
 from .tiling import SegmentStream, Tiling, default_tile_stride
 
 # How the DiT covers a latent: "tiles" of the trained size, the "2x" mode, or "auto" (2x when the
@@ -103,7 +103,7 @@ class CascadeVPipeline:
         self.dit, self.compressor, self.previewer, self.vae = dit, compressor, previewer, vae
         self.scale_factor = scale_factor
         self.sr_scale = sr_scale
-        self.schedule = {**TRAINING_SCHEDULE, **(schedule or {})}  # every key, as noise_schedule gives them
+        self.schedule = noise_schedule(schedule)  # every key
         self.vae_chunk = vae_chunk
         self.encode_chunk = encode_chunk
         self.tile_stride = tile_stride

@@ -33,11 +33,11 @@ TRAINING_SCHEDULE = dict(
 )
 
 
-def noise_schedule(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A config's ``schedule`` with every key, the absent ones from ``TRAINING_SCHEDULE``: the one noise
-    schedule that training's loss (``GaussianDiffusion.from_schedule``) and the samplers (``make_scheduler``)
-    are both built on."""
-    return {**TRAINING_SCHEDULE, **dict(cfg.get("schedule") or {})}
+def noise_schedule(section: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A config's ``schedule`` section with every key, the absent ones from ``TRAINING_SCHEDULE``: the one
+    noise schedule that training's loss (``GaussianDiffusion.from_schedule``) and the samplers
+    (``make_scheduler``) are both built on."""
+    return {**TRAINING_SCHEDULE, **dict(section or {})}
 
 
 def check_steps(steps: int, schedule: Mapping[str, Any]) -> int:

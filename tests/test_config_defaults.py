@@ -85,7 +85,7 @@ def test_signature_defaults_agree_with_the_shipped_config():
     assert found["num_timesteps"] == cfg["schedule"]["num_train_timesteps"]
     for key in ("beta_schedule", "beta_start", "beta_end", "prediction_type"):
         assert found[key] == cfg["schedule"][key], key
-    assert noise_schedule(cfg) == dict(cfg["schedule"]) == TRAINING_SCHEDULE
+    assert noise_schedule(cfg.get("schedule")) == dict(cfg["schedule"]) == TRAINING_SCHEDULE
     # The networks' defaults are the released ones (attn_strides=None is the one exception: full attention).
     for cls, section in ((CascadeDiT, "model"), (EfficientNetEncoder, "compressor"), (Previewer, "previewer")):
         found = defaults(cls.__init__)

@@ -101,7 +101,7 @@ def test_training_and_every_sampler_share_the_configs_noise_schedule(schedule):
     """The loss's forward process and the samplers come from one ``schedule``: the same betas and alphas."""
     from cascadev.schedulers import SCHEDULERS, make_scheduler, noise_schedule
 
-    full = noise_schedule({"schedule": schedule})
+    full = noise_schedule(schedule)
     diffusion = GaussianDiffusion.from_schedule(full)
     assert (
         diffusion.num_timesteps == full["num_train_timesteps"] and diffusion.prediction_type == full["prediction_type"]

@@ -230,7 +230,7 @@ class Trainer:
         self.seed = int(setting(cfg, "seed"))
         set_seed(self.seed, device_specific=True)
         if setting(cfg, "validation.video"):  # checked now (every process), not at the first validation
-            check_steps(int(setting(cfg, "validation.steps")), noise_schedule(cfg))
+            check_steps(int(setting(cfg, "validation.steps")), noise_schedule(cfg.get("schedule")))
             try:
                 probe_video(setting(cfg, "validation.video"))
             except CascadeVError as exc:
@@ -271,7 +271,7 @@ class Trainer:
     def _build_frozen(self) -> None:
         """The diffusion, and the frozen VAE / compressor (/ previewer for validation) through ``build_pipeline``."""
         cfg, acc, options = self.cfg, self.accelerator, self.opts
-        self.diffusion = GaussianDiffusion.from_schedule(noise_schedule(cfg))
+        self.diffusion = GaussianDiffusion.from_schedule(noise_schedule(cfg.get("schedule")))
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         condition = conditioning.condition_kind(cfg)
         parts = conditioning.with_encoder(condition, ["vae"])
