@@ -395,9 +395,12 @@ def _check_folder(folder: Path, option: str) -> bool:
     return made
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """A folder this run made (the work dir, the export) and left without a file: it stopped early."""
-    if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+def _remove_if_untrained(folder: Path) -> None:
+    """A folder this run made (the work dir, the export) and stopped in before it wrote anything of a step
+    (a checkpoint, a metrics record, the export): only what set-up writes, if that."""
+    from .training.trainer import written_before_training
+
+    if folder.is_dir() and all(written_before_training(folder, p) for p in folder.rglob("*") if p.is_file()):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -487,12 +490,13 @@ def run(args: argparse.Namespace) -> None:
                 trainer = Trainer(cfg, options)
             saved = trainer.fit()
         except BaseException:
-            for folder in made:  # a folder with a file in it (a checkpoint, the export) stays
-                _remove_if_empty(folder)
+            for folder in made:
+                _remove_if_untrained(folder)
             raise
-        if trainer.accelerator.is_main_process:
-            step = trainer.state["step"]
-            _wrote(saved if saved is not None else args.work_dir, f"step {step}")
+        # A resumed run with nothing left to train writes no checkpoint; train-ae still writes its export.
+        written = saved if saved is not None else getattr(trainer, "export_dir", None)
+        if trainer.accelerator.is_main_process and written is not None:
+            _wrote(written, f"step {trainer.state['step']}")
         return
     _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)

@@ -29,7 +29,7 @@ from .rules import (
     whole_description,
 )
 
-__all__ = ["SCHEMA", "REQUIRED", "validate_config"]
+__all__ = ["SCHEMA", "REQUIRED", "validate_config", "validate_section"]
 
 
 @dataclass(frozen=True)
@@ -238,13 +238,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
         if lookup(cfg, key) is MISSING:
             raise CascadeVError(f"{source} lacks the key {key}, which every command needs.")
     for key, rule in SCHEMA.items():
-        value = lookup(cfg, key)
-        if value is MISSING or (value is None and rule.nullable):
-            continue
-        if not rule.check(value):
-            shown = repr(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")
+        _check(key, lookup(cfg, key), rule, source)
     # PixArt's configs give the training steps apart (train_sampling_steps); here training and sampling
     # both take schedule.num_train_timesteps, so a PixArt value that differs is refused, not ignored.
     pixart_steps = lookup(cfg, "train_sampling_steps")
@@ -255,3 +249,20 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
             f"config key train_sampling_steps={pixart_steps!r} disagrees with schedule.num_train_timesteps={steps}, "
             f"which training and sampling share; drop train_sampling_steps (in {source})."
         )
+
+
+def validate_section(values: Mapping[str, Any], name: str, source: str) -> None:
+    """The rules of the config section ``name`` applied to a dict of its keys: a saved model's
+    ``config.json`` (``validate_section(json, "model", ...)`` reports ``hidden_size``, not a TypeError)."""
+    prefix = f"{name}."
+    for key, rule in SCHEMA.items():
+        if key.startswith(prefix):
+            _check(key[len(prefix) :], values.get(key[len(prefix) :], MISSING), rule, source)
+
+
+def _check(key: str, value: Any, rule: Rule, source: str) -> None:
+    if value is MISSING or (value is None and rule.nullable) or rule.check(value):
+        return
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")

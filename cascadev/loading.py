@@ -13,7 +13,7 @@ from torch import nn
 from . import conditioning, rules
 from .checkpoint import check_finite, load_weights
 from .config_defaults import setting
-from .config_schema import validate_config
+from .config_schema import validate_config, validate_section
 from .errors import CascadeVError, first_line
 from .models import build_model, svd_vae
 from .pipeline import CascadeVPipeline
@@ -198,6 +198,12 @@ def load_dit_folder(path: str | os.PathLike) -> nn.Module:
         )
     try:
         config = CascadeDiT.load_config(str(path))
+    except Exception as exc:  # diffusers raises OSError/EnvironmentError for unreadable JSON
+        raise CascadeVError(f"DiT folder {path} has an unreadable config.json: {first_line(exc)}")
+    if not isinstance(config, Mapping):
+        raise CascadeVError(f"DiT folder {path} has a config.json that is not a JSON object")
+    validate_section(config, "model", f"{path / 'config.json'}")
+    try:
         with torch.device("meta"):
             model = CascadeDiT.from_config(config)
     except Exception as exc:  # diffusers raises ValueError/TypeError/OSError for bad configs

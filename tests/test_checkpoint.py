@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -387,3 +388,14 @@ def test_dit_is_a_diffusers_model_and_loads_from_a_pretrained_folder(tmp_path, c
     (tmp_path / "broken" / "config.json").write_text("{}")
     with pytest.raises(CascadeVError, match="needs config.json and diffusion_pytorch_model.safetensors"):
         load_dit_folder(tmp_path / "broken")
+    # A hand-edited config.json: the key and the file are named (was a TypeError from inside the model).
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    for key, value, said in (("hidden_size", "96", "hidden_size must be"), ("mlp_ratio", -1, "mlp_ratio must be")):
+        (tmp_path / "edited").mkdir(exist_ok=True)
+        (tmp_path / "edited" / "config.json").write_text(json.dumps({**config, key: value}))
+        shutil.copy(tmp_path / "saved" / "diffusion_pytorch_model.safetensors", tmp_path / "edited")
+        with pytest.raises(CascadeVError, match=f"config key {said} .* \\(in .*edited.config.json\\)"):
+            load_dit_folder(tmp_path / "edited")
+    (tmp_path / "edited" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CascadeVError, match="edited has a config.json that is not a JSON object"):
+        load_dit_folder(tmp_path / "edited")

@@ -100,7 +100,7 @@ def test_the_configs_schedule_sets_the_training_target_and_noise(tmp_path, clips
     assert first["epsilon"] != pytest.approx(first["beta_end"], rel=1e-3)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, clips, capsys):
     options = ["save_model_steps=2", "keep_checkpoints=0", "joint_training=0.5", "ema.enabled=True"]
     assert train(tmp_path / "full", clips / "four.txt", "--max-steps", 4, options=options) == 0
     assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 2, options=options) == 0
@@ -112,6 +112,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, clips):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert [m["step"] for m in metrics(tmp_path / "split")] == [1, 2, 3, 4]
+    # Run again: nothing left to train, and no "wrote" line; fewer steps than its checkpoint is refused.
+    capsys.readouterr()
+    assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 4, options=options) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "nothing to train: checkpoint-00000004 is at step 4" in err
+    assert train(tmp_path / "split", clips / "four.txt", "--max-steps", 3, options=options) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cascadev: error: --max-steps 3 is below step 4 of "), err
     assert [m["step"] for m in metrics(tmp_path / "split")] == [1, 2, 3, 4]
     state = json.loads((split / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["micro_step"] == 4
@@ -258,6 +267,7 @@ def test_bad_videos_are_skipped_counted_and_all_bad_is_an_error(tmp_path, clips,
     assert train(tmp_path / "w2", all_bad, "--max-steps", 1) == 2
     err = capsys.readouterr().err
     assert "could be read" in err and "Traceback" not in err
+    assert not (tmp_path / "w2").exists()  # stopped at its first batch: no config.py and empty logs left
     assert train(tmp_path / "w3", tmp_path / "missing.txt", "--max-steps", 1) == 2
     assert not (tmp_path / "w3").exists()  # the folder this run made is gone with it: no config.py alone
     (tmp_path / "mine").mkdir()

@@ -133,6 +133,17 @@ def _mixed_precision(requested: str, cpu: bool) -> str:
     return requested
 
 
+# What a run writes in its work dir before its first step: the effective config and TensorBoard's folder.
+CONFIG_COPY, LOGS_FOLDER = "config.py", "logs"
+
+
+def written_before_training(work_dir: Path, file: Path) -> bool:
+    """Whether ``file`` (in ``work_dir``) tells nothing of training: the config copy, TensorBoard's log (the
+    steps it holds are in metrics.jsonl too) or an empty file."""
+    parts = file.relative_to(work_dir).parts
+    return parts == (CONFIG_COPY,) or parts[0] == LOGS_FOLDER or file.stat().st_size == 0
+
+
 # ---------------------------------------------------------------------- builders (accelerate-examples style)
 
 
@@ -145,7 +156,7 @@ def build_accelerator(cfg: Config, options: TrainOptions) -> Accelerator:
         mixed_precision=_mixed_precision(setting(cfg, "mixed_precision"), cpu),
         gradient_accumulation_steps=int(setting(cfg, "gradient_accumulation_steps")),
         log_with="tensorboard",
-        project_dir=str(Path(options.work_dir) / "logs"),
+        project_dir=str(Path(options.work_dir) / LOGS_FOLDER),
         cpu=cpu,
     )
 
@@ -246,7 +257,7 @@ class Trainer:
         if acc.is_main_process:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             text = cfg.pretty_text  # what Config.dump writes for a .py file, written whole or not at all
-            with atomic_output(self.work_dir / "config.py", "config copy") as tmp:
+            with atomic_output(self.work_dir / CONFIG_COPY, "config copy") as tmp:
                 tmp.write_text(text)
         acc.wait_for_everyone()
         freeze_modules(model, setting(cfg, "frozen_modules"))
@@ -526,6 +537,15 @@ class Trainer:
         """Train until ``total_steps()``; returns the last checkpoint folder."""
         acc, cfg, state = self.accelerator, self.cfg, self.state
         total = self.total_steps()
+        if state["step"] >= total:  # a resumed run that is done already, or asked to stop before its checkpoint
+            asked = f"--max-steps {total}" if self.opts.max_steps is not None else f"num_epochs: {total} steps"
+            if state["step"] > total:
+                raise CascadeVError(
+                    f"{asked} is below step {state['step']} of {self.resume_from}: ask for more steps, "
+                    "or give this run a work dir of its own (--work-dir)"
+                )
+            self._say(f"nothing to train: {self.resume_from.name} is at step {total} already ({asked})")
+            return None
         if acc.is_main_process:
             # purge_step: TensorBoard drops the events of steps after the checkpoint, which are logged again.
             acc.init_trackers("cascadev", init_kwargs={"tensorboard": {"purge_step": state["step"] + 1}})
