@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 from .errors import CascadeVError
-from .rules import SEED_LIMIT, check_device_name, whole_problem
+from .rules import MAX_SIZE, MAX_SIZE_ENV, SEED_LIMIT, check_device_name, max_size, size_limit_problem, whole_problem
 
 __all__ = [
     "positive_int",
@@ -66,35 +65,6 @@ def device(value: str) -> str:
         return check_device_name(value)
     except CascadeVError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-# Largest short side (pixels) of frames a command makes, unless CASCADEV_MAX_SIZE raises it: one
-# 8192x8192 frame is already 0.8 GB as float32 RGB, and the models' activations are many times that.
-MAX_SIZE = 8192
-MAX_SIZE_ENV = "CASCADEV_MAX_SIZE"
-
-
-def max_size() -> int:
-    """The largest short side allowed: ``MAX_SIZE``, or the ``CASCADEV_MAX_SIZE`` environment variable."""
-    raw = os.environ.get(MAX_SIZE_ENV)
-    if raw is None:
-        return MAX_SIZE
-    try:
-        return max(1, int(raw))
-    except ValueError:
-        return MAX_SIZE
-
-
-def size_limit_problem(short_side: int) -> str | None:
-    """Why a frame short side of ``short_side`` pixels is refused, or None when it is allowed."""
-    limit = max_size()
-    if short_side <= limit:
-        return None
-    gib = 3 * 4 * short_side * short_side / 2**30  # one square float32 RGB frame
-    return (
-        f"{short_side} pixels is above the maximum short side of {limit} (one such frame alone is "
-        f"{gib:.1f} GiB as float32; set {MAX_SIZE_ENV} to allow more)"
-    )
 
 
 def frame_size(value: str) -> int:

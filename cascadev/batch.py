@@ -1,5 +1,5 @@
-"""Many inputs per command: expanding paths, folders, list files and globs, sharing the work among
-accelerate processes, skipping finished inputs, and the JSON-lines manifest.
+"""Many inputs per command (expanded by :mod:`cascadev.inputs`): sharing the work among accelerate
+processes, skipping finished inputs, and the JSON-lines manifest.
 
 A batch run writes each input's outputs into the output folder under the input's name and records
 every input in ``OUTPUT/manifest.jsonl`` (input, outputs, seconds, frames, status, error). Outputs
@@ -11,10 +11,8 @@ pipeline for all of them and writes its own manifest part; the main process merg
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from .errors import CascadeVError, first_line
+from .inputs import LATENT_SUFFIXES, VIDEO_SUFFIXES, by_name, expand_inputs
 from .overwrite import file_id
 
 if TYPE_CHECKING:
@@ -31,11 +30,7 @@ if TYPE_CHECKING:
 
     from accelerate import PartialState
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
-LATENT_SUFFIXES = (".safetensors",)
-LIST_SUFFIXES = (".txt", ".list", ".json")
 MANIFEST = "manifest.jsonl"
-_GLOB_CHARS = "*?["
 
 
 @dataclass(frozen=True)
@@ -61,75 +56,11 @@ class BatchResult:
         return [r for r in self.records if r["status"] == "failed"]
 
 
-def natural_key(name: str) -> list[Any]:
-    """Sort key that orders ``2.mp4`` before ``10.mp4`` (digit runs compare as numbers, case aside)."""
-    parts = re.split(r"(\d+)", name)
-    return [int(p) if i % 2 else p.lower() for i, p in enumerate(parts)] + [name]
-
-
-def is_batch(items: Sequence[str]) -> bool:
-    """True unless ``items`` is one existing file that is not a list file (today's single-input call)."""
-    if len(items) != 1:
-        return True
-    path = Path(items[0])
-    return (
-        path.is_dir()
-        or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES)
-        or (not path.exists() and any(c in items[0] for c in _GLOB_CHARS))
-    )
-
-
-def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES) -> list[Path]:
-    """Paths, folders (their files with ``suffixes``), list files (one path per line or a JSON list, as
-    training lists) and globs -> the input files, each once, in the order given (folders and globs sorted)."""
-    from .data import read_video_list
-
-    found: list[Path] = []
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            files = sorted(
-                (
-                    p
-                    for p in path.iterdir()
-                    if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
-                ),
-                key=lambda p: natural_key(p.name),
-            )
-            if not files:
-                raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
-            found.extend(files)
-        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            found.extend(Path(p) for p in read_video_list([str(path)]))
-        elif path.is_file():
-            found.append(path)
-        elif any(c in item for c in _GLOB_CHARS):
-            files = sorted(
-                (Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()),
-                key=lambda p: natural_key(str(p)),
-            )
-            if not files:
-                raise CascadeVError(f"The pattern {item} matches no files.")
-            found.extend(files)
-        else:
-            raise CascadeVError(f"The input {item} does not exist.")
-    unique: dict[Path, None] = {}
-    for path in found:
-        unique.setdefault(path.resolve(), None)
-    return [Path(p) for p in unique]
-
-
 def make_jobs(command: str, sources: Sequence[Path], out_dir: Path) -> list[Job]:
     """Name each input's outputs after it; two inputs with one name, or an output that is an input (an
     output folder that is the inputs' own), are errors."""
-    jobs, names = [], {}
-    for source in sources:
-        name = source.stem
-        if name in names:
-            raise CascadeVError(
-                f"Two inputs are named {name} ({names[name]} and {source}); their outputs would collide."
-            )
-        names[name] = source
+    jobs = []
+    for name, source in by_name(sources).items():
         if command == "recon":
             from .reconstruct import recon_outputs
 
@@ -365,6 +296,8 @@ def run_command(
     """``cascadev recon|encode|decode|upscale|interpolate`` over many inputs into the folder ``args.output``."""
     import functools
 
+    from .video_io import frames_used
+
     parts, task = parts_task
     _use_process_device(args)
     latent = args.command == "decode"
@@ -373,11 +306,9 @@ def run_command(
         raise CascadeVError(f"With several inputs the output {out_dir} must be a folder, but it is a file.")
     jobs = make_jobs(args.command, expand_inputs(inputs, LATENT_SUFFIXES if latent else VIDEO_SUFFIXES), out_dir)
     load = functools.cache(make_loader(parts))  # checks the weights now; each process loads the models once
-    start, count = getattr(args, "start", 0), getattr(args, "num_frames", None)
-
-    def frames(n: int) -> int:
-        n = max(1, n - start)
-        return min(n, count) if count else n
+    frames = functools.partial(
+        frames_used, start=getattr(args, "start", 0), num_frames=getattr(args, "num_frames", None)
+    )
 
     def run_one(job: Job) -> None:
         if args.command == "recon":  # recon locks its folder itself

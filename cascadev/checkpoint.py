@@ -23,6 +23,8 @@ from cascadev.errors import CascadeVError, first_line
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Floating-point dtypes by the names configs, the command line and accelerate's mixed_precision give them.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # torch's weights-only unpickler names the global it refused, e.g. "Unsupported global: GLOBAL io.open".
 _UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unrecognized function|Unsupported class)\s+([\w.]+)")
@@ -201,7 +203,6 @@ def load_weights(
     path: str | Path,
     name: str,
     key: str | None = None,
-    strict: bool = True,
 ) -> nn.Module:
     """Load a checkpoint file into ``model`` after checking that it fits exactly.
 
@@ -217,7 +218,6 @@ def load_weights(
         path: checkpoint file, see :func:`read_state_dict`.
         name: human description of the model used in error messages.
         key: state-dict entry of a torch pickle, see :func:`read_state_dict`.
-        strict: must be True; kept for call-site clarity (partial loading is never silent here).
 
     Returns:
         ``model``.
@@ -226,8 +226,6 @@ def load_weights(
         CascadeVError: the file cannot be read safely or does not fit the model (see
             :func:`check_fit`).
     """
-    if not strict:
-        raise CascadeVError("load_weights only supports strict=True; partial loading is not allowed.")
     state_dict = read_state_dict(path, key=key)
     check_fit(model, state_dict, name, source=path)
     check_finite(state_dict, path)

@@ -501,13 +501,14 @@ def run(args: argparse.Namespace) -> None:
     _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)
     from . import batch
+    from .inputs import is_batch
 
     inputs = args.latent if args.command == "decode" else args.video
     if args.command == "encode" and args.shards:
         from .latent_store import encode_store
 
         encode_store(args, cfg, lambda: _loader(args, cfg, ["compressor"]))
-    elif batch.is_batch(inputs):
+    elif is_batch(inputs):
         batch.run_command(args, inputs, lambda parts: _loader(args, cfg, parts), _task(args, cfg))
     else:
         parts, task = _task(args, cfg, single=True)
@@ -611,7 +612,8 @@ def _output_lock(args: argparse.Namespace) -> AbstractContextManager:
     every run adds shards to under names of its own, so it takes no lock, with one input or many. Under
     ``accelerate launch`` the main process writes a single output (the others share its work or wait),
     so it alone holds the lock."""
-    from .batch import distributed_state, is_batch
+    from .batch import distributed_state
+    from .inputs import is_batch
 
     inputs = getattr(args, "latent", None) or getattr(args, "video", None) or []
     single_file = not is_batch(inputs) and not getattr(args, "shards", False)

@@ -128,8 +128,10 @@ class Conditioner:
         self.scale_factor, self.sr_scale, self.chunk = scale_factor, sr_scale, chunk
         self.device, self.dtype = torch.device(device), dtype
 
-    def _chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
-        # Bounded memory: the encoders see `chunk` frames at a time, whatever N is.
+    def chunked(self, fn: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor) -> torch.Tensor:
+        """``fn`` over frames (N, ...) in chunks of ``chunk`` moved to ``device`` in ``dtype``; float32 results
+        concatenated on the device ``fn`` leaves them on. Bounded memory: a network sees ``chunk`` frames at a
+        time, whatever N is."""
         return torch.cat(
             [
                 fn(frames[i : i + self.chunk].to(self.device, self.dtype)).float()
@@ -140,12 +142,12 @@ class Conditioner:
     @torch.no_grad()
     def semantic(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, H, W), H and W multiples of 32 -> semantic latent (N, 16, H/32, W/32)."""
-        return self._chunked(self.compressor.encode_frames, frames)
+        return self.chunked(self.compressor.encode_frames, frames)
 
     @torch.no_grad()
     def posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (N, 3, H, W) -> the SVD-VAE posterior's (mean, std), each (N, 4, H/8, W/8), unscaled."""
-        stats = self._chunked(lambda x: torch.cat([(d := self.vae.encode(x).latent_dist).mean, d.std], 1), frames)
+        stats = self.chunked(lambda x: torch.cat([(d := self.vae.encode(x).latent_dist).mean, d.std], 1), frames)
         return stats[:, :4], stats[:, 4:]
 
     @torch.no_grad()

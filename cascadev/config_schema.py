@@ -15,15 +15,16 @@ from typing import Any
 
 from .conditioning import KINDS
 from .config_defaults import MISSING, lookup
-from .data import CROPS, SHORT_VIDEO_MODES
 from .errors import CascadeVError
 from .rules import (
     ATTENTION_BACKENDS,
     BETA_SCHEDULES,
     COMPILE_MODES,
+    CROPS,
     PREDICTION_TYPES,
     SCHEDULERS,
     SEED_LIMIT,
+    SHORT_VIDEO_MODES,
     TRAIN_TIMESTEPS,
     is_whole,
     whole_description,

@@ -1,8 +1,8 @@
 """Training data: lists of videos -> fixed-size clips ``(num_frames, 3, S, S)`` in [-1, 1] (:mod:`cascadev.frames`).
 
-``video_list`` files name the videos (:func:`read_video_list`); :class:`VideoClipDataset` turns each
-into one clip per epoch: ``num_frames`` frames ``time_stride`` apart from a random offset, decoded
-with decord (only the frames needed) or read from a folder of JPEG/PNG frames, then made square.
+``video_list`` files name the videos (:func:`cascadev.inputs.read_video_list`); :class:`VideoClipDataset`
+turns each into one clip per epoch: ``num_frames`` frames ``time_stride`` apart from a random offset,
+decoded with decord (only the frames needed) or read from a folder of JPEG/PNG frames, then made square.
 
 Randomness is a pure function of ``(seed, epoch, index)`` (``numpy.random.default_rng``), so a clip
 does not depend on which DataLoader worker reads it, on the number of workers or on how often it is
@@ -15,7 +15,6 @@ by the next good video of the list; only when every video is bad is a :class:`Ca
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,106 +24,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cascadev.batch import natural_key
 from cascadev.errors import CascadeVError
 from cascadev.frames import crop, from_uint8, resize_short_side
-from cascadev.rules import check_choice, check_seed, check_whole
+from cascadev.inputs import IMAGE_SUFFIXES, list_folder
+from cascadev.rules import CROPS, SHORT_VIDEO_MODES, check_choice, check_seed, check_whole
 from cascadev.video_io import VideoReader
 
-__all__ = [
-    "BadVideoWarning",
-    "IMAGE_SUFFIXES",
-    "VideoClipDataset",
-    "clip_indices",
-    "read_json_list",
-    "read_video_list",
-    "resolve_entry",
-]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SHORT_VIDEO_MODES = ("pad", "skip")  # the config's data.short_video
-CROPS = ("center", "random")  # the config's data.crop
+__all__ = ["BadVideoWarning", "VideoClipDataset", "clip_indices"]
 
 
 class BadVideoWarning(UserWarning):
     """A video of the training list could not be used and was replaced by another one."""
-
-
-# --------------------------------------------------------------------------------------------
-# Video lists
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_entry(entry: str, base: Path) -> str:
-    """A list file's entry as a path: ``~`` expanded, a relative one taken from ``base`` (the list's folder)."""
-    p = Path(entry).expanduser()
-    return str(p if p.is_absolute() else base / p)
-
-
-def read_json_list(path: Path) -> list[tuple[str, Any]]:
-    """The entries of a ``.json`` video list, as (path as written, its ``"caption"`` as stored, or None);
-    only the latent store reads captions, and checks them."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CascadeVError(f"The video list {path} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, list):
-        raise CascadeVError(f"The video list {path} must hold a JSON list of paths or of objects with a 'path' key.")
-    entries = []
-    for i, item in enumerate(data):
-        caption = None
-        if isinstance(item, dict):
-            caption = item.get("caption")
-            item = item.get("path", item.get("video"))
-        if not isinstance(item, str) or not item.strip():
-            raise CascadeVError(
-                f"Entry {i} of the video list {path} is neither a path nor an object with a 'path' (or 'video') string."
-            )
-        entries.append((item.strip(), caption))
-    return entries
-
-
-def _read_text_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CascadeVError(f"The video list {path} cannot be read as text ({exc}).") from exc
-    entries = []
-    for line in lines:
-        line = line.strip()
-        if line and not line.startswith("#"):
-            entries.append(line)
-    return entries
-
-
-def read_video_list(paths: str | Sequence[str]) -> list[str]:
-    """The videos named by one or more list files, in order.
-
-    A ``.json`` file holds a list of path strings or of objects with a ``"path"`` (or ``"video"``) key;
-    any other file is text with one path per line (blank lines and lines starting with ``#`` are
-    skipped). Each path is a video file or a folder of JPEG/PNG frames; relative paths are taken
-    relative to the folder of the list file that names them, ``~`` is expanded. Entries are not
-    opened here (unusable ones are skipped by :class:`VideoClipDataset`).
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    if not paths:
-        raise CascadeVError("The video_list option names no list file.")
-    videos: list[str] = []
-    for name in paths:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            why = "is not a file" if path.exists() else "does not exist"  # e.g. a folder, /dev/null
-            raise CascadeVError(f"The video list {path} {why} (option video_list).")
-        if path.suffix.lower() == ".json":
-            entries = [entry for entry, _ in read_json_list(path)]
-        else:
-            entries = _read_text_list(path)
-        base = path.resolve().parent
-        videos.extend(resolve_entry(e, base) for e in entries)
-    if not videos:
-        raise CascadeVError(f"The video lists {', '.join(map(str, paths))} name no videos.")
-    return videos
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,14 +61,6 @@ def clip_indices(
     return np.concatenate([available, np.full(num_frames - len(available), available[-1])])
 
 
-def _list_frames(folder: Path) -> list[Path]:
-    try:
-        files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    except OSError as exc:
-        raise CascadeVError(f"The frame folder {folder} cannot be listed ({exc}).") from exc
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -173,7 +75,7 @@ def _read_frames(path: str, num_frames: int, time_stride: int, rng: np.random.Ge
     """uint8 ``(num_frames, H, W, 3)`` RGB frames of one clip; CascadeVError when unusable."""
     source = Path(path)
     if source.is_dir():
-        files = _list_frames(source)
+        files = list_folder(source, IMAGE_SUFFIXES)
         if not files:
             raise CascadeVError(f"The frame folder {source} holds no JPEG or PNG frames.")
         total, reader = len(files), None

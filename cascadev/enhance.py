@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from . import frame_times
-from .argtypes import size_limit_problem
 from .atomic import make_folder
 from .conditioning import resize_for_encoding
 from .errors import CascadeVError
@@ -48,7 +47,7 @@ from .reconstruct import (
     decode_frames,
     write_frames,
 )
-from .rules import MAX_FPS, VIDEO_CODEC, VIDEO_CRF, check_choice, check_whole
+from .rules import MAX_FPS, VIDEO_CODEC, VIDEO_CRF, check_choice, check_whole, size_limit_problem
 from .video_io import VideoReader, VideoWriter, select_frames
 
 # Condition latent frames [t0, t1) -> (C, t1 - t0, h, w).
@@ -270,7 +269,7 @@ def upscale_video(
     writer = _open_writer(
         output,
         reader,
-        reader.fps or 30.0,
+        reader.output_fps,
         out_size,
         start,
         codec,
@@ -309,10 +308,10 @@ def interpolate_video(
     reader = VideoReader(video)
     start, count = select_frames(reader, start, num_frames)
     out_size = target_size(reader.height, reader.width, size=size)
-    fps = (reader.fps or 30.0) * factor
+    fps = reader.output_fps * factor
     if fps > MAX_FPS:
         raise CascadeVError(
-            f"--factor {factor} would make {fps:g} frames per second of {video}'s {reader.fps or 30.0:g}; "
+            f"--factor {factor} would make {fps:g} frames per second of {video}'s {reader.output_fps:g}; "
             f"the most is {MAX_FPS}"
         )
     times = frame_times.select(reader.frame_times, start, count)

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from .data import read_json_list, resolve_entry
 from .errors import CascadeVError, first_line
+from .inputs import expand_inputs, read_json_list, resolve_entry
 from .rules import SHARD_MB
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
     from . import batch
     from .presets import PRESETS
     from .reconstruct import prepare_frames
-    from .video_io import VideoReader, select_frames
+    from .video_io import VideoReader, frames_used, select_frames
 
     batch._use_process_device(args)
     state = batch.distributed_state()
@@ -176,7 +176,7 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
     root = Path(args.output)
     if root.exists() and not root.is_dir():
         raise CascadeVError(f"The latent store {root} must be a folder, but it is a file.")
-    sources = batch.expand_inputs(args.video)
+    sources = expand_inputs(args.video)
     captions = read_captions(args.video)
     jobs = [batch.Job(s, str(s), root, ()) for s in sources]
     load = functools.cache(make_loader())
@@ -200,7 +200,7 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
                 "num_clips": len(clips),
                 "start": s0,
                 "frames": n,
-                "fps": reader.fps or 30.0,
+                "fps": reader.output_fps,
                 "height": height,
                 "width": width,
                 "source_height": reader.height,
@@ -217,7 +217,7 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
         root,
         done=lambda job: job.name in stored,
         finish=writer.flush,
-        frames_limit=lambda n: min(n, args.num_frames) if args.num_frames else n,
+        frames_limit=functools.partial(frames_used, start=args.start, num_frames=args.num_frames),
         progress=not args.quiet,
         desc="encoding",
     )

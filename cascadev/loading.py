@@ -30,7 +30,6 @@ WEIGHT_SOURCES = {
     "previewer": "StableCascade's previewer, stabilityai/StableWurst on Hugging Face",
     "vae": "Stable Video Diffusion's VAE, stabilityai/stable-video-diffusion-img2vid-xt (subfolder vae)",
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)

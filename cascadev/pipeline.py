@@ -75,7 +75,8 @@ class CascadeVPipeline:
     """The cascade's components and the operations that chain them.
 
     Any component may be ``None`` when a command does not need it (``encode`` needs only the
-    compressor). All tensors returned are float32 on the CPU; work runs on ``device`` in ``dtype``.
+    compressor). Work runs on ``device`` in ``dtype``; what the operations return is float32 on the CPU,
+    except ``condition``'s result, the DiT's input, which stays on ``device`` for ``sample``.
     """
 
     def __init__(
@@ -170,11 +171,7 @@ class CascadeVPipeline:
     def preview(self, latent: torch.Tensor) -> torch.Tensor:
         """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1]."""
         frames = latent.transpose(0, 1)  # the file's (16, T, h, w) -> (T, 16, h, w)
-        out = [
-            self.previewer.decode_frames(frames[i : i + self.encode_chunk].to(self.device, self.dtype)).float().cpu()
-            for i in range(0, frames.shape[0], self.encode_chunk)
-        ]
-        return torch.cat(out)
+        return self.conditioner.chunked(lambda x: self.previewer.decode_frames(x).cpu(), frames)
 
     def condition(self, latent: torch.Tensor) -> torch.Tensor:
         """Condition latent (C, T, h, w) -> DiT condition (T, C, sr*h, sr*w), upsampled and scaled.

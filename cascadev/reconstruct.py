@@ -136,7 +136,7 @@ def encode_video(
     times = frame_times.select(reader.frame_times, start, count)  # variable frame rate: kept in the latent
     try:
         meta = LatentMeta(
-            fps=(reader.fps or 30.0) if times is None else frame_times.average_fps(times),
+            fps=reader.output_fps if times is None else frame_times.average_fps(times),
             height=height,
             width=width,
             source_height=reader.height,

@@ -11,6 +11,7 @@ Nothing heavy is imported: the parser runs these rules before torch is.
 from __future__ import annotations
 
 import numbers
+import os
 import re
 from collections.abc import Collection
 from typing import Any
@@ -19,14 +20,15 @@ from .errors import CascadeVError
 
 # Seeds feed numpy's SeedSequence and torch.Generator.manual_seed, which take 0 <= seed < 2**63.
 SEED_LIMIT = 2**63
-# The names a user may give; the modules that act on them map each name to its implementation.
 # The highest frame rate a video or latent may have: far above high-speed footage (1,000-10,000 fps), so a
 # rate beyond it is damage, a unit mistake or a runaway --factor (interpolate's output: input rate x factor).
 MAX_FPS = 100_000
+DEFAULT_FPS = 30.0  # the frame rate of outputs made from a video whose file does not give one
 # The output videos' encoder and quality unless told otherwise: H.264, visually lossless (x264's crf scale).
 VIDEO_CODEC = "libx264"
 VIDEO_CRF = 18
 SHARD_MB = 1024.0  # a latent store's largest shard, in MB, unless --shard-size says otherwise
+# The names a user may give; the modules that act on them map each name to its implementation.
 SCHEDULERS = ("euler_a", "ddim", "dpm_solver")  # cascadev.schedulers
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # cascadev.loading.PRECISIONS, plus auto
 # Noise schedules (diffusers' names) that the training loss (cascadev.diffusion) and diffusers' samplers
@@ -37,11 +39,42 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the DiT predicts (diffuse
 MODES = ("auto", "tiles", "2x")  # how the DiT covers a latent: cascadev.pipeline.CascadeVPipeline.plan
 # The SDPA kernel the DiT's attention may be pinned to (auto: PyTorch's choice): cascadev.pipeline
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+SHORT_VIDEO_MODES = ("pad", "skip")  # a training video too short for a clip: cascadev.data (data.short_video)
+CROPS = ("center", "random")  # how a training clip is made square: cascadev.data (data.crop)
 # torch.compile modes for the DiT's blocks ("default" is torch's None): cascadev.models.dit.compile_blocks
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AUTOENCODER_PARTS = ("compressor", "vae")  # what cascadev train-ae trains: cascadev.training.autoencoders
 DEVICES = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+# Largest short side (pixels) of frames a command makes, unless CASCADEV_MAX_SIZE raises it: one
+# 8192x8192 frame is already 0.8 GB as float32 RGB, and the models' activations are many times that.
+MAX_SIZE = 8192
+MAX_SIZE_ENV = "CASCADEV_MAX_SIZE"
+
+
+def max_size() -> int:
+    """The largest short side allowed: ``MAX_SIZE``, or the ``CASCADEV_MAX_SIZE`` environment variable."""
+    raw = os.environ.get(MAX_SIZE_ENV)
+    if raw is None:
+        return MAX_SIZE
+    try:
+        return max(1, int(raw))
+    except ValueError:
+        return MAX_SIZE
+
+
+def size_limit_problem(short_side: int) -> str | None:
+    """Why a frame short side of ``short_side`` pixels is refused, or None when it is allowed."""
+    limit = max_size()
+    if short_side <= limit:
+        return None
+    gib = 3 * 4 * short_side * short_side / 2**30  # one square float32 RGB frame
+    return (
+        f"{short_side} pixels is above the maximum short side of {limit} (one such frame alone is "
+        f"{gib:.1f} GiB as float32; set {MAX_SIZE_ENV} to allow more)"
+    )
 
 
 def either(choices: Collection[str]) -> str:

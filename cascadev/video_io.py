@@ -7,7 +7,7 @@
   in [-1, 1] and :mod:`cascadev.frames` converts (``from_uint8``, ``to_uint8``) and reshapes.
 """
 
-from cascadev.video_reader import VideoInfo, VideoReader, probe_video, select_frames
+from cascadev.video_reader import VideoInfo, VideoReader, frames_used, probe_video, select_frames
 from cascadev.video_writer import VideoWriter, check_encoder_options, fps_fraction, write_video
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "VideoWriter",
     "check_encoder_options",
     "fps_fraction",
+    "frames_used",
     "probe_video",
     "select_frames",
     "write_video",

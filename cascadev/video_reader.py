@@ -24,6 +24,7 @@ import torch
 
 from cascadev.errors import CascadeVError, warn
 from cascadev.frame_times import announced_frames, stream_end, variable_times
+from cascadev.rules import DEFAULT_FPS
 
 __all__ = ["VideoInfo", "VideoReader", "probe_video", "quiet_native_stderr", "select_frames"]
 
@@ -228,6 +229,11 @@ class VideoReader:
         return self._fps
 
     @property
+    def output_fps(self) -> float:
+        """The rate a video made from this one is written at: ``fps``, or ``DEFAULT_FPS`` when the file does not say."""
+        return self._fps or DEFAULT_FPS
+
+    @property
     def height(self) -> int:
         return self._height
 
@@ -291,6 +297,13 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         has_audio=_has_audio(reader.path),
         path=str(reader.path),
     )
+
+
+def frames_used(total: int, start: int = 0, num_frames: int | None = None) -> int:
+    """How many of a video's ``total`` frames a command with ``start`` and ``num_frames`` reads, without
+    checks (at least 1): what a batch weighs its jobs by. :func:`select_frames` checks the range itself."""
+    n = max(1, total - start)
+    return min(n, num_frames) if num_frames else n
 
 
 def select_frames(info_or_reader: Any, start: int, num_frames: int | None) -> tuple[int, int]:

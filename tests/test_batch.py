@@ -10,7 +10,7 @@ import torch
 from cli_checks import assert_one_line_error
 from videos import write_test_video
 
-from cascadev import batch
+from cascadev import batch, inputs
 from cascadev.cli import main
 from cascadev.errors import CascadeVError
 from cascadev.latent_io import load_latent
@@ -39,12 +39,12 @@ def manifest(out: Path) -> dict[str, dict]:
 def test_expand_inputs_paths_folders_lists_and_globs(tmp_path, vids):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# videos\n{vids / 'b.mp4'}\n\n{vids / 'a.mp4'}\n")
-    got = batch.expand_inputs([str(listing), str(vids / "c*.mp4"), str(vids)])
+    got = inputs.expand_inputs([str(listing), str(vids / "c*.mp4"), str(vids)])
     assert [p.name for p in got] == ["b.mp4", "a.mp4", "c10.mp4"]  # list order, then each file once
-    assert batch.is_batch([str(vids)]) and batch.is_batch([str(listing)]) and batch.is_batch([str(vids / "*.mp4")])
-    assert not batch.is_batch([str(vids / "a.mp4")])
+    assert inputs.is_batch([str(vids)]) and inputs.is_batch([str(listing)]) and inputs.is_batch([str(vids / "*.mp4")])
+    assert not inputs.is_batch([str(vids / "a.mp4")])
     with pytest.raises(Exception, match="matches no files"):
-        batch.expand_inputs([str(vids / "zz*.mp4")])
+        inputs.expand_inputs([str(vids / "zz*.mp4")])
     with pytest.raises(Exception, match="two|Two"):
         batch.make_jobs("encode", [vids / "a.mp4", tmp_path / "a.mkv"], tmp_path)
 
@@ -196,7 +196,7 @@ def test_a_missing_list_entry_is_one_failed_job_not_an_input_the_outputs_would_o
     write_test_video(tmp_path / "a.mp4", 3, 16, 16, fps=10.0)
     listing = tmp_path / "list.txt"
     listing.write_text("a.mp4\nmissing.mp4\n")
-    jobs = batch.make_jobs("upscale", batch.expand_inputs([str(listing)]), tmp_path / "out")  # outputs yet to exist
+    jobs = batch.make_jobs("upscale", inputs.expand_inputs([str(listing)]), tmp_path / "out")  # outputs yet to exist
     assert [job.name for job in jobs] == ["a", "missing"]
 
 

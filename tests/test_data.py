@@ -13,13 +13,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from videos import write_test_video
 
-from cascadev.data import (
-    BadVideoWarning,
-    VideoClipDataset,
-    clip_indices,
-    read_video_list,
-)
+from cascadev.data import BadVideoWarning, VideoClipDataset, clip_indices
 from cascadev.errors import CascadeVError
+from cascadev.inputs import read_video_list
 from cascadev.video_io import write_video
 
 # --------------------------------------------------------------------------------------------

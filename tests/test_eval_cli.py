@@ -303,7 +303,7 @@ def test_unreadable_video_and_duplicate_names(tmp_path, capsys, folders):
     lossless(rec / "clip10.mkv", make_frames(7, 48, 64))
     lossless(rec / "clip10.mov", make_frames(7, 48, 64))
     code, _, err = run_cli(capsys, "--ref", ref, "--rec", rec, "-o", out)
-    assert_one_line_error(code, err, "two videos named clip10")
+    assert_one_line_error(code, err, "Two inputs of --rec", "are named clip10")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec"]
 
 

@@ -17,6 +17,7 @@ from cascadev.video_io import (
     VideoReader,
     VideoWriter,
     fps_fraction,
+    frames_used,
     probe_video,
     select_frames,
     write_video,
@@ -114,6 +115,9 @@ def test_select_frames(tmp_path):
         select_frames(info, -1, 3)
     with pytest.raises(CascadeVError, match="at least 1"):
         select_frames(info, 0, 0)
+    # What a batch weighs a job by (unchecked): the frames from --start, at most --num-frames, at least 1.
+    assert [frames_used(20), frames_used(20, 5), frames_used(20, 5, 3), frames_used(20, 25)] == [20, 15, 3, 1]
+    assert VideoReader(path).output_fps == pytest.approx(info.fps)
 
 
 def _truncated_mp4(tmp_path):

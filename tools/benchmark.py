@@ -218,7 +218,7 @@ def run_case(
     stages.wrap(pipe, "vae_decode", "svd_decode")
     # Class attributes, put back below: the writers and the hand-over are made inside the tasks.
     patched = {
-        (Conditioner, "_chunked"): Conditioner._chunked,
+        (Conditioner, "chunked"): Conditioner.chunked,
         (VideoReader, "read"): VideoReader.read,
         (VideoWriter, "write"): VideoWriter.write,
         (VideoWriter, "close"): VideoWriter.close,
@@ -226,7 +226,7 @@ def run_case(
         (overlap.WriteBehind, "__exit__"): overlap.WriteBehind.__exit__,
     }
     # Every frozen-encoder call, in encode (pipe.encode) and in upscale (the ConditionStream's encoder).
-    stages.wrap(Conditioner, "_chunked", "encode")
+    stages.wrap(Conditioner, "chunked", "encode")
     stages.wrap(VideoReader, "read", "read", sync=False)  # decoding input frames, mostly on the reader's thread
     stages.wrap(VideoWriter, "write", "write", sync=False)  # on the writer's thread
     # On the main thread after the last frame: the encoder's flush (x264 holds back its lookahead's

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 try:
-    from cascadev.checkpoint import load_weights, read_state_dict, save_safetensors
+    from cascadev.checkpoint import DTYPES, load_weights, read_state_dict, save_safetensors
 except ImportError:  # run from a checkout where the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cascadev.checkpoint import load_weights, read_state_dict, save_safetensors
+    from cascadev.checkpoint import DTYPES, load_weights, read_state_dict, save_safetensors
 
 import torch
 
@@ -29,7 +29,6 @@ from cascadev.argparsing import Parser, fail
 from cascadev.errors import CascadeVError
 
 PROG = "convert_checkpoint"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build_parser() -> argparse.ArgumentParser:

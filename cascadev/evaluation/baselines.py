@@ -66,9 +66,7 @@ def bicubic_video(
     low_res_size(reader.height, reader.width, factor)  # a bad factor fails before anything is written
     times = frame_times.select(reader.frame_times, 0, reader.num_frames)
     with (
-        VideoWriter(
-            dst, reader.fps or 30.0, reader.height, reader.width, frame_times=times, **writer_options
-        ) as writer,
+        VideoWriter(dst, reader.output_fps, reader.height, reader.width, frame_times=times, **writer_options) as writer,
         WriteBehind() as behind,
     ):
         for frames in read_ahead(reader.iter_chunks(0, reader.num_frames, chunk)):

@@ -34,10 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cascadev.atomic import check_output_path
-from cascadev.batch import VIDEO_SUFFIXES, natural_key
-from cascadev.data import read_video_list
 from cascadev.errors import CascadeVError, first_line
 from cascadev.frames import resize_uint8
+from cascadev.inputs import VIDEO_SUFFIXES, by_name, list_folder, natural_key, read_video_list
 from cascadev.overlap import read_ahead
 from cascadev.overwrite import check_not_inputs
 from cascadev.rules import check_device_name, check_whole
@@ -115,31 +114,15 @@ def _resolve_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 
 
-def _add(found: dict[str, Path], path: Path, flag: str, source: Path) -> None:
-    name = path.stem
-    if name in found:
-        raise CascadeVError(
-            f"{flag} {source} has two videos named {name} ({found[name]} and {path}); names must be unique."
-        )
-    found[name] = path
-
-
 def list_videos(source: str | Path, flag: str = "--ref") -> dict[str, Path]:
     """``{name: path}`` of a folder of videos, a list file or one video, in natural name order."""
     source = Path(source)
-    found: dict[str, Path] = {}
     if source.is_dir():
-        files = [
-            p
-            for p in source.iterdir()
-            if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        ]
+        files = list_folder(source, VIDEO_SUFFIXES)
         if not files:
             raise CascadeVError(f"{flag} folder {source} holds no videos ({', '.join(VIDEO_SUFFIXES)}).")
-        for path in files:
-            _add(found, path, flag, source)
     elif source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-        found[source.stem] = source
+        files = [source]
     elif source.is_file():  # a list file, as training's and the batch commands' (text or JSON)
         try:
             entries = read_video_list([str(source)])
@@ -148,12 +131,13 @@ def list_videos(source: str | Path, flag: str = "--ref") -> dict[str, Path]:
             raise CascadeVError(
                 f"{flag} {source} is not a video ({', '.join(VIDEO_SUFFIXES)}), and as a list of videos: {exc}"
             ) from exc
-        for entry in entries:
-            if not Path(entry).is_file():
+        files = [Path(entry) for entry in entries]
+        for entry in files:
+            if not entry.is_file():
                 raise CascadeVError(f"{flag} list {source} names {entry}, which is not a file.")
-            _add(found, Path(entry), flag, source)
     else:
         raise CascadeVError(f"{flag} {source} does not exist.")
+    found = by_name(files, f"of {flag} {source}")
     return {k: found[k] for k in sorted(found, key=natural_key)}
 
 

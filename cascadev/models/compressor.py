@@ -115,8 +115,9 @@ class EfficientNetEncoder(nn.Module):
 class Previewer(ModelMixin, ConfigMixin):
     """StableCascade's previewer: decodes a semantic latent to a rough RGB image, 8x upsampled.
 
-    Three 1x/3x3 conv stages at the latent resolution and three stride-2 transposed convolutions,
-    each followed by GELU and BatchNorm, then a 1x1 projection to RGB. The layer order inside
+    A 1x1 and a 3x3 conv stage at the latent resolution, then three times a stride-2 transposed
+    convolution and a 3x3 conv stage (every stage followed by GELU and BatchNorm), then a 1x1
+    projection to RGB. The layer order inside
     ``blocks`` fixes the checkpoint key indices (``blocks.0`` ... ``blocks.24``).
 
     Args:

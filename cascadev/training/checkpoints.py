@@ -36,7 +36,7 @@ MODEL_WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' weights file
 EMA_FILE = "ema.safetensors"  # the EMA weights of a network that is no diffusers model (its own is MODEL_DIR + "_ema")
 MANIFEST_FILE = "manifest.json"
 # accelerate writes these with torch.save (pickles): optimizer.bin, scheduler.bin, random_states_0.pkl, ...
-PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+ACCELERATE_PICKLES = (".bin", ".pkl", ".pt", ".pth")
 _HASH_CHUNK = 8 << 20
 
 _UMASK = os.umask(0)
@@ -181,7 +181,7 @@ def verify(folder: Path) -> str | None:
         if sha256_of(folder / rel) != entry["sha256"]:
             return f"{name}/{rel} is damaged (its sha256 differs from the manifest's)"
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        if path.is_file() and path.suffix in ACCELERATE_PICKLES:
             problem = _plain_tensor_file(path)
             if problem:
                 return f"{name}/{path.relative_to(folder).as_posix()} {problem}"

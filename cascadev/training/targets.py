@@ -60,7 +60,7 @@ class FrozenEncoders:
             device=device,
             dtype=dtype,
         )
-        self.condition, self.scale_factor, self.dtype = condition, scale_factor, dtype
+        self.scale_factor, self.dtype = scale_factor, dtype
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> dict[str, torch.Tensor]:

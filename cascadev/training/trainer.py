@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 
 from .. import conditioning
 from ..atomic import atomic_output
-from ..checkpoint import check_fit, load_weights, read_state_dict, save_safetensors
+from ..checkpoint import DTYPES, check_fit, load_weights, read_state_dict, save_safetensors
 from ..config_defaults import setting, shipped
-from ..data import BadVideoWarning, VideoClipDataset, read_video_list
+from ..data import BadVideoWarning, VideoClipDataset
 from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
 from ..frames import resize, to_uint8
+from ..inputs import read_video_list
 from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
@@ -283,7 +284,7 @@ class Trainer:
         """The diffusion, and the frozen VAE / compressor (/ previewer for validation) through ``build_pipeline``."""
         cfg, acc, options = self.cfg, self.accelerator, self.opts
         self.diffusion = GaussianDiffusion.from_schedule(noise_schedule(cfg.get("schedule")))
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
+        weight_dtype = DTYPES.get(acc.mixed_precision, torch.float32)  # accelerate's "no" is float32
         condition = conditioning.condition_kind(cfg)
         parts = conditioning.with_encoder(condition, ["vae"])
         if setting(cfg, "validation.video") and "compressor" in parts:  # a preview needs a semantic latent
