@@ -131,9 +131,19 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Rename a finished temporary file into place."""
+    """Rename a finished temporary file into place, with a finished output's mode (:func:`publish_mode`)."""
+    publish_mode(tmp)
     os.replace(tmp, path)
     _LIVE.discard(Path(tmp))
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and all it holds) the mode of a finished output: 0666 & ~umask for
+    files, 0777 & ~umask for folders. Temporary files and folders are private (mkstemp, mkdtemp), and so is
+    what some writers make anew in their place (safetensors' ``save_file``, accelerate's ``save_state``)."""
+    path = Path(path)
+    for item in (path, *path.rglob("*")) if path.is_dir() else (path,):
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~_UMASK)
 
 
 def remove_quietly(path: str | os.PathLike | None) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from .atomic import make_folder
 from .errors import CascadeVError, first_line
 from .inputs import LATENT_SUFFIXES, VIDEO_SUFFIXES, by_name, expand_inputs
 from .overwrite import file_id
@@ -172,82 +173,80 @@ def run_batch(
     may return the outputs it wrote, for the manifest; ``finish`` runs after this process's last job.
     """
     state = distributed_state()
-    manifest = out_dir / MANIFEST
     if state.is_main_process:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.")
-    previous = _read_manifest(manifest)
+        make_folder(out_dir)
+    previous = _read_manifest(out_dir / MANIFEST)
     # Every process decides what is pending before any of them writes, so they agree on the split.
     pending = [j for j in jobs if not done(j)]
     costs = [frames_limit(count_frames(j.source, latent_inputs)) for j in pending]
     state.wait_for_everyone()
-    mine = share(state, costs)
-
     records = []
-    bar = tqdm(mine, desc=desc, unit="file", disable=not progress or not state.is_main_process)
-    for i in bar:
-        job = pending[i]
-        started = time.perf_counter()
-        record = {
-            "input": str(job.source),
-            "outputs": [str(p) for p in job.outputs],
-            "seconds": None,
-            "frames": costs[i],
-            "status": "done",
-            "error": None,
-            "process": state.process_index,
-        }
-        try:
-            written = task(job)
-            if isinstance(written, (list, tuple)):
-                record["outputs"] = list(written)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            if os.environ.get("CASCADEV_DEBUG"):
-                traceback.print_exc()
-            record.update(status="failed", error=_error_line(exc))
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        records.append(record)
+    for i in tqdm(share(state, costs), desc=desc, unit="file", disable=not progress or not state.is_main_process):
+        records.append(_run_job(pending[i], task, frames=costs[i], process=state.process_index))
     if finish is not None:
         finish()
-    part = out_dir / f".manifest.part{state.process_index}.jsonl"
-    _write_jsonl(part, records)
+    _write_jsonl(_manifest_part(out_dir, state.process_index), records)
     state.wait_for_everyone()
-
     result = BatchResult()
     if state.is_main_process:
-        ran: dict[str, list[dict[str, Any]]] = {}
-        for k in range(state.num_processes):
-            path = out_dir / f".manifest.part{k}.jsonl"
-            for line in path.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
-                ran.setdefault(record["input"], []).append(record)
-            path.unlink(missing_ok=True)
-        for job in jobs:
-            key = str(job.source)
-            if key in ran:
-                result.records.extend(ran[key])  # one record per input, unless a process repeated one
-            else:  # complete before this run started
-                old = previous.get(key, {})
-                result.records.append(
-                    {
-                        "input": key,
-                        "outputs": [str(p) for p in job.outputs],
-                        "seconds": old.get("seconds"),
-                        "frames": old.get("frames"),
-                        "status": "skipped",
-                        "error": None,
-                        "process": None,
-                    }
-                )
-        _write_jsonl(manifest, result.records)
+        result.records = _merge_manifest(jobs, out_dir, state.num_processes, previous)
     state.wait_for_everyone()
     if not state.is_main_process:
-        result.records = [r for r in _read_manifest(manifest).values()]
+        result.records = list(_read_manifest(out_dir / MANIFEST).values())
     return result
+
+
+def _manifest_part(out_dir: Path, process: int) -> Path:
+    """The manifest lines of one process's share, merged into ``manifest.jsonl`` by the main process."""
+    return out_dir / f".manifest.part{process}.jsonl"
+
+
+def _record(job: Job, status: str, **fields: Any) -> dict[str, Any]:
+    """A manifest line: the input, its outputs, seconds, frames, status, error and the process that ran it."""
+    record = dict(input=str(job.source), outputs=[str(p) for p in job.outputs], seconds=None, frames=None)
+    return {**record, "status": status, "error": None, "process": None, **fields}
+
+
+def _run_job(job: Job, task: Callable[[Job], Sequence[str] | None], **fields: Any) -> dict[str, Any]:
+    """``task(job)``, timed; its exception is recorded (status "failed"), not raised, so the batch goes on."""
+    started = time.perf_counter()
+    record = _record(job, "done", **fields)
+    try:
+        written = task(job)
+        if isinstance(written, (list, tuple)):
+            record["outputs"] = list(written)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if os.environ.get("CASCADEV_DEBUG"):
+            traceback.print_exc()
+        record.update(status="failed", error=_error_line(exc))
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def _merge_manifest(
+    jobs: Sequence[Job], out_dir: Path, processes: int, previous: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The main process's last step: every process's part merged into ``manifest.jsonl``, in the jobs'
+    order; a job no process ran was complete before this run ("skipped", with its earlier figures)."""
+    ran: dict[str, list[dict[str, Any]]] = {}
+    for k in range(processes):
+        path = _manifest_part(out_dir, k)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            ran.setdefault(record["input"], []).append(record)
+        path.unlink(missing_ok=True)
+    records = []
+    for job in jobs:
+        key = str(job.source)
+        if key in ran:
+            records.extend(ran[key])  # one record per input, unless a process repeated one
+        else:
+            old = previous.get(key, {})
+            records.append(_record(job, "skipped", seconds=old.get("seconds"), frames=old.get("frames")))
+    _write_jsonl(out_dir / MANIFEST, records)
+    return records
 
 
 def report(result: BatchResult, out_dir: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,9 +166,9 @@ class ConditionStream:
 def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) -> tuple[LatentRange, int]:
     """Condition latents at ``factor`` times the frame rate, linearly interpolated in time.
 
-    Output frame j lies at input time j / factor: with i = j // factor and w = (j % factor) / factor it
-    is (1 - w) * input[i] + w * input[i + 1] (exactly input[i] when w = 0). Returns ``(read, count)``
-    with ``count = (num_inputs - 1) * factor + 1``; ``read(t0, t1)`` reads only the inputs it needs.
+    Output frame j lies at input time j / factor (:func:`cascadev.frame_times.between_inputs`; exactly an
+    input frame when j is a multiple of ``factor``). Returns ``(read, count)`` with
+    ``count = (num_inputs - 1) * factor + 1``; ``read(t0, t1)`` reads only the inputs it needs.
     """
     count = (num_inputs - 1) * factor + 1  # factor: checked by interpolate_video, this helper's caller
 
@@ -176,57 +177,56 @@ def interpolate_in_time(read_inputs: LatentRange, num_inputs: int, factor: int) 
             raise ValueError(f"frames [{t0}, {t1}) are outside [0, {count})")
         first, last = t0 // factor, -(-(t1 - 1) // factor)
         inputs = read_inputs(first, last + 1)  # (C, last - first + 1, h, w)
-        j = torch.arange(t0, t1)
-        i = j // factor
-        w = ((j % factor).to(torch.float32) / factor)[None, :, None, None]
-        before = inputs[:, i - first]
-        after = inputs[:, (i + 1).clamp(max=last) - first]
-        return before + (after - before) * w
+        i, after, w = frame_times.between_inputs(torch.arange(t0, t1), factor, last)  # each (t1 - t0,)
+        before, after = inputs[:, i - first], inputs[:, after - first]  # (C, t1 - t0, h, w) each
+        return before + (after - before) * w[None, :, None, None].to(inputs.dtype)
 
     return read, count
 
 
-def _open_writer(
+def _enhance(
+    load_pipeline: PipelineLoader,
+    video: str | os.PathLike,
     output: str | os.PathLike,
-    video: VideoReader,
-    fps: float,
-    size: tuple[int, int],
+    sampling: SamplingArgs,
+    *,
+    mode: str,
     start: int,
-    codec: str,
-    crf: int,
-    pix_fmt: str | None,
+    num_frames: int | None,
+    out_size: Callable[[VideoReader], tuple[int, int]],
+    factor: int | None,
+    writer_options: dict[str, Any],
     audio: bool,
-    times: np.ndarray | None = None,
-) -> VideoWriter:
-    audio_start = video.start_time(start)  # variable frame rate: the frames keep their times, audio follows
-    if video.frame_times is not None:
-        fps = frame_times.average_fps(times) if len(times) > 1 else fps
+) -> tuple[tuple[int, int], int]:
+    """What upscale and interpolate share: frames [start, start + num_frames) of ``video`` through the
+    cascade at ``out_size(reader)``, ``factor`` times as many per second if given (else as many), to
+    ``output``, with the audio from the matching time on. Returns the output's (height, width) and frames."""
+    check_choice(mode, MODES, "mode")  # before any work (CascadeVPipeline.plan would refuse it only later)
+    check_not_inputs({"input video": video}, {"output": output})
+    reader = VideoReader(video)
+    start, count = select_frames(reader, start, num_frames)
+    size = out_size(reader)
+    fps, times = reader.output_fps * (factor or 1), frame_times.select(reader.frame_times, start, count)
+    if factor is not None:
+        if fps > MAX_FPS:
+            raise CascadeVError(
+                f"--factor {factor} would make {fps:g} frames per second of {video}'s {reader.output_fps:g}; "
+                f"the most is {MAX_FPS}"
+            )
+        times = None if times is None else frame_times.interpolated_times(times, factor)
+    if times is not None and len(times) > 1:  # variable frame rate: the frames keep their times
+        fps = frame_times.average_fps(times)
     make_folder(Path(output).parent)
-    return VideoWriter(
+    writer = VideoWriter(
         output,
         fps,
         size[0],
         size[1],
-        codec=codec,
-        crf=crf,
-        pix_fmt=pix_fmt,
-        audio_from=video.path if audio else None,
-        audio_start=audio_start,
+        audio_from=reader.path if audio else None,
+        audio_start=reader.start_time(start),
         frame_times=times,
+        **writer_options,
     )
-
-
-def _stream(
-    load_pipeline: PipelineLoader,
-    writer: VideoWriter,
-    reader: VideoReader,
-    start: int,
-    count: int,
-    size: tuple[int, int],
-    sampling: SamplingArgs,
-    mode: str,
-    factor: int | None,
-) -> None:
     with writer, WriteBehind() as behind:
         pipe = load_pipeline()
         latents = ConditionStream(reader, start, count, condition_encoder(pipe, size))
@@ -236,6 +236,7 @@ def _stream(
                 behind.submit(write_frames, writer, frames, *size)
         finally:
             latents.close()
+    return size, writer.frames_written
 
 
 def upscale_video(
@@ -257,28 +258,24 @@ def upscale_video(
     """Video file -> the same video ``scale`` times larger (or with short side ``size``) at the same fps.
 
     ``mode``: "tiles" (default, the trained path), or the experimental "2x" / "auto" (2x mode for DiT
-    latents of at least twice the trained size per side, else tiles). Frames [start, start + num_frames) are used (default all); the audio track is
-    copied from the matching time on. Returns the output's (height, width).
+    latents of at least twice the trained size per side, else tiles). Frames [start, start + num_frames)
+    are used (default all); the audio track is copied from the matching time on. Returns the output's
+    (height, width).
     """
     check_whole(scale, "--scale")
-    check_choice(mode, MODES, "mode")  # before any work (CascadeVPipeline.plan would refuse it only later)
-    check_not_inputs({"input video": video}, {"output": output})
-    reader = VideoReader(video)
-    start, count = select_frames(reader, start, num_frames)
-    out_size = target_size(reader.height, reader.width, scale=None if size is not None else scale, size=size)
-    writer = _open_writer(
+    out_size, _ = _enhance(
+        load_pipeline,
+        video,
         output,
-        reader,
-        reader.output_fps,
-        out_size,
-        start,
-        codec,
-        crf,
-        pix_fmt,
-        audio,
-        frame_times.select(reader.frame_times, start, count),
+        sampling,
+        mode=mode,
+        start=start,
+        num_frames=num_frames,
+        out_size=lambda r: target_size(r.height, r.width, scale=None if size is not None else scale, size=size),
+        factor=None,
+        writer_options=dict(codec=codec, crf=crf, pix_fmt=pix_fmt),
+        audio=audio,
     )
-    _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, None)
     return out_size
 
 
@@ -303,29 +300,17 @@ def interpolate_video(
     The frames keep their size (or get short side ``size``). Returns the number of frames written.
     """
     factor = check_whole(factor, "--factor")
-    check_choice(mode, MODES, "mode")
-    check_not_inputs({"input video": video}, {"output": output})
-    reader = VideoReader(video)
-    start, count = select_frames(reader, start, num_frames)
-    out_size = target_size(reader.height, reader.width, size=size)
-    fps = reader.output_fps * factor
-    if fps > MAX_FPS:
-        raise CascadeVError(
-            f"--factor {factor} would make {fps:g} frames per second of {video}'s {reader.output_fps:g}; "
-            f"the most is {MAX_FPS}"
-        )
-    times = frame_times.select(reader.frame_times, start, count)
-    writer = _open_writer(
+    _, frames = _enhance(
+        load_pipeline,
+        video,
         output,
-        reader,
-        fps,
-        out_size,
-        start,
-        codec,
-        crf,
-        pix_fmt,
-        audio,
-        None if times is None else frame_times.interpolated_times(times, factor),
+        sampling,
+        mode=mode,
+        start=start,
+        num_frames=num_frames,
+        out_size=lambda r: target_size(r.height, r.width, size=size),
+        factor=factor,
+        writer_options=dict(codec=codec, crf=crf, pix_fmt=pix_fmt),
+        audio=audio,
     )
-    _stream(load_pipeline, writer, reader, start, count, out_size, sampling, mode, factor)
-    return writer.frames_written
+    return frames

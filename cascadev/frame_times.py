@@ -11,6 +11,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import av
 import numpy as np
@@ -94,15 +95,20 @@ def announced_frames(path: str | os.PathLike) -> tuple[int, bool] | None:
         return None
 
 
-def interpolated_times(times: np.ndarray, factor: int) -> np.ndarray:
-    """Frame times at ``factor`` times the rate: output frame j lies at input time j / factor, placed
-    linearly between its two input frames' times; the last output frame ends where the input does."""
-    starts = times[:-1]
-    j = np.arange((starts.size - 1) * factor + 1)
+def between_inputs(j: Any, factor: int, last: int) -> tuple[Any, Any, Any]:
+    """Where output frames ``j`` (integer numpy array or torch tensor) of an interpolation by ``factor``
+    lie: at input time j / factor, i.e. ``(1 - w) * input[i] + w * input[after]`` with ``i = j // factor``,
+    ``after = i + 1`` (``i`` at input ``last``) and ``w = (j % factor) / factor``. Returns ``(i, after, w)``."""
     i = j // factor
-    w = (j % factor) / factor
-    after = starts[np.minimum(i + 1, starts.size - 1)]
-    return np.append(starts[i] + (after - starts[i]) * w, times[-1])
+    return i, i + (i < last), (j % factor) / factor
+
+
+def interpolated_times(times: np.ndarray, factor: int) -> np.ndarray:
+    """Frame times at ``factor`` times the rate, placed linearly between their two input frames' times
+    (:func:`between_inputs`); the last output frame ends where the input does."""
+    starts = times[:-1]
+    i, after, w = between_inputs(np.arange((starts.size - 1) * factor + 1), factor, starts.size - 1)
+    return np.append(starts[i] + (starts[after] - starts[i]) * w, times[-1])
 
 
 def dumps(times: np.ndarray | Sequence[float]) -> str:

@@ -94,7 +94,9 @@ def decode_frames(
 
     Counting frames, not sampling steps, keeps the rate steady: the time a frame takes includes its
     share of condition encoding, sampling, SVD decoding and writing, whichever of them a chunk needs.
+    The preset may set the SVD decoder's chunk for this length (the release's 4 or 5 frames).
     """
+    pipe.vae_chunk = sampling.preset.vae_chunk(total, pipe.vae_chunk)
     with tqdm(total=total, desc="decoding", unit="frame", disable=not sampling.progress, leave=False) as bar:
         for frames in pipe.decode(read, total, **dict(sampling.decode_options(), progress=False), **options):
             yield frames
@@ -195,7 +197,6 @@ def _decode_latent(
         WriteBehind() as behind,
     ):
         pipe = load_pipeline()
-        pipe.vae_chunk = sampling.preset.vae_chunk(reader.num_frames, pipe.vae_chunk)
         for frames in decode_frames(pipe, reader.read, reader.num_frames, sampling, sampled=sampled):
             behind.submit(write_frames, writer, frames, meta.height, meta.width, sampling.preset.truncate)
 
@@ -236,27 +237,33 @@ def reconstruct_video(
     make_folder(out_dir)
     try:
         with output_lock(out_dir, folder=True):  # two runs into one folder would mix their outputs
-            existed = {name for name, path in paths.items() if path.exists()}
+            # An earlier run's outputs wait under hidden names: a run that fails or is stopped puts them
+            # back whole, instead of leaving its new latent beside the old videos.
+            previous = {path: path.with_name(f".{path.name}.previous") for path in paths.values() if path.exists()}
+            for path, aside in previous.items():
+                os.replace(path, aside)
             try:
                 _reconstruct(
                     load_pipeline,
                     source,
-                    video,
                     paths,
                     sampling,
-                    size,
-                    start,
-                    num_frames,
-                    compare_frames,
-                    writer_options,
-                    share_segments,
+                    size=size,
+                    start=start,
+                    num_frames=num_frames,
+                    compare_frames=compare_frames,
+                    writer_options=writer_options,
+                    share_segments=share_segments,
                 )
             except BaseException:
                 # Nothing half-done: the files this run made go (a failed recon leaves no latent without videos).
-                for name, path in paths.items():
-                    if name not in existed:
-                        remove_quietly(path)
+                for path in paths.values():
+                    remove_quietly(path)
+                for path, aside in previous.items():
+                    os.replace(aside, path)
                 raise
+            for aside in previous.values():
+                remove_quietly(aside)
     except BaseException:
         if made_dir:  # after the lock file is gone
             try:
@@ -270,22 +277,24 @@ def reconstruct_video(
 def _reconstruct(
     load_pipeline: PipelineLoader,
     source: VideoReader,
-    video: str | os.PathLike,
     paths: dict[str, Path],
     sampling: SamplingArgs,
+    *,
     size: int | None,
     start: int,
     num_frames: int | None,
     compare_frames: int,
     writer_options: dict,
-    share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None = None,
+    share_segments: Callable[[Path], Callable[[int], torch.Tensor]] | None,
 ) -> None:
+    """``reconstruct_video``'s work, in its locked folder: encode, then decode into the four videos and
+    the comparison picture at once (the preview and the source frames chunk by chunk beside the decode)."""
     load_once = functools.cache(load_pipeline)  # encode and decode share one pipeline
 
     preset = sampling.preset
     meta = encode_video(
         load_once,
-        video,
+        source.path,
         paths["latent.safetensors"],
         size=size,
         start=start,
@@ -297,7 +306,6 @@ def _reconstruct(
     sampled = share_segments(paths["latent.safetensors"]) if share_segments is not None else None
     with LatentReader(paths["latent.safetensors"]) as latent:
         count = latent.num_frames
-        pipe.vae_chunk = preset.vae_chunk(count, pipe.vae_chunk)
         picks = sorted(set(np.linspace(0, count - 1, min(compare_frames, count)).round().astype(int).tolist()))
         picked: list[np.ndarray] = []
         h, w = meta.height, meta.width

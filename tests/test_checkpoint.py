@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,16 @@ def test_save_safetensors_replaces_existing_file(tmp_path):
     save_safetensors({"b": torch.zeros(3)}, path)
     assert set(load_file(str(path))) == {"b"}
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_a_saved_file_has_an_outputs_mode_not_a_temporary_files(tmp_path):
+    """safetensors' save_file makes a new private (0600) file in place of the temporary one; an output is
+    shared like any other file: 0666 & ~umask."""
+    umask = os.umask(0o022)
+    try:
+        assert save_safetensors({"a": torch.ones(2)}, tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
 
 
 # ---------------------------------------------------------------- fitting
@@ -381,6 +392,10 @@ def test_dit_is_a_diffusers_model_and_loads_from_a_pretrained_folder(tmp_path, c
     torch.save({"state_dict": dit.state_dict()}, pth)
     result = _convert(str(pth), "-o", str(tmp_path / "folder"), "--config", TINY_CONFIG)
     assert result.returncode == 0, result.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    for made in (tmp_path / "folder", tmp_path / "folder" / "config.json"):  # not mkdtemp's private 0700
+        assert made.stat().st_mode & 0o777 == (0o777 if made.is_dir() else 0o666) & ~umask, made
     pipe = build_pipeline(cfg, ["dit"], ckpt=tmp_path / "folder")
     with torch.no_grad():
         torch.testing.assert_close(pipe.dit(x, t), dit(x, t))

@@ -224,3 +224,24 @@ def test_a_signal_as_a_partial_file_is_made_leaves_no_trace(
     )
     assert code == 130
     assert sorted(p.name for p in kept.iterdir()) == [".other.safetensors.partial-1.00000000-abcd1234.safetensors"]
+
+
+def test_a_stopped_re_run_puts_the_earlier_outputs_back_whole(tmp_path, capsys, clip, monkeypatch, restore_signals):
+    """A recon into a folder holding an earlier run's outputs, stopped after its new latent is written:
+    the folder holds the earlier run's set again, unmixed (was: the new latent beside the old videos)."""
+    from cascadev.pipeline import CascadeVPipeline
+
+    out = tmp_path / "out"
+    model = ["--config", TINY, "--random-init", "--quiet", "--steps", "1"]
+    assert run_cli(capsys, "recon", clip, "-o", out, "--num-frames", 3, *model)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert "latent.safetensors" in before and "recon.mp4" in before
+
+    def stopped(self, latent):
+        raise Signalled(signal.SIGTERM)  # as a SIGTERM lands: the new latent exists, no video is done
+
+    monkeypatch.setattr(CascadeVPipeline, "vae_decode", stopped)
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--num-frames", 5, *model)
+    assert code == 143, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".previous")]

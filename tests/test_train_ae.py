@@ -185,7 +185,7 @@ def test_latent_scale_is_one_over_the_std_of_the_training_clips_posterior_sample
     cfg = load_config(TINY, [f"video_list=['{clips / 'two.txt'}']"])
     scale = latent_scale(cfg, str(tiny_weights), clips=2)
     vae = build_pipeline(cfg, ["vae"], weights_dir=tiny_weights).vae
-    dataset = build_dataset(cfg, 0, global_batch=1)
+    dataset = build_dataset(cfg, 0, clips_per_batch=1)
     with torch.no_grad():  # the same clips through diffusers' posterior, in one call each
         posteriors = [vae.encode(dataset[i]["video"]).latent_dist for i in range(2)]
     means = torch.cat([p.mean.flatten() for p in posteriors])

@@ -26,6 +26,7 @@ except ImportError:  # run from a checkout where the package is not installed
 import torch
 
 from cascadev.argparsing import Parser, fail
+from cascadev.atomic import publish_mode
 from cascadev.errors import CascadeVError
 
 PROG = "convert_checkpoint"
@@ -80,6 +81,7 @@ def convert_to_folder(src: Path, dst: Path, config: str, key: str | None = None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         model.save_pretrained(tmp)
+        publish_mode(tmp)  # mkdtemp's folder is private
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

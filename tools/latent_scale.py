@@ -24,7 +24,7 @@ def latent_scale(cfg: Config, weights_dir: str | None, clips: int) -> float:
     """1 / std of unscaled posterior samples of the first ``clips`` training clips, drawn as training does."""
     # The posterior through the pipeline's Conditioner (chunked, as the trainer's FrozenEncoders call it).
     conditioner = build_pipeline(cfg, ["vae"], weights_dir=weights_dir).conditioner
-    dataset = build_dataset(cfg, int(setting(cfg, "seed")), global_batch=1)  # the clips, as the trainer reads them
+    dataset = build_dataset(cfg, int(setting(cfg, "seed")), clips_per_batch=1)  # the clips, as the trainer reads them
     generator = torch.Generator().manual_seed(0)
     samples = []
     with torch.no_grad():

@@ -39,7 +39,7 @@ except ImportError:  # run from a checkout where the package is not installed
 
 from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_float, positive_int
-from cascadev.atomic import atomic_output
+from cascadev.atomic import atomic_output, make_folder
 from cascadev.errors import CascadeVError
 from cascadev.evaluation.runner import list_videos
 from cascadev.frames import crop as crop_frames
@@ -130,10 +130,7 @@ def prepare(
     videos = list_videos(src, "the Inter4K source")
     if len(videos) < num_videos:
         raise CascadeVError(f"{src} holds {len(videos)} videos, fewer than the {num_videos} asked for (--num-videos).")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
+    make_folder(out_dir)
     written: list[Path] = []
     manifest = {
         "source": str(src),

@@ -23,6 +23,7 @@ import numpy as np
 from cascadev import frame_times
 from cascadev.argparsing import Parser, fail
 from cascadev.argtypes import non_negative_int, positive_int
+from cascadev.atomic import make_folder
 from cascadev.errors import CascadeVError
 from cascadev.frames import bicubic_round_trip, round_half_up
 from cascadev.latent_io import LATENT_STRIDE
@@ -89,11 +90,7 @@ def bicubic_folder(
     from .runner import list_videos
 
     videos = list_videos(src, "the source")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CascadeVError(f"Cannot create the output folder {out_dir}: {exc.strerror or exc}.") from exc
+    out_dir = make_folder(out_dir)
     written = []
     for name, path in tqdm(videos.items(), desc="bicubic", unit="video", disable=not progress):
         dst = out_dir / f"{name}.mp4"

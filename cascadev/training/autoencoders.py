@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import publish_mode
 from ..checkpoint import save_safetensors
 from ..conditioning import VAE_STRIDE
 from ..config_defaults import setting
@@ -190,6 +191,7 @@ class AutoencoderTrainer(Trainer):
         tmp = out_dir / f".{final.name}.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
+        publish_mode(tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ..atomic import disk_full_error, is_disk_full, write_error
+from ..atomic import disk_full_error, is_disk_full, publish_mode, write_error
 from ..errors import CascadeVError
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -38,9 +38,6 @@ MANIFEST_FILE = "manifest.json"
 # accelerate writes these with torch.save (pickles): optimizer.bin, scheduler.bin, random_states_0.pkl, ...
 ACCELERATE_PICKLES = (".bin", ".pkl", ".pt", ".pth")
 _HASH_CHUNK = 8 << 20
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def checkpoint_dir(work_dir: Path, step: int) -> Path:
@@ -240,10 +237,7 @@ def finish(work_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write the trainer state and manifest into the partial folder, rename it into place, prune (main process)."""
     tmp, final = partial_dir(work_dir, step), checkpoint_dir(work_dir, step)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    mode = 0o666 & ~_UMASK  # accelerate's files come out 0600; checkpoints are shared like outputs
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            path.chmod(mode)
+    publish_mode(tmp)  # accelerate's files come out 0600; checkpoints are shared like outputs
     write_manifest(tmp)
     if final.exists():  # the same step saved twice (end of a run that just saved): replace it
         _delete(final)

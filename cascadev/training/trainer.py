@@ -167,16 +167,16 @@ def clip_geometry(cfg: Config) -> tuple[int, int, int]:
     return tuple(int(setting(cfg, key)) for key in ("num_frames_per_video", "time_stride", "sample_size"))
 
 
-def build_dataset(cfg: Config, seed: int, global_batch: int) -> VideoClipDataset:
+def build_dataset(cfg: Config, seed: int, clips_per_batch: int) -> VideoClipDataset:
     """The training clips of the config's video lists."""
     videos = read_video_list(cfg.video_list)
-    # A list smaller than one global batch (a smoke run on one video) draws several clips per video
+    # A list smaller than one batch of all processes (a smoke run on one video) draws several clips per video
     # per epoch; real lists keep the release's one clip per video per epoch.
     return VideoClipDataset(
         videos,
         *clip_geometry(cfg),
         seed=seed,
-        clips_per_video=-(-global_batch // len(videos)),
+        clips_per_video=-(-clips_per_batch // len(videos)),
         **dict(setting(cfg, "data")),
     )
 
@@ -249,9 +249,9 @@ class Trainer:
                 raise CascadeVError(f"validation.video: {exc}") from None
 
         self.batch_size = int(setting(cfg, "train_batch_size"))
-        global_batch = self.batch_size * acc.num_processes
-        self.dataset = build_dataset(cfg, self.seed, global_batch)
-        self.batches_per_epoch = len(self.dataset) // global_batch
+        clips_per_batch = self.batch_size * acc.num_processes  # one micro-step of every process
+        self.dataset = build_dataset(cfg, self.seed, clips_per_batch)
+        self.batches_per_epoch = len(self.dataset) // clips_per_batch
         self.resume_from = self._resume_point()
         model = self.build_model()
         # Only now: a run that stops at its video list or its weights leaves no work dir behind.
