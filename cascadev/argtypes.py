@@ -17,6 +17,7 @@ __all__ = [
     "seed",
     "device",
     "frame_size",
+    "width_by_height",
     "max_size",
     "size_limit_problem",
     "SEED_LIMIT",
@@ -43,6 +44,17 @@ def positive_int(value: str) -> int:
 
 def non_negative_int(value: str) -> int:
     return whole(value, 0)
+
+
+def width_by_height(value: str) -> tuple[int, int]:
+    """``WxH`` (``1024x576``) -> (W, H), both whole numbers of at least 1."""
+    w, x, h = value.lower().partition("x")
+    try:
+        if not x:
+            raise argparse.ArgumentTypeError("")
+        return positive_int(w), positive_int(h)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels (e.g. 1024x576), got {value!r}") from None
 
 
 def positive_float(value: str) -> float:

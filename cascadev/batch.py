@@ -165,12 +165,15 @@ def run_batch(
     frames_limit: Callable[[int], int] = lambda n: n,
     progress: bool = True,
     desc: str = "files",
+    settings: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Run ``task`` on each pending job of this process's share; record all jobs in the manifest.
 
     A job's exception is recorded (status "failed") and the batch goes on; the caller reports failures.
     ``done(job)`` says whether a job's outputs are complete (default: its output files exist); ``task``
     may return the outputs it wrote, for the manifest; ``finish`` runs after this process's last job.
+    ``settings`` (the options that shape the outputs) are recorded with each job: complete outputs that
+    an earlier run made with other settings are refused, not taken for this run's.
     """
     state = distributed_state()
     if state.is_main_process:
@@ -178,11 +181,13 @@ def run_batch(
     previous = _read_manifest(out_dir / MANIFEST)
     # Every process decides what is pending before any of them writes, so they agree on the split.
     pending = [j for j in jobs if not done(j)]
+    if settings is not None:
+        _check_settings([j for j in jobs if j not in pending], previous, settings, out_dir)
     costs = [frames_limit(count_frames(j.source, latent_inputs)) for j in pending]
     state.wait_for_everyone()
     records = []
     for i in tqdm(share(state, costs), desc=desc, unit="file", disable=not progress or not state.is_main_process):
-        records.append(_run_job(pending[i], task, frames=costs[i], process=state.process_index))
+        records.append(_run_job(pending[i], task, frames=costs[i], process=state.process_index, settings=settings))
     if finish is not None:
         finish()
     _write_jsonl(_manifest_part(out_dir, state.process_index), records)
@@ -194,6 +199,23 @@ def run_batch(
     if not state.is_main_process:
         result.records = list(_read_manifest(out_dir / MANIFEST).values())
     return result
+
+
+def _check_settings(
+    complete: Sequence[Job], previous: dict[str, dict[str, Any]], settings: dict[str, Any], out_dir: Path
+) -> None:
+    """Complete outputs count as this run's only if the manifest says they were made with ``settings``
+    (a manifest of an older version, without settings, is taken at its word)."""
+    for job in complete:
+        made_with = previous.get(str(job.source), {}).get("settings")
+        if made_with is None or made_with == settings:
+            continue
+        changed = [k for k in sorted(set(settings) | set(made_with)) if settings.get(k) != made_with.get(k)]
+        shown = ", ".join(f"{k}={made_with.get(k)!r} (now {settings.get(k)!r})" for k in changed[:3])
+        raise CascadeVError(
+            f"{out_dir} holds outputs of {job.source} made with other options ({shown}); remove them, or "
+            "choose another output folder."
+        )
 
 
 def _manifest_part(out_dir: Path, process: int) -> Path:
@@ -244,7 +266,9 @@ def _merge_manifest(
             records.extend(ran[key])  # one record per input, unless a process repeated one
         else:
             old = previous.get(key, {})
-            records.append(_record(job, "skipped", seconds=old.get("seconds"), frames=old.get("frames")))
+            records.append(
+                _record(job, "skipped", **{k: old.get(k) for k in ("seconds", "frames", "settings") if k in old})
+            )
     _write_jsonl(out_dir / MANIFEST, records)
     return records
 
@@ -318,6 +342,23 @@ def run_command(
             return task(job.source, job.target, load)
 
     result = run_batch(
-        jobs, run_one, out_dir, latent_inputs=latent, frames_limit=frames, progress=not args.quiet, desc=args.command
+        jobs,
+        run_one,
+        out_dir,
+        latent_inputs=latent,
+        frames_limit=frames,
+        progress=not args.quiet,
+        desc=args.command,
+        settings=output_settings(args),
     )
     report(result, out_dir)
+
+
+# What a batch's options say of where it reads and writes and how fast it runs, not of what it writes.
+_NOT_OUTPUT_SETTINGS = frozenset({"video", "latent", "output", "quiet", "device", "batch_size"})
+
+
+def output_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The command and the options that shape its outputs, as the manifest records them (JSON values)."""
+    chosen = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_OUTPUT_SETTINGS}
+    return json.loads(json.dumps(chosen, default=str))

@@ -103,7 +103,10 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
         "--seed", type=seed, default=0, help="noise seed, 0 to 2**63 - 1; the same seed gives the same video"
     )
     g.add_argument(
-        "--segment-frames", type=non_negative_int, default=None, help="latent frames sampled at once (0 = all)"
+        "--segment-frames",
+        type=non_negative_int,
+        default=None,
+        help="latent frames sampled at once (0 = all; else at least the DiT's window)",
     )
     g.add_argument("--batch-size", type=positive_int, default=None, help="windows x tiles per DiT call")
     g.add_argument("--vae-chunk", type=positive_int, default=None, help="frames per SVD decoder call")
@@ -493,10 +496,12 @@ def run(args: argparse.Namespace) -> None:
             for folder in made:
                 _remove_if_untrained(folder)
             raise
-        # A resumed run with nothing left to train writes no checkpoint; train-ae still writes its export.
-        written = saved if saved is not None else getattr(trainer, "export_dir", None)
-        if trainer.accelerator.is_main_process and written is not None:
-            _wrote(written, f"step {trainer.state['step']}")
+        if trainer.accelerator.is_main_process:
+            step = f"step {trainer.state['step']}"
+            if args.command == "train-ae":  # the export is what --weights-dir takes
+                _wrote(trainer.export_dir, step if saved is None else f"{step}, checkpoint {saved}")
+            elif saved is not None:  # a resumed run with nothing left to train writes no checkpoint
+                _wrote(saved, step)
         return
     _check_model_files_are_not_outputs(args)
     cfg = load_config(args.config or _default_config(), args.cfg_options)

@@ -61,11 +61,19 @@ def contact_sheet(rows: Sequence[np.ndarray], titles: Sequence[str], frame_numbe
     return np.asarray(sheet)
 
 
+def check_png_name(path: str | os.PathLike[str]) -> Path:
+    """``path`` if its name ends in .png: pictures are written as PNG, which another suffix would misname."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise CascadeVError(f"The picture {path} is written as PNG: give it a name that ends in .png.")
+    return path
+
+
 def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
     """Save a uint8 RGB image ``(H, W, 3)`` as PNG, atomically (temporary file, then rename)."""
     from PIL import Image
 
-    path = Path(path)
+    path = check_png_name(path)
     check_output_path(path, "output image")
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:

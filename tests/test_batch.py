@@ -74,6 +74,13 @@ def test_batch_encode_resumes_records_and_reports_a_bad_input(tmp_path, vids, ca
     assert [rec[n]["status"] for n in ("a", "b", "c10")] == ["skipped", "skipped", "done"]
     assert rec["a"]["frames"] == 8  # carried over from the run that made it
     assert (out / "a.safetensors").stat().st_mtime_ns == mtime
+    assert rec["a"]["settings"] == rec["c10"]["settings"] and rec["a"]["settings"]["command"] == "encode"
+    # Other options: the complete outputs are not this run's, and are refused rather than kept silently.
+    capsys.readouterr()
+    code = main(["encode", str(vids), "-o", str(out), "--num-frames", "3", *MODEL])
+    assert_one_line_error(code, capsys.readouterr().err, "made with other options", "num_frames=None (now 3)")
+    assert (out / "a.safetensors").stat().st_mtime_ns == mtime
+    assert main(["encode", str(vids), "-o", str(out), "--device", "cpu", *MODEL]) == 0  # where it runs: the same
 
 
 def test_single_input_keeps_todays_behaviour(tmp_path, vids):

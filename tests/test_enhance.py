@@ -484,3 +484,6 @@ def test_compare_tool_puts_the_resized_input_beside_the_output(tmp_path, clips, 
     assert (image[:top] < 128).any()  # text (titles, frame number) above the first row
     assert tool.main([str(tmp_path / "none.mp4"), str(big), "-o", str(png)]) == 2
     assert "none.mp4" in capsys.readouterr().err
+    # A PNG under another name is refused, before any work (was: PNG bytes written to cmp.jpg).
+    assert tool.main([str(clips[3]), str(big), "-o", str(tmp_path / "cmp.jpg")]) == 2
+    assert "give it a name that ends in .png" in capsys.readouterr().err and not (tmp_path / "cmp.jpg").exists()

@@ -71,3 +71,12 @@ def test_recon_sh_uses_nano_without_the_released_weights(tmp_path):
     assert len(lines) == 1 and "small demo model" in lines[0] and "pretrained/download.sh" in lines[0]
     assert VideoReader(out / "recon.mp4").num_frames == 4
     assert np.asarray(VideoReader(out / "recon.mp4").read([0])).shape == (1, 256, 256, 3)
+
+
+def test_train_nano_help_is_its_usage_not_a_run(tmp_path):
+    """--help prints the header's usage and exits 0, starting no stage (was: taken for WORK_DIR)."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "tools" / "train_nano.sh"), "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0 and "bash tools/train_nano.sh [WORK_DIR]" in result.stdout, result.stderr
+    assert "==" not in result.stdout and not (ROOT / "--help").exists() and list(tmp_path.iterdir()) == []

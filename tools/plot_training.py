@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a sourc
 from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
+from cascadev.pictures import check_png_name  # noqa: E402
 from cascadev.training import metrics_log  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(titles) != len(args.work_dirs):
             raise CascadeVError(f"--titles has {len(titles)} names for {len(args.work_dirs)} work dirs")
-        plot(args.work_dirs, titles, args.output)
+        plot(args.work_dirs, titles, check_png_name(args.output))
     except CascadeVError as exc:
         return fail("plot_training", exc)
     print(f"wrote {args.output}")

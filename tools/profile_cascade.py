@@ -46,7 +46,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev.argparsing import Parser, fail  # noqa: E402
-from cascadev.argtypes import positive_int  # noqa: E402
+from cascadev.argtypes import positive_int, width_by_height  # noqa: E402
 from cascadev.atomic import atomic_output  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import VAE_STRIDE  # noqa: E402
@@ -58,7 +58,6 @@ from cascadev.reconstruct import SamplingArgs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import (  # noqa: E402
-    _width_by_height,
     measured_peak_tflops,
     recorded_dit_calls,
     run_task,
@@ -310,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/s1024_effn_f32.py")
     add_device_options(parser)
     parser.add_argument("--frames", type=positive_int, default=8)
-    parser.add_argument("--size", type=_width_by_height, default=(1024, 1024), help="WxH (default 1024x1024)")
+    parser.add_argument("--size", type=width_by_height, default=(1024, 1024), help="WxH (default 1024x1024)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed runs per figure (median)")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")

@@ -14,6 +14,10 @@
 #                   8 epochs' cached clips (240), then DIT_MORE_STEPS more on 40 epochs' (1,200; same work dir)
 # Stages 1 and 2 are independent: PARALLEL=1 runs them side by side (one thread each).
 set -euo pipefail
+if [[ $# -ge 1 && ( $1 == -h || $1 == --help ) ]]; then
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+    exit 0
+fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 WORK=${1:-work_dirs/nano}

@@ -44,7 +44,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-frames", type=positive_int, default=None, help="compare only the first N frames of each video"
     )
-    p.add_argument("--label", default=None, help="row label in the tables (default: the REC folder's name)")
+    p.add_argument(
+        "--label", default=None, help="row label in the tables (default: the REC folder's name, or a REC file's stem)"
+    )
     p.add_argument(
         "--chunk-frames", type=positive_int, default=16, help="frames read and compared at a time (default 16)"
     )
