@@ -276,14 +276,15 @@ def test_bad_videos_are_skipped_counted_and_all_bad_is_an_error(tmp_path, clips,
 
 
 def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
-    """train_vae.sh with USE_CPU=1 GPUS=2: accelerate launches 2 gloo processes."""
+    """train_vae.sh with USE_CPU=1 GPUS=2: accelerate launches 2 gloo processes. Run from another folder,
+    its relative WORK_DIR is that folder's (was: the repository's)."""
     work = tmp_path / "w"
     env = dict(
         os.environ,
         USE_CPU="1",
         GPUS="2",
         CONFIG=TINY,
-        WORK_DIR=str(work),
+        WORK_DIR="w",
         MASTER_PORT="29617",
         ACCELERATE=str(Path(sys.executable).with_name("accelerate")),
         OMP_NUM_THREADS="1",
@@ -299,7 +300,7 @@ def test_two_processes_split_the_batch_and_stay_in_sync(tmp_path, clips):
         f"video_list=['{clips / 'four.txt'}']",
         "lr_schedule_args.num_warmup_steps=10",
     ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = metrics(work)
     assert [r["global_batch"] for r in records] == [4, 4]
