@@ -180,9 +180,10 @@ def run_batch(
         make_folder(out_dir)
     previous = _read_manifest(out_dir / MANIFEST)
     # Every process decides what is pending before any of them writes, so they agree on the split.
-    pending = [j for j in jobs if not done(j)]
+    complete = [done(j) for j in jobs]
+    pending = [j for j, finished in zip(jobs, complete) if not finished]
     if settings is not None:
-        _check_settings([j for j in jobs if j not in pending], previous, settings, out_dir)
+        _check_settings([j for j, finished in zip(jobs, complete) if finished], previous, settings, out_dir)
     costs = [frames_limit(count_frames(j.source, latent_inputs)) for j in pending]
     state.wait_for_everyone()
     records = []

@@ -14,7 +14,7 @@ import threading
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .argparsing import Parser, fail
 from .argtypes import device, frame_size, non_negative_int, positive_float, positive_int, seed
@@ -23,6 +23,15 @@ from .errors import CascadeVError, Interrupted, first_line
 from .outlock import output_lock
 from .presets import PRESETS
 from .rules import AUTOENCODER_PARTS, MODES, PRECISIONS, SCHEDULERS, SHARD_MB, VIDEO_CODEC, VIDEO_CRF
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+
+    from .pipeline import CascadeVPipeline
+    from .presets import Preset
+
+    # A command's work on one input: task(input, output, load_pipeline), as cascadev.batch runs it.
+    Task = Callable[[Path, Path, Callable[[], CascadeVPipeline]], object]
 
 DEFAULT_CONFIG = "configs/s1024_effn_f32.py"
 
@@ -316,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _preset(args: argparse.Namespace):
+def _preset(args: argparse.Namespace) -> Preset:
     return PRESETS[getattr(args, "preset", "default")]  # a name the parser's choices let through
 
 
-def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
+def _loader(args: argparse.Namespace, cfg: Config, parts: Sequence[str]) -> Callable[[], CascadeVPipeline]:
     from .loading import build_pipeline, resolve_device, resolve_precision, resolve_weights
 
     device = resolve_device(args.device)
@@ -341,7 +350,7 @@ def _loader(args: argparse.Namespace, cfg, parts: Sequence[str]):
 
         print(f"cascadev: {NOISE_NOTE}", file=sys.stderr)
 
-    def load():
+    def load() -> CascadeVPipeline:
         return build_pipeline(
             cfg,
             parts,
@@ -542,7 +551,7 @@ def _summary(command: str, output: str) -> str:
     return _video_summary(output)
 
 
-def _task(args: argparse.Namespace, cfg, single: bool = False):
+def _task(args: argparse.Namespace, cfg: Config, single: bool = False) -> tuple[list[str], Task]:
     """The command's model parts and ``task(input, output, load_pipeline)`` that runs it on one input."""
     from . import reconstruct
 

@@ -45,6 +45,7 @@ DEFAULT_KIND = "semantic"  # the release's
 # PixArt-Σ's SDXL latent scale, kept by the release for both the SVD latent and the condition.
 SCALE_FACTOR = 0.13025
 VAE_STRIDE = 8  # pixels per SVD-VAE latent position
+COMPRESSOR_STRIDE = 32  # pixels per semantic-latent position: the EfficientNet compressor's 1/32
 
 
 def check_kind(kind: str) -> str:

@@ -27,8 +27,8 @@ import torch
 
 from cascadev import frame_times as times_io
 from cascadev.atomic import AtomicWriter, check_output_path, commit, remove_quietly, temp_path, write_error
+from cascadev.conditioning import COMPRESSOR_STRIDE
 from cascadev.errors import CascadeVError
-from cascadev.models.compressor import COMPRESSOR_STRIDE
 from cascadev.rules import MAX_FPS
 
 __all__ = [

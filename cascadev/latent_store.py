@@ -95,7 +95,7 @@ class ShardWriter:
     def current(self) -> str:
         return f"shard-{self.prefix}-{self.count:05d}.safetensors"
 
-    def add(self, record: dict[str, Any], latent) -> str:
+    def add(self, record: dict[str, Any], latent: torch.Tensor) -> str:
         """Queue one clip; returns the name of the shard it will be in."""
         nbytes = latent.numel() * latent.element_size()
         if self._tensors and self._bytes + nbytes > self.max_bytes:

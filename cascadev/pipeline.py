@@ -273,7 +273,7 @@ class CascadeVPipeline:
         reads too) over all windows and tiles: (T, 4, H, W)."""
         frames, tile = tiling.frames, tiling.tile
         blended = torch.zeros_like(x)
-        inputs_all = torch.cat([x, cond], dim=1)
+        inputs_all = torch.cat([x, cond], dim=1)  # (T, 4 + Cc, H, W)
         jobs = list(tiling)
         for i in range(0, len(jobs), self.batch_size):
             batch = jobs[i : i + self.batch_size]

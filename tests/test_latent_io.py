@@ -6,6 +6,8 @@ import gc
 import json
 import re
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -237,3 +239,13 @@ def test_a_writer_refuses_what_a_reader_would(tmp_path):
         assert not path.exists()
     with pytest.raises(TypeError, match="a LatentMeta or a dict, got list"):
         LatentWriter(path, (16, 2, 2, 2), [1, 2])
+
+
+def test_the_latent_format_does_not_load_the_models():
+    """Reading a latent (decode's checks, the latent store's data loaders) imports neither diffusers nor
+    the model code: that alone took seconds before the first line of work."""
+    code = (
+        "import sys, cascadev.latent_io; print(sorted(m for m in ('diffusers', 'cascadev.models') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

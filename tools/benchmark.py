@@ -49,6 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmengine.config import Config  # noqa: E402
+
 from cascadev import overlap, reconstruct  # noqa: E402
 from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int, width_by_height  # noqa: E402
@@ -181,8 +183,17 @@ def synthetic_video(path: Path, frames: int, height: int, width: int) -> None:
 
 
 def run_case(
-    args, cfg, name: str, spec: tuple, settings: str, device: torch.device, work: Path, peak: float | None
+    args: argparse.Namespace,
+    cfg: Config,
+    name: str,
+    spec: tuple[int, int, int, int | None],
+    settings: str,
+    device: torch.device,
+    work: Path,
+    peak: float | None,
 ) -> dict:
+    """One case (``spec``: frames, height, width, upscale factor or None) under one ``settings`` ("default"
+    or "release"): the stages timed on a synthetic input in ``work``; returns the case's JSON record."""
     frames, height, width, upscale = spec
     precision = resolve_precision("fp16" if settings == "release" and device.type == "cuda" else args.dtype, device)
     parts = ["dit", "compressor", "vae"]

@@ -23,9 +23,10 @@ from cascadev.cli import add_device_options
 from cascadev.conditioning import dit_spec
 from cascadev.loading import load_config, resolve_device, resolve_dtype
 from cascadev.models import build_model
+from cascadev.models.dit import CascadeDiT
 
 
-def dit_flops_parts(model, frames: int, height: int, width: int) -> dict[str, float]:
+def dit_flops_parts(model: CascadeDiT, frames: int, height: int, width: int) -> dict[str, float]:
     """Analytic FLOPs of one forward over a (frames, height, width) latent window, by kind of work:
     ``linear`` (patch embedding, qkv, projection, MLP, head) and ``attention`` (q k^T and attn v)."""
     p, d = model.patch_size, model.hidden_size

@@ -11,7 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from .metrics import LPIPSMetric
+    from .runner import PairPlan
 
 __all__ = ["available_cores", "score_pairs"]
 
@@ -31,9 +35,9 @@ def _init_worker() -> None:
 
 
 def score_pairs(
-    plans: Sequence,
+    plans: Sequence[PairPlan],
     paired: Sequence[str],
-    lpips_metric,
+    lpips_metric: LPIPSMetric | None,
     flicker: bool,
     chunk: int,
     workers: int,

@@ -22,13 +22,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from cascadev.conditioning import COMPRESSOR_STRIDE
 from cascadev.errors import CascadeVError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: Spatial reduction of the semantic compressor (frame side / latent side).
-COMPRESSOR_STRIDE = 32
 #: Spatial upsampling of the previewer (image side / latent side).
 PREVIEWER_UPSAMPLING = 8
 

@@ -30,14 +30,14 @@ from torch import nn
 
 from ..atomic import publish_mode
 from ..checkpoint import save_safetensors
-from ..conditioning import VAE_STRIDE
+from ..conditioning import COMPRESSOR_STRIDE, VAE_STRIDE
 from ..config_defaults import setting
 from ..config_schema import validate_config
 from ..errors import CascadeVError
 from ..frames import resize, to_uint8
 from ..loading import build_pipeline
 from ..models import build_model
-from ..models.compressor import COMPRESSOR_STRIDE, PREVIEWER_UPSAMPLING
+from ..models.compressor import PREVIEWER_UPSAMPLING
 from ..rules import AUTOENCODER_PARTS, check_choice
 from .trainer import Trainer, TrainOptions
 
@@ -120,15 +120,15 @@ class AutoencoderTrainer(Trainer):
         video = batch["video"].to(self.accelerator.device)
         frames = video.flatten(0, 1)  # (B, T, 3, S, S) -> (B*T, 3, S, S)
         if self.part == "compressor":
-            preview = self.dit(frames)
+            preview = self.dit(frames)  # (B*T, 3, S/4, S/4), about [0, 1]: the previewer's 8x of the 1/32 latent
             factor = COMPRESSOR_STRIDE // PREVIEWER_UPSAMPLING
-            target = F.avg_pool2d((frames + 1) / 2, factor)
+            target = F.avg_pool2d((frames + 1) / 2, factor)  # (B*T, 3, S/4, S/4), the frames' [0, 1] range
             return F.l1_loss(preview, target) + F.mse_loss(preview, target)
         posterior = self.dit.encode(frames).latent_dist
         # The posterior sample draws from the step's generator, so a resumed run repeats it exactly.
         eps = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
-        latent = posterior.mean + posterior.std * eps
-        recon = self.dit.decode(latent, num_frames=video.shape[1]).sample
+        latent = posterior.mean + posterior.std * eps  # (B*T, 4, S/8, S/8)
+        recon = self.dit.decode(latent, num_frames=video.shape[1]).sample  # (B*T, 3, S, S)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         return F.l1_loss(recon, frames) + F.mse_loss(recon, frames) + float(setting(self.cfg, "kl_weight")) * kl
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -40,7 +44,7 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def agreed(self, accelerator) -> int:
+    def agreed(self, accelerator: Accelerator) -> int:
         """The signal every process stops for (0: go on); a collective call when there are several."""
         if accelerator.num_processes == 1:
             return self.signum

@@ -486,7 +486,7 @@ class Trainer:
             encoded = self.cache.load(batch["index"].tolist(), device)
         else:
             encoded = self.encoders.encode(batch["video"].to(device))
-        x_start, cond = self.encoders.training_pair(encoded, generator)
+        x_start, cond = self.encoders.training_pair(encoded, generator)  # (B, 4, T, s, s), (B, Cc, T, s, s)
         b, _, frames = x_start.shape[:3]
         # The release draws image mode per batch and keeps one timestep per video in both modes.
         as_images = torch.rand((), generator=generator).item() < float(setting(self.cfg, "joint_training"))
@@ -494,8 +494,8 @@ class Trainer:
         noise = torch.randn(x_start.shape, generator=generator).to(device)
 
         def model_fn(x_t: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
-            inputs = torch.cat([x_t, cond], dim=1)
-            if as_images:
+            inputs = torch.cat([x_t, cond], dim=1)  # (B, 4 + Cc, T, s, s): the DiT's in_channels
+            if as_images:  # each frame its own image, all at the video's timestep: ts (B,) -> (B, T)
                 return self.dit(inputs, ts[:, None].expand(b, frames), as_images=True)
             return self.dit(inputs, ts)
 
