@@ -294,17 +294,16 @@ def report(result: BatchResult, out_dir: Path) -> None:
     )
 
 
-def _use_process_device(args) -> None:
+def use_process_device(args: argparse.Namespace) -> None:
     """Under accelerate each process works on its own device (``--device auto`` -> the process's GPU)."""
     state = distributed_state()
     if state.num_processes > 1 and getattr(args, "device", None) == "auto":
         args.device = "cpu" if state.device.type == "cpu" else str(state.device)
 
 
-def on_main_process(args: argparse.Namespace, work: Callable[[], None], everyone: bool = False) -> None:
+def on_main_process(work: Callable[[], None], everyone: bool = False) -> None:
     """A single input: every process runs ``work`` when it splits the input itself (``everyone``),
     otherwise the main process alone does (the others wait), so no output is written twice."""
-    _use_process_device(args)
     state = distributed_state()
     if everyone or state.is_main_process:
         work()
@@ -323,7 +322,6 @@ def run_command(
     from .video_io import frames_used
 
     parts, task = parts_task
-    _use_process_device(args)
     latent = args.command == "decode"
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():

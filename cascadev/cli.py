@@ -518,6 +518,7 @@ def run(args: argparse.Namespace) -> None:
     from .inputs import is_batch
 
     inputs = args.latent if args.command == "decode" else args.video
+    batch.use_process_device(args)
     if args.command == "encode" and args.shards:
         from .latent_store import encode_store
 
@@ -527,7 +528,6 @@ def run(args: argparse.Namespace) -> None:
     else:
         parts, task = _task(args, cfg, single=True)
         batch.on_main_process(
-            args,
             lambda: task(inputs[0], args.output, _loader(args, cfg, parts)),
             everyone=args.command in ("decode", "recon"),
         )

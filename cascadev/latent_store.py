@@ -170,7 +170,6 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
     from .reconstruct import prepare_frames
     from .video_io import VideoReader, frames_used, select_frames
 
-    batch._use_process_device(args)
     state = batch.distributed_state()
     preset = PRESETS[getattr(args, "preset", "default")]  # the parser's choices checked the name
     root = Path(args.output)

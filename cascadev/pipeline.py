@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import rules
 from .conditioning import DEFAULT_KIND, KINDS, SCALE_FACTOR, Conditioner, kind_of_dit
 from .errors import CascadeVError
-from .frames import pad_to
+from .frames import pad_to, resize
 from .schedulers import check_steps, make_scheduler, noise_schedule
 from .tiling import SegmentStream, Tiling, default_tile_stride
 
@@ -168,10 +168,12 @@ class CascadeVPipeline:
         return self.conditioner.resized(frames).cpu().transpose(0, 1)  # (T, 4, h, w) -> the file's (4, T, h, w)
 
     @torch.no_grad()
-    def preview(self, latent: torch.Tensor) -> torch.Tensor:
-        """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1]."""
+    def preview(self, latent: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The release's "without LDM" view: latent (16, T, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], or
+        resized (bilinear) to ``size`` (H, W) to stand beside a reconstruction."""
         frames = latent.transpose(0, 1)  # the file's (16, T, h, w) -> (T, 16, h, w)
-        return self.conditioner.chunked(lambda x: self.previewer.decode_frames(x).cpu(), frames)
+        preview = self.conditioner.chunked(lambda x: self.previewer.decode_frames(x).cpu(), frames)
+        return preview if size is None else resize(preview, size)  # (T, 3, 8h, 8w) -> (T, 3, *size)
 
     def condition(self, latent: torch.Tensor) -> torch.Tensor:
         """Condition latent (C, T, h, w) -> DiT condition (T, C, sr*h, sr*w), upsampled and scaled.

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import frame_times
 from .atomic import make_folder, remove_quietly
 from .errors import CascadeVError
-from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize, resize_short_side
+from .frames import frames_to_uint8, from_uint8, pad_to_multiple, resize_short_side
 from .latent_io import LATENT_CHANNELS, LATENT_STRIDE, LatentMeta, LatentReader, LatentWriter
 from .outlock import output_lock
 from .overlap import WriteBehind, read_ahead
@@ -328,7 +328,6 @@ def _reconstruct(
             """On the writer's thread: the chunk's source frames read and prepared, four videos written."""
             n = frames.shape[0]
             recon = frames_to_uint8(frames, h, w, preset.truncate)
-            preview = resize(preview, frames.shape[-2:], "bilinear")  # (n, 3, 8h, 8w) -> (n, 3, 32h, 32w)
             preview = frames_to_uint8(preview, h, w, preset.truncate)
             source_frames = source.read(range(meta.start + done, meta.start + done + n))
             original = frames_to_uint8(prepare_frames(source_frames, size, preset)[0], h, w)
@@ -344,6 +343,7 @@ def _reconstruct(
             done = 0
             for frames in decode_frames(pipe, latent.read, count, sampling, sampled=sampled):
                 n = frames.shape[0]
-                behind.submit(write_chunk, done, frames, pipe.preview(latent.read(done, done + n)))
+                preview = pipe.preview(latent.read(done, done + n), frames.shape[-2:])  # (n, 3, 32h, 32w)
+                behind.submit(write_chunk, done, frames, preview)
                 done += n
         save_image(paths["compare.png"], contact_sheet(picked, COMPARE_TITLES, [meta.start + i for i in picks]))

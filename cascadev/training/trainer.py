@@ -31,12 +31,13 @@ from ..config_defaults import setting, shipped
 from ..data import BadVideoWarning, VideoClipDataset
 from ..diffusion import GaussianDiffusion
 from ..errors import CascadeVError, Interrupted
-from ..frames import resize, to_uint8
+from ..frames import to_uint8
 from ..inputs import read_video_list
 from ..loading import build_pipeline, dit_weights_file
 from ..models import build_model
 from ..pictures import contact_sheet, save_image, side_by_side
 from ..pipeline import CascadeVPipeline, seeded_generator
+from ..reconstruct import COMPARE_TITLES
 from ..schedulers import check_steps, noise_schedule
 from ..video_io import probe_video
 from . import checkpoints, metrics_log
@@ -777,9 +778,8 @@ class Trainer:
             clip, cond, recon, pipe = self.validation_recon()
             columns, titles = [to_uint8(clip)], ["original"]
             if pipe.previewer is not None:
-                preview = resize(pipe.preview(cond.cpu()), recon.shape[-2:])  # (T, 3, S/4, S/4) -> (T, 3, S, S)
-                columns.append(to_uint8(preview))
-                titles.append("preview (no LDM)")
+                columns.append(to_uint8(pipe.preview(cond.cpu(), recon.shape[-2:])))  # (T, 3, S, S)
+                titles.append(COMPARE_TITLES[1])  # as recon's comparison names it
             columns.append(to_uint8(recon))
             titles.append(f"step {step}")
             rows = self.save_validation(step, columns, titles)
