@@ -173,6 +173,15 @@ def test_eval_recon_script_with_baselines(tmp_path):
         "../work/clip/recon.mp4",
         "../work/clip/preview.mp4",
     ]
+    # A folder with no video (a hidden one and another kind of file do not count): one line, status 2.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".hidden.mp4").write_bytes(b"")
+    (empty / "notes.txt").write_text("x")
+    proc = subprocess.run(["bash", cmd[1], str(empty), str(tmp_path / "o2")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"eval_recon: error: the reference folder {empty} holds no videos."
+    ], proc.stderr
     moved = tmp_path / "moved"
     out.rename(moved)  # relative links survive a move
     assert all((moved / link.relative_to(out)).is_file() for link in links)

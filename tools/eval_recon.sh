@@ -72,12 +72,23 @@ else
     RECON=("$PYTHON" -m cascadev recon)
 fi
 
-VIDEOS=()
-while IFS= read -r -d '' video; do
-    VIDEOS+=("$video")
-done < <(find "$REF" -maxdepth 1 -type f \( -iname '*.mp4' -o -iname '*.m4v' -o -iname '*.mov' \
-            -o -iname '*.mkv' -o -iname '*.avi' -o -iname '*.webm' \) ! -name '.*' -print0 | sort -z)
-[[ ${#VIDEOS[@]} -gt 0 ]] || die "the reference folder $REF holds no videos."
+# The videos' names, as the batch command names their outputs (cascadev.inputs: the same suffixes and order).
+listing=$("$PYTHON" - "$REF" <<'PY'
+import sys
+from pathlib import Path
+
+from cascadev.errors import CascadeVError
+from cascadev.inputs import VIDEO_SUFFIXES, list_folder
+
+try:
+    print("\n".join(p.stem for p in list_folder(Path(sys.argv[1]), VIDEO_SUFFIXES)))
+except CascadeVError as exc:
+    sys.exit(f"eval_recon: error: {exc}")
+PY
+) || exit 2
+NAMES=()
+[[ -z $listing ]] || mapfile -t NAMES <<< "$listing"
+[[ ${#NAMES[@]} -gt 0 ]] || die "the reference folder $REF holds no videos."
 
 mkdir -p "$OUT/work" "$OUT/original" "$OUT/recon" || die "cannot create $OUT."
 OUT_ABS=$(cd "$OUT" && pwd)
@@ -87,9 +98,7 @@ if [[ $BASELINES == 1 ]]; then mkdir -p "$OUT/preview"; fi
 echo "eval_recon: reconstructing the videos of $REF into $OUT/work" >&2
 "${RECON[@]}" "$REF" -o "$OUT_ABS/work" "${RECON_ARGS[@]}" \
     || die "cascadev recon failed on some videos (see $OUT/work/manifest.jsonl)."
-for video in "${VIDEOS[@]}"; do
-    file=$(basename "$video")
-    name=${file%.*}
+for name in "${NAMES[@]}"; do
     # Relative links: they still resolve when OUT_DIR is moved or copied elsewhere.
     ln -sfn "../work/$name/original.mp4" "$OUT_ABS/original/$name.mp4"
     ln -sfn "../work/$name/recon.mp4" "$OUT_ABS/recon/$name.mp4"
