@@ -32,6 +32,12 @@ WEIGHT_SOURCES = {
 }
 
 
+def cast(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """``module.to(device, dtype)`` through torch's ``.to``: diffusers' own (0.42) warns of "modules kept in
+    float32" on any dtype, though none of this project's models has any."""
+    return nn.Module.to(module, device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class Precision:
     """An inference precision: every part's weights in ``dtype``; the DiT call under ``autocast`` if set."""
@@ -295,9 +301,7 @@ def build_pipeline(
             built[part] = _load(spec, paths[part], f"the {part} of config {Path(cfg.filename).name}")
         module = built[part]
         if any(p.dtype != dtype for p in module.parameters()):
-            # torch's .to(): diffusers' own (0.42) warns of "modules kept in float32" on any dtype, though
-            # none of these models has any.
-            nn.Module.to(module, dtype=dtype)
+            cast(module, dtype=dtype)
         module.to(device).eval().requires_grad_(False)
         if part == "dit":
             module.set_fp32_attention(fp32_attention)

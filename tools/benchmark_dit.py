@@ -21,7 +21,7 @@ from cascadev.argparsing import Parser
 from cascadev.argtypes import positive_int
 from cascadev.cli import add_device_options
 from cascadev.conditioning import dit_spec
-from cascadev.loading import load_config, resolve_device, resolve_dtype
+from cascadev.loading import cast, load_config, resolve_device, resolve_dtype
 from cascadev.models import build_model
 from cascadev.models.dit import CascadeDiT
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     cfg = load_config(args.config)
-    model = build_model(dit_spec(cfg)).to(device, dtype).eval()
+    model = cast(build_model(dit_spec(cfg)), device, dtype).eval()
     size = model.input_size * (2 if args.hires else 1)
     frames = model.window_frames(size, size)
     x = torch.randn(args.batch, model.in_channels, frames, size, size, device=device, dtype=dtype)

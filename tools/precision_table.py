@@ -28,7 +28,7 @@ from cascadev.argparsing import Parser  # noqa: E402
 from cascadev.argtypes import device as device_name  # noqa: E402
 from cascadev.argtypes import positive_int  # noqa: E402
 from cascadev.conditioning import dit_spec  # noqa: E402
-from cascadev.loading import PRECISIONS, load_config, resolve_device  # noqa: E402
+from cascadev.loading import PRECISIONS, cast, load_config, resolve_device  # noqa: E402
 from cascadev.models import build_model  # noqa: E402
 from cascadev.models.dit import CascadeDiT  # noqa: E402
 from cascadev.pipeline import CascadeVPipeline  # noqa: E402
@@ -67,7 +67,7 @@ def configure(
     model: CascadeDiT, precision: str, fp32_attention: bool, device: torch.device
 ) -> tuple[CascadeDiT, torch.dtype | None]:
     p = PRECISIONS[precision]
-    dit = build_like(model).to(device, p.dtype)
+    dit = cast(build_like(model), device, p.dtype)
     dit.set_fp32_attention(fp32_attention)
     return dit, p.autocast
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     ref_dtype = torch.float64 if args.reference == "fp64" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # a true fp32 reference
-    reference = build_like(model).to(device, ref_dtype)
+    reference = cast(build_like(model), device, ref_dtype)
     y_ref = reference(x.to(ref_dtype), t.to(ref_dtype))
     cond = x[0, 4:].transpose(0, 1).float()  # (T, 16, H, W): the condition part of the input
     pipe_ref = CascadeVPipeline(dit=reference, device=device, dtype=ref_dtype)
