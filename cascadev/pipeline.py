@@ -328,20 +328,23 @@ class CascadeVPipeline:
     # ------------------------------------------------------------------ SVD decoding
 
     @torch.no_grad()
-    def vae_decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """SVD latent (T, 4, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], in chunks of ``vae_chunk`` frames."""
+    def vae_decode(self, latent: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """SVD latent (T, 4, h, w) -> frames (T, 3, 8h, 8w) in [-1, 1], in chunks of ``chunk`` frames (default
+        ``vae_chunk``): the temporal decoder sees a chunk's frames together."""
+        chunk = chunk or self.vae_chunk
         check_input(latent, "latent", "(T, 4, h, w)", 4)
         out = []
-        for i in range(0, latent.shape[0], self.vae_chunk):
-            z = latent[i : i + self.vae_chunk].to(self.device, self.dtype)
+        for i in range(0, latent.shape[0], chunk):
+            z = latent[i : i + chunk].to(self.device, self.dtype)
             out.append(self.vae.decode(z, num_frames=z.shape[0]).sample.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
-    def segment_stream(self, num_frames: int) -> SegmentStream:
+    def segment_stream(self, num_frames: int, vae_chunk: int | None = None) -> SegmentStream:
         """How ``decode`` splits a video: segments of ``segment_frames`` overlapping by half a window
         (enough context for the DiT at the seam), cross-faded there."""
         segment = self.segment_frames if 0 < self.segment_frames < num_frames else num_frames
-        return SegmentStream(num_frames, segment, max(1, segment - self.dit.lats_per_vid // 2), self.vae_chunk)
+        overlap = max(1, segment - self.dit.lats_per_vid // 2)
+        return SegmentStream(num_frames, segment, overlap, vae_chunk or self.vae_chunk)
 
     def segments(self, num_frames: int) -> list[tuple[int, int]]:
         """The latent frame ranges [s0, s1) that ``decode`` samples independently and then cross-fades."""
@@ -389,6 +392,7 @@ class CascadeVPipeline:
         mode: str = "tiles",
         latents: torch.Tensor | None = None,
         sampled: Callable[[int], torch.Tensor] | None = None,
+        vae_chunk: int | None = None,
     ) -> Iterator[torch.Tensor]:
         """Stream a semantic latent back to frames.
 
@@ -400,12 +404,13 @@ class CascadeVPipeline:
             latents: optional initial noise for the whole video, (T, 4, sr*h, sr*w) (see ``sample``).
             sampled: ``sampled(k)`` returns segment k of ``segments`` as ``sample_segment`` made it (for
                 instance in another process); by default each segment is sampled here.
+            vae_chunk: frames per SVD-decoder call for this video (default the pipeline's ``vae_chunk``).
         Yields:
             consecutive chunks of frames (n, 3, 32h, 32w) in [-1, 1], T frames in all.
         """
         # Why segments: the DiT's windows cross-fade only inside one ``sample`` call, and a call holds its
         # whole latent, condition and noise; segments bound that to ``segment_frames`` whatever T is.
-        stream = self.segment_stream(num_frames)
+        stream = self.segment_stream(num_frames, vae_chunk)
         with tqdm(
             total=len(stream.spans) * steps, desc="sampling", unit="step", disable=not progress, leave=False
         ) as bar:
@@ -433,7 +438,7 @@ class CascadeVPipeline:
                 if finished.shape[0]:
                     # Decoded and handed out at once: the writer gets frames while later segments are still
                     # to be sampled, and nothing larger than a segment is ever held.
-                    yield self.vae_decode(finished)  # (n, 4, h, w) -> (n, 3, 8h, 8w)
+                    yield self.vae_decode(finished, vae_chunk)  # (n, 4, h, w) -> (n, 3, 8h, 8w)
 
 
 def check_input(x: object, name: str, layout: str, channels: int | None = None) -> torch.Tensor:

@@ -96,9 +96,11 @@ def decode_frames(
     share of condition encoding, sampling, SVD decoding and writing, whichever of them a chunk needs.
     The preset may set the SVD decoder's chunk for this length (the release's 4 or 5 frames).
     """
-    pipe.vae_chunk = sampling.preset.vae_chunk(total, pipe.vae_chunk)
+    options = dict(
+        sampling.decode_options(), progress=False, vae_chunk=sampling.preset.vae_chunk(total, None), **options
+    )
     with tqdm(total=total, desc="decoding", unit="frame", disable=not sampling.progress, leave=False) as bar:
-        for frames in pipe.decode(read, total, **dict(sampling.decode_options(), progress=False), **options):
+        for frames in pipe.decode(read, total, **options):
             yield frames
             bar.update(frames.shape[0])
         bar.refresh()  # show 100% even when the last update came within tqdm's refresh interval

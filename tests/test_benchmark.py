@@ -214,7 +214,9 @@ def test_precision_table_against_float64_and_float32(tmp_path, capfd):
     for reference in ("fp64", "fp32"):
         out = tmp_path / f"{reference}.json"
         precision_table.main(["--reference", reference, "--steps", "2", "-o", str(out)])
-        assert "kept in float32" not in capfd.readouterr().err  # diffusers' warning on any .to(dtype): not for these models
+        assert (
+            "kept in float32" not in capfd.readouterr().err
+        )  # diffusers' warning on any .to(dtype): not for these models
         report = json.loads(out.read_text())
         assert report["meta"] == dict(device="cpu", torch=torch.__version__, model="golden", reference=reference)
         rows[reference] = {r["candidate"].split(" (")[0]: r for r in report["rows"]}

@@ -197,7 +197,7 @@ def test_initial_latents_in_sample_and_decode():
     torch.testing.assert_close(a, b)  # DDIM is deterministic: the seed only drew the initial noise
     assert (a - c).abs().max() > 1e-3
     captured = []
-    pipe.vae_decode = lambda z: captured.append(z) or torch.zeros(z.shape[0], 3, 8, 8)
+    pipe.vae_decode = lambda z, chunk=None: captured.append(z) or torch.zeros(z.shape[0], 3, 8, 8)
     list(pipe.decode(lambda t0, t1: cond[:, t0:t1], 10, scheduler="ddim", steps=2, progress=False, latents=noise))
     torch.testing.assert_close(torch.cat(captured), a)
     with pytest.raises(CascadeVError, match="latents must have shape"):
@@ -293,12 +293,17 @@ def test_release_preprocessing_and_quantisation():
     assert PRESETS["default"].vae_chunk(25, 8) == 8
 
 
-def test_recon_with_the_release_preset(tmp_path, capsys):
+def test_recon_with_the_release_preset(tmp_path, capsys, monkeypatch):
     clip = tmp_path / "wide.mp4"
     write_test_video(clip, 5, 48, 80, fps=12.0)
+    chunks, vae_decode = [], CascadeVPipeline.vae_decode
+    monkeypatch.setattr(
+        CascadeVPipeline, "vae_decode", lambda self, z, chunk=None: chunks.append(chunk) or vae_decode(self, z, chunk)
+    )
     code = main(["recon", str(clip), "-o", str(tmp_path / "out"), "--preset", "release", "--size", "32", *FAST])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert set(chunks) == {4}  # the release's SVD chunk for a clip that is not 25 frames long
     assert "release preset: noise comes from cascadev's per-frame generators" in captured.err
     recon = VideoReader(tmp_path / "out" / "recon.mp4")
     assert (recon.height, recon.width, recon.num_frames) == (32, 32, 5)  # square crop, resized

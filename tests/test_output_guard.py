@@ -237,7 +237,7 @@ def test_a_stopped_re_run_puts_the_earlier_outputs_back_whole(tmp_path, capsys, 
     before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     assert "latent.safetensors" in before and "recon.mp4" in before
 
-    def stopped(self, latent):
+    def stopped(self, latent, chunk=None):
         raise Signalled(signal.SIGTERM)  # as a SIGTERM lands: the new latent exists, no video is done
 
     monkeypatch.setattr(CascadeVPipeline, "vae_decode", stopped)
