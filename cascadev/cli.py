@@ -522,7 +522,18 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "encode" and args.shards:
         from .latent_store import encode_store
 
-        encode_store(args, cfg, lambda: _loader(args, cfg, ["compressor"]))
+        encode_store(
+            args.video,
+            args.output,
+            _loader(args, cfg, ["compressor"]),
+            size=args.size,
+            start=args.start,
+            num_frames=args.num_frames,
+            clip_frames=args.clip_frames,
+            shard_mb=args.shard_size,
+            preset=_preset(args).name,
+            progress=not args.quiet,
+        )
     elif is_batch(inputs):
         batch.run_command(args, inputs, lambda parts: _loader(args, cfg, parts), _task(args, cfg))
     else:

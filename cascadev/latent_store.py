@@ -31,7 +31,6 @@ Read it with :class:`LatentStore` (a torch ``Dataset``)::
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import os
@@ -46,7 +45,6 @@ from .inputs import expand_inputs, read_json_list, resolve_entry
 from .rules import SHARD_MB
 
 if TYPE_CHECKING:
-    from mmengine.config import Config
 
     from .pipeline import CascadeVPipeline
 
@@ -161,37 +159,50 @@ def write_index(root: Path) -> int:
     return len(lines)
 
 
-def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[], CascadeVPipeline]) -> None:
-    """``cascadev encode INPUTS -o STORE --shards``: every input video -> clip latents in shards."""
+def encode_store(
+    videos: Sequence[str],
+    root: str | os.PathLike,
+    load_pipeline: Callable[[], CascadeVPipeline],
+    *,
+    size: int | None = None,
+    start: int = 0,
+    num_frames: int | None = None,
+    clip_frames: int | None = None,
+    shard_mb: float | None = None,
+    preset: str = "default",
+    progress: bool = True,
+) -> None:
+    """``cascadev encode INPUTS -o STORE --shards``: every input video (paths, folders, lists, globs) ->
+    latents of clips of ``clip_frames`` (default: the whole video) in shards of ``shard_mb`` MB under
+    ``root``; videos the store holds already are skipped."""
     import functools
 
     from . import batch
     from .presets import PRESETS
     from .reconstruct import prepare_frames
+    from .rules import check_choice
     from .video_io import VideoReader, frames_used, select_frames
 
     state = batch.distributed_state()
-    preset = PRESETS[getattr(args, "preset", "default")]  # the parser's choices checked the name
-    root = Path(args.output)
+    recipe = PRESETS[check_choice(preset, PRESETS, "preset")]
+    root = Path(root)
     if root.exists() and not root.is_dir():
         raise CascadeVError(f"The latent store {root} must be a folder, but it is a file.")
-    sources = expand_inputs(args.video)
-    captions = read_captions(args.video)
+    sources = expand_inputs(videos)
+    captions = read_captions(videos)
     jobs = [batch.Job(s, str(s), root, ()) for s in sources]
-    load = functools.cache(make_loader())
+    load = functools.cache(load_pipeline)
     stored = set(complete_videos(scan_shards(root))) if root.is_dir() else set()
-    writer = ShardWriter(
-        root, f"{uuid.uuid4().hex[:8]}-{state.process_index:03d}", int((args.shard_size or SHARD_MB) * 2**20)
-    )
+    writer = ShardWriter(root, f"{uuid.uuid4().hex[:8]}-{state.process_index:03d}", int((shard_mb or SHARD_MB) * 2**20))
 
     def encode(job: batch.Job) -> list[str]:
         reader = VideoReader(job.source)
-        start, count = select_frames(reader, args.start, args.num_frames)
-        clips = clip_starts(start, count, args.clip_frames)
+        first, count = select_frames(reader, start, num_frames)
+        clips = clip_starts(first, count, clip_frames)
         pipe = load()
         shards = []
         for i, (s0, n) in enumerate(clips):
-            frames, (height, width) = prepare_frames(reader.read(range(s0, s0 + n)), args.size, preset)
+            frames, (height, width) = prepare_frames(reader.read(range(s0, s0 + n)), size, recipe)
             latent = pipe.encode(frames)
             record = {
                 "video": job.name,
@@ -216,8 +227,8 @@ def encode_store(args: argparse.Namespace, cfg: Config, make_loader: Callable[[]
         root,
         done=lambda job: job.name in stored,
         finish=writer.flush,
-        frames_limit=functools.partial(frames_used, start=args.start, num_frames=args.num_frames),
-        progress=not args.quiet,
+        frames_limit=functools.partial(frames_used, start=start, num_frames=num_frames),
+        progress=progress,
         desc="encoding",
     )
     if state.is_main_process:
