@@ -141,7 +141,7 @@ SCHEMA: dict[str, Rule] = {
     "previewer.c_out": COUNT,
     "vae": section(),
     "vae.block_out_channels": sequence(
-        lambda x: _is_int(x) and x >= 1, "a non-empty list of positive whole numbers", min_length=1
+        lambda x: is_whole(x, 1), "a non-empty list of positive whole numbers", min_length=1
     ),
     "vae.layers_per_block": COUNT,
     "vae.latent_channels": COUNT,

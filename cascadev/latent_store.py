@@ -45,7 +45,6 @@ from .inputs import expand_inputs, read_json_list, resolve_entry
 from .rules import SHARD_MB
 
 if TYPE_CHECKING:
-
     from .pipeline import CascadeVPipeline
 
 INDEX = "index.jsonl"

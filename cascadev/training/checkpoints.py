@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..atomic import disk_full_error, is_disk_full, publish_mode, write_error
 from ..errors import CascadeVError
+from ..rules import is_whole
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -69,10 +70,6 @@ def list_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
 STATE_COUNTERS = ("step", "micro_step", "epoch", "batch_in_epoch", "skipped")
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def read_state(path: Path) -> dict:
     """The checkpoint's ``trainer_state.json``; ValueError when it is not a JSON object of counters."""
     try:
@@ -80,7 +77,7 @@ def read_state(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError):
         state = None
     if not (
-        isinstance(state, dict) and "step" in state and all(_is_count(state[k]) for k in STATE_COUNTERS if k in state)
+        isinstance(state, dict) and "step" in state and all(is_whole(state[k]) for k in STATE_COUNTERS if k in state)
     ):
         raise ValueError(f"{STATE_FILE} is damaged (not a JSON object of the loop's counters)")
     return state
