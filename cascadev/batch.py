@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from .atomic import make_folder
+from .atomic import check_output_path, make_folder
 from .errors import CascadeVError, first_line
 from .inputs import LATENT_SUFFIXES, VIDEO_SUFFIXES, by_name, expand_inputs
 from .overwrite import file_id
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from accelerate import PartialState
 
 MANIFEST = "manifest.jsonl"
+_PART_GLOB = ".manifest.part*.jsonl"  # one per process, merged into MANIFEST at the end of a run
 
 
 @dataclass(frozen=True)
@@ -129,15 +130,32 @@ def share(state: PartialState, costs: Sequence[int]) -> list[int]:
         return list(mine[0]) if mine else []
 
 
-def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines manifest (or part); a line an interrupted write or a hand edit damaged
+    is skipped, and its input simply recorded again."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CascadeVError(f"The manifest {path} cannot be read ({exc.strerror or exc}).") from None
+    records = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)  # bytes: a line that is not UTF-8 is a ValueError too
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("input"), str):
+            records.append(record)
+    return records
+
+
+def _read_manifest(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """What earlier runs recorded, by input: ``manifest.jsonl``, then the parts a run that was stopped
+    left (each process appends to its part as its jobs finish, so a stopped run's finished jobs count)."""
     records: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                records[record["input"]] = record
-            except (ValueError, KeyError, TypeError):
-                continue  # a line from an interrupted write; the input is simply recorded again
+    for path in (out_dir / MANIFEST, *sorted(out_dir.glob(_PART_GLOB))):
+        records.update((r["input"], r) for r in _read_records(path))
     return records
 
 
@@ -178,7 +196,8 @@ def run_batch(
     state = distributed_state()
     if state.is_main_process:
         make_folder(out_dir)
-    previous = _read_manifest(out_dir / MANIFEST)
+        check_output_path(out_dir / MANIFEST, "manifest")  # before any work, not after it all
+    previous = _read_manifest(out_dir)
     # Every process decides what is pending before any of them writes, so they agree on the split.
     complete = [done(j) for j in jobs]
     pending = [j for j, finished in zip(jobs, complete) if not finished]
@@ -186,31 +205,46 @@ def run_batch(
         _check_settings([j for j, finished in zip(jobs, complete) if finished], previous, settings, out_dir)
     costs = [frames_limit(count_frames(j.source, latent_inputs)) for j in pending]
     state.wait_for_everyone()
-    records = []
+    part = _manifest_part(out_dir, state.process_index)
+    part.write_text("", encoding="utf-8")  # read by every process above: this run's records start here
     for i in tqdm(share(state, costs), desc=desc, unit="file", disable=not progress or not state.is_main_process):
-        records.append(_run_job(pending[i], task, frames=costs[i], process=state.process_index, settings=settings))
+        record = _run_job(pending[i], task, frames=costs[i], process=state.process_index, settings=settings)
+        with open(part, "a", encoding="utf-8") as f:  # at once: a run stopped later still counts this job
+            f.write(json.dumps(record) + "\n")
     if finish is not None:
         finish()
-    _write_jsonl(_manifest_part(out_dir, state.process_index), records)
     state.wait_for_everyone()
     result = BatchResult()
     if state.is_main_process:
         result.records = _merge_manifest(jobs, out_dir, state.num_processes, previous)
     state.wait_for_everyone()
     if not state.is_main_process:
-        result.records = list(_read_manifest(out_dir / MANIFEST).values())
+        mine = {str(j.source) for j in jobs}
+        result.records = [r for key, r in _read_manifest(out_dir).items() if key in mine]
     return result
 
 
 def _check_settings(
     complete: Sequence[Job], previous: dict[str, dict[str, Any]], settings: dict[str, Any], out_dir: Path
 ) -> None:
-    """Complete outputs count as this run's only if the manifest says they were made with ``settings``
-    (a manifest of an older version, without settings, is taken at its word)."""
+    """Complete outputs count as this run's only if the manifest says they were made with ``settings``.
+    A record without settings (an older version's) is taken at its word, and so are outputs in a folder
+    whose manifest records no settings at all; outputs no record accounts for, in a folder that records
+    them, are not (another command's files, say)."""
+    recorded = any(isinstance(r.get("settings"), dict) for r in previous.values())
     for job in complete:
-        made_with = previous.get(str(job.source), {}).get("settings")
+        old = previous.get(str(job.source))
+        if old is None:
+            if recorded:
+                raise CascadeVError(
+                    f"{out_dir} holds outputs for {job.source} that its manifest does not account for; "
+                    "remove them, or choose another output folder."
+                )
+            continue
+        made_with = old.get("settings")
         if made_with is None or made_with == settings:
             continue
+        made_with = made_with if isinstance(made_with, dict) else {}  # a hand-edited record: other options
         changed = [k for k in sorted(set(settings) | set(made_with)) if settings.get(k) != made_with.get(k)]
         shown = ", ".join(f"{k}={made_with.get(k)!r} (now {settings.get(k)!r})" for k in changed[:3])
         raise CascadeVError(
@@ -252,14 +286,12 @@ def _merge_manifest(
     jobs: Sequence[Job], out_dir: Path, processes: int, previous: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The main process's last step: every process's part merged into ``manifest.jsonl``, in the jobs'
-    order; a job no process ran was complete before this run ("skipped", with its earlier figures)."""
+    order; a job no process ran was complete before this run ("skipped", with its earlier figures). The
+    records of other inputs, from earlier runs into the folder, are kept after them. Returns this run's."""
     ran: dict[str, list[dict[str, Any]]] = {}
     for k in range(processes):
-        path = _manifest_part(out_dir, k)
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for record in _read_records(_manifest_part(out_dir, k)):
             ran.setdefault(record["input"], []).append(record)
-        path.unlink(missing_ok=True)
     records = []
     for job in jobs:
         key = str(job.source)
@@ -270,7 +302,10 @@ def _merge_manifest(
             records.append(
                 _record(job, "skipped", **{k: old.get(k) for k in ("seconds", "frames", "settings") if k in old})
             )
-    _write_jsonl(out_dir / MANIFEST, records)
+    mine = {str(job.source) for job in jobs}
+    _write_jsonl(out_dir / MANIFEST, records + [r for key, r in previous.items() if key not in mine])
+    for path in out_dir.glob(_PART_GLOB):
+        path.unlink(missing_ok=True)
     return records
 
 
@@ -357,7 +392,15 @@ def run_command(
 _NOT_OUTPUT_SETTINGS = frozenset({"video", "latent", "output", "quiet", "device", "batch_size"})
 
 
+# Options that name files: recorded as full paths, so that another spelling (or folder) of one file is the same.
+_PATH_SETTINGS = frozenset({"config", "ckpt", "weights_dir"})
+
+
 def output_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The command and the options that shape its outputs, as the manifest records them (JSON values)."""
-    chosen = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_OUTPUT_SETTINGS}
+    chosen = {
+        k: os.path.realpath(v) if k in _PATH_SETTINGS and v is not None else v
+        for k, v in sorted(vars(args).items())
+        if k not in _NOT_OUTPUT_SETTINGS
+    }
     return json.loads(json.dumps(chosen, default=str))

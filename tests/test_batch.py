@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,48 @@ def test_a_damaged_latent_store_is_named_in_one_line_and_never_read_outside_itse
     (store / good["shard"]).write_bytes(b"garbage")
     with pytest.raises(CascadeVError, match=f"Clip 0 of the latent store {store} cannot be read from"):
         LatentStore(store)[0]
+
+
+def test_the_manifest_accounts_for_every_complete_output(tmp_path, vids, capsys):
+    """Settings checks that hold across runs: records of other inputs are kept, a stopped run's finished
+    jobs are recorded as they finish, files no record accounts for are refused, a damaged manifest is not
+    an internal error, and one config file is one setting however it is spelled."""
+    out = tmp_path / "out"
+    a, b = str(vids / "a.mp4"), str(vids / "b.mp4")
+    only_a, only_b = str(vids / "a.mp*"), str(vids / "b.mp*")  # a pattern: a batch of one
+    assert main(["encode", a, b, "-o", str(out), *MODEL]) == 0
+    assert main(["encode", only_a, "-o", str(out), *MODEL]) == 0  # a run over a alone keeps b's record
+    capsys.readouterr()
+    code = main(["encode", only_b, "-o", str(out), "--num-frames", "3", *MODEL])
+    assert_one_line_error(code, capsys.readouterr().err, "made with other options", "num_frames=None (now 3)")
+    # Another spelling of the same config file is the same setting.
+    relative = os.path.relpath(TINY)
+    assert main(["encode", a, b, "-o", str(out), "--config", relative, "--random-init", "--quiet"]) == 0
+    # A stopped run: its part holds the jobs it finished; the next run merges them (here: b's, other options).
+    records = (out / "manifest.jsonl").read_text().splitlines()
+    part = json.loads(records[1])
+    part["settings"]["num_frames"] = 3
+    (out / "manifest.jsonl").write_text(records[0] + "\n")
+    (out / ".manifest.part0.jsonl").write_text(json.dumps(part) + "\n")
+    code = main(["encode", a, b, "-o", str(out), *MODEL])
+    assert_one_line_error(code, capsys.readouterr().err, "made with other options", "num_frames=3 (now None)")
+    # Damaged records: skipped lines, wrong types: one line each, no internal error.
+    (out / "manifest.jsonl").write_bytes(b'\xff\xfe not utf-8\n[1, 2]\n{"input": 3}\n' + records[0].encode() + b"\n")
+    assert main(["encode", only_a, "-o", str(out), *MODEL]) == 0
+    broken = json.loads(records[0])
+    broken["settings"] = ["not", "a", "dict"]
+    (out / "manifest.jsonl").write_text(json.dumps(broken) + "\n")
+    assert_one_line_error(main(["encode", only_a, "-o", str(out), *MODEL]), capsys.readouterr().err, "other options")
+    # Files no record accounts for (decode into the folder of the videos it came from): refused.
+    (out / "manifest.jsonl").write_text(records[0] + "\n")
+    decoded, latents = tmp_path / "decoded", str(out / "a.safe*")
+    assert main(["decode", latents, "-o", str(decoded), *MODEL, "--steps", "1"]) == 0
+    (decoded / "manifest.jsonl").write_text(records[0] + "\n")  # an encode record of another input
+    code = main(["decode", latents, "-o", str(decoded), *MODEL, "--steps", "1"])
+    assert_one_line_error(code, capsys.readouterr().err, "that its manifest does not account for")
+    # A manifest that is a folder: refused before any work.
+    (tmp_path / "m" / "manifest.jsonl").mkdir(parents=True)
+    assert_one_line_error(
+        main(["encode", a, b, "-o", str(tmp_path / "m"), *MODEL]), capsys.readouterr().err, "manifest"
+    )
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["manifest.jsonl"]
