@@ -37,10 +37,31 @@ def is_batch(items: Sequence[str]) -> bool:
         return True
     path = Path(items[0])
     return (
-        path.is_dir()
-        or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES)
-        or (not path.exists() and any(c in items[0] for c in _GLOB_CHARS))
+        _is_dir(path)
+        or (_is_file(path) and path.suffix.lower() in LIST_SUFFIXES)
+        or (not _exists(path) and any(c in items[0] for c in _GLOB_CHARS))
     )
+
+
+def _checked(test: str, path: Path) -> bool:
+    """``path.is_dir()`` / ``is_file()`` / ``exists()``, with a folder we may not look into (EACCES, which
+    pathlib raises rather than answers) as one line naming it."""
+    try:
+        return getattr(path, test)()
+    except OSError as exc:
+        raise CascadeVError(f"The input {path} cannot be looked at ({exc.strerror or exc}).") from None
+
+
+def _is_dir(path: Path) -> bool:
+    return _checked("is_dir", path)
+
+
+def _is_file(path: Path) -> bool:
+    return _checked("is_file", path)
+
+
+def _exists(path: Path) -> bool:
+    return _checked("exists", path)
 
 
 def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES) -> list[Path]:
@@ -49,14 +70,14 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
     found: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
-        if path.is_dir():
+        if _is_dir(path):
             files = list_folder(path, suffixes)
             if not files:
                 raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
             found.extend(files)
-        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        elif _is_file(path) and path.suffix.lower() in LIST_SUFFIXES:
             found.extend(Path(p) for p in read_video_list([str(path)]))
-        elif path.is_file():
+        elif _is_file(path):
             found.append(path)
         elif any(c in item for c in _GLOB_CHARS):
             files = sorted(

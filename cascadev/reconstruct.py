@@ -240,7 +240,11 @@ def reconstruct_video(
     try:
         with output_lock(out_dir, folder=True):  # two runs into one folder would mix their outputs
             # An earlier run's outputs wait under hidden names: a run that fails or is stopped puts them
-            # back whole, instead of leaving its new latent beside the old videos.
+            # back whole, instead of leaving its new latent beside the old videos. Hidden ones left by a run
+            # that was killed (this run holds the folder's lock: no live run owns them) come back first.
+            for path in paths.values():
+                if (aside := path.with_name(f".{path.name}.previous")).exists():
+                    os.replace(aside, path)
             previous = {path: path.with_name(f".{path.name}.previous") for path in paths.values() if path.exists()}
             for path, aside in previous.items():
                 os.replace(path, aside)

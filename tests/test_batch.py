@@ -50,6 +50,23 @@ def test_expand_inputs_paths_folders_lists_and_globs(tmp_path, vids):
         batch.make_jobs("encode", [vids / "a.mp4", tmp_path / "a.mkv"], tmp_path)
 
 
+def test_an_input_in_a_folder_we_may_not_enter_is_one_line(tmp_path, monkeypatch):
+    """pathlib raises PermissionError (EACCES) from is_dir() under a folder without x permission (root
+    does not see it: simulated): one line naming the input, not an internal error."""
+    locked = tmp_path / "locked" / "c.mp4"
+    real = Path.is_dir
+
+    def is_dir(self):
+        if "locked" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    for check in (lambda: inputs.is_batch([str(locked)]), lambda: inputs.expand_inputs([str(locked)])):
+        with pytest.raises(CascadeVError, match=f"The input {locked} cannot be looked at \\(Permission denied\\)"):
+            check()
+
+
 def test_balance_by_frame_count():
     parts = batch.balance([100, 10, 10, 60, 40], 2)
     loads = [sum([100, 10, 10, 60, 40][i] for i in p) for p in parts]

@@ -80,3 +80,7 @@ def test_train_nano_help_is_its_usage_not_a_run(tmp_path):
     )
     assert result.returncode == 0 and "bash tools/train_nano.sh [WORK_DIR]" in result.stdout, result.stderr
     assert "==" not in result.stdout and not (ROOT / "--help").exists() and list(tmp_path.iterdir()) == []
+    result = subprocess.run(["bash", str(ROOT / "tools" / "train_nano.sh"), "--bogus"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "train_nano: error: unknown option --bogus (the one argument is WORK_DIR; see --help)"
+    ]

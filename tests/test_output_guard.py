@@ -245,3 +245,14 @@ def test_a_stopped_re_run_puts_the_earlier_outputs_back_whole(tmp_path, capsys, 
     assert code == 143, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
     assert not [p.name for p in out.iterdir() if p.name.endswith(".previous")]
+    # A run killed outright (SIGKILL: no clean-up) leaves its new latent and the earlier set hidden; the
+    # next run puts the earlier set back before it starts, and leaves no hidden copy when it succeeds.
+    (out / "latent.safetensors").rename(out / ".latent.safetensors.previous")
+    (out / "recon.mp4").rename(out / ".recon.mp4.previous")
+    (out / "latent.safetensors").write_bytes(b"a new latent, half written")
+    code, err = run_cli(capsys, "recon", clip, "-o", out, "--num-frames", 5, *model)
+    assert code == 143, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    monkeypatch.undo()
+    assert run_cli(capsys, "recon", clip, "-o", out, "--num-frames", 3, *model)[0] == 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".previous")]

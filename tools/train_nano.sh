@@ -18,6 +18,10 @@ if [[ $# -ge 1 && ( $1 == -h || $1 == --help ) ]]; then
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     exit 0
 fi
+if [[ ${1:-} == -* ]]; then
+    echo "train_nano: error: unknown option $1 (the one argument is WORK_DIR; see --help)" >&2
+    exit 2
+fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 WORK=${1:-work_dirs/nano}
