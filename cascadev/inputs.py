@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,32 +37,24 @@ def is_batch(items: Sequence[str]) -> bool:
     if len(items) != 1:
         return True
     path = Path(items[0])
+    kind = _kind(path)
     return (
-        _is_dir(path)
-        or (_is_file(path) and path.suffix.lower() in LIST_SUFFIXES)
-        or (not _exists(path) and any(c in items[0] for c in _GLOB_CHARS))
+        kind == "dir"
+        or (kind == "file" and path.suffix.lower() in LIST_SUFFIXES)
+        or (kind is None and any(c in items[0] for c in _GLOB_CHARS))
     )
 
 
-def _checked(test: str, path: Path) -> bool:
-    """``path.is_dir()`` / ``is_file()`` / ``exists()``, with a folder we may not look into (EACCES, which
-    pathlib raises rather than answers) as one line naming it."""
+def _kind(path: Path) -> str | None:
+    """What ``path`` is: "dir", "file", "other" (a FIFO, a device) or None when nothing is there. A folder
+    we may not look into (EACCES, which pathlib's is_dir() raises rather than answers) is one line."""
     try:
-        return getattr(path, test)()
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
     except OSError as exc:
         raise CascadeVError(f"The input {path} cannot be looked at ({exc.strerror or exc}).") from None
-
-
-def _is_dir(path: Path) -> bool:
-    return _checked("is_dir", path)
-
-
-def _is_file(path: Path) -> bool:
-    return _checked("is_file", path)
-
-
-def _exists(path: Path) -> bool:
-    return _checked("exists", path)
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
 
 
 def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES) -> list[Path]:
@@ -70,14 +63,15 @@ def expand_inputs(items: Sequence[str], suffixes: Sequence[str] = VIDEO_SUFFIXES
     found: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
-        if _is_dir(path):
+        kind = _kind(path)
+        if kind == "dir":
             files = list_folder(path, suffixes)
             if not files:
                 raise CascadeVError(f"The input folder {path} holds no {' or '.join(suffixes)} files.")
             found.extend(files)
-        elif _is_file(path) and path.suffix.lower() in LIST_SUFFIXES:
+        elif kind == "file" and path.suffix.lower() in LIST_SUFFIXES:
             found.extend(Path(p) for p in read_video_list([str(path)]))
-        elif _is_file(path):
+        elif kind == "file":
             found.append(path)
         elif any(c in item for c in _GLOB_CHARS):
             files = sorted(
