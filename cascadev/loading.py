@@ -248,8 +248,7 @@ SAMPLING_OPTIONS = (
     "batch_size",
     "attention_backend",
     "compile",
-    "vae_channels_last",
-    "vae_temporal_2d",
+    "vae_compile",
 )
 
 
@@ -275,8 +274,8 @@ def build_pipeline(
     Random initialisation is seeded and gives the DiT a small random output head instead of PixArt's
     zero one, so that smoke tests exercise every path; an explicit ``ckpt`` is loaded even then.
     ``sampling`` overrides ``cfg.sampling`` keys (``SAMPLING_OPTIONS``; compile: a torch.compile mode
-    for the DiT's blocks; vae_channels_last and vae_temporal_2d: faster kernels for the VAE's
-    convolutions, :mod:`cascadev.models.svd_vae`). ``dtype`` and ``autocast_dtype`` are a
+    for the DiT's blocks; vae_compile: the SVD decoder through torch.compile,
+    :mod:`cascadev.models.svd_vae`). ``dtype`` and ``autocast_dtype`` are a
     :class:`Precision`; ``fp32_attention``, ``tile_blend`` and ``round_timesteps`` come from a preset
     (:mod:`cascadev.presets`). ``modules`` gives parts that already exist (the trainer's live DiT and
     frozen networks, for validation): they are used as they are, neither loaded, cast, moved nor frozen.
@@ -312,10 +311,8 @@ def build_pipeline(
     compile_mode = options.pop("compile", None)
     if compile_mode and "dit" in to_load:  # a given (live, training) DiT stays as it is
         built["dit"].compile_blocks(None if compile_mode == "default" else compile_mode)
-    if options.pop("vae_channels_last", False) and "vae" in to_load:
-        svd_vae.use_channels_last(built["vae"])
-    if options.pop("vae_temporal_2d", False) and "vae" in to_load:
-        svd_vae.temporal_convs_as_2d(built["vae"])
+    if options.pop("vae_compile", False) and "vae" in to_load:
+        svd_vae.compile_decoder(built["vae"])
     return CascadeVPipeline(
         **built,
         scale_factor=cfg.scale_factor,

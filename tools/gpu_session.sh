@@ -11,8 +11,10 @@
 #   cases      the other four cases, defaults: 25x576x1024, 8x2048 (tiled), 64x1024 (long), 8x256 up x4
 #   train      3 training steps at 1024² with the release's recipe
 #   levers     each speed lever alone against the defaults: on 8x1024 the attention kernels, regional
-#              compile (with and without CUDA graphs), the SVD decoder's channels-last layout and 8-frame
-#              chunks, and inline I/O; on 8x2048 all nine tiles of a step in one DiT call
+#              compile (with and without CUDA graphs), the compiled SVD decoder and its 8-frame chunks,
+#              and inline I/O; on 8x2048 all nine tiles of a step in one DiT call; then the winners together
+#   svd        ways to run the SVD decoder (tools/svd_probe.py): eager, channels-last, compiled whole or
+#              by block, each against float32
 #   profile    one level below the stages, on 8x1024²: SDPA kernels per attention pattern, a DiT step's
 #              device time by kind of kernel, the SVD decoder by operator (and cuDNN's autotuner), the
 #              main thread's own time (tools/profile_cascade.py)
@@ -147,13 +149,21 @@ part_levers() {
     # In order of the expected gain, so that the budget cuts the least informative.
     bench lever_batch_size-9 --case 8x2048 --settings default --cfg-options sampling.batch_size=9
     local lever
-    for lever in sampling.vae_temporal_2d=True sampling.attention_backend=flash sampling.attention_backend=cudnn \
-        sampling.compile=default \
-        sampling.vae_channels_last=True sampling.vae_chunk=8 sampling.attention_backend=efficient \
+    for lever in sampling.vae_compile=True sampling.attention_backend=flash sampling.attention_backend=cudnn \
+        sampling.compile=default sampling.vae_chunk=8 sampling.attention_backend=efficient \
         sampling.compile=reduce-overhead; do
         bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"
     done
     bench lever_io-depth-0 --case 8x1024 --settings default --io-depth 0
+    # The levers that won, together.
+    bench lever_fastest --case 8x1024 --settings default \
+        --cfg-options sampling.compile=reduce-overhead sampling.attention_backend=cudnn sampling.vae_compile=True
+}
+
+part_svd() {
+    local toy=()
+    [ "$DEVICE" = cpu ] && toy=(--config configs/tiny.py --frames 2 --size 64x64 --repeats 1 --variants eager channels_last)
+    measure svd_probe "$PYTHON" tools/svd_probe.py --device "$DEVICE" -o "$RESULTS/svd_probe.json" "${toy[@]}"
 }
 
 part_profile() {
@@ -185,6 +195,12 @@ for train in sorted(Path(sys.argv[1]).glob("train_*.json")):
     t = json.loads(train.read_text())
     print(f"{train.name}: losses {t['losses']}, {t['samples_per_sec']:.3f} samples/s, MFU {t['mfu']}, "
           f"peak {t['peak_memory_gib']} GiB")
+probe = Path(sys.argv[1]) / "svd_probe.json"
+if probe.exists():
+    p = json.loads(probe.read_text())
+    print(f"svd_probe.json (a {p['chunk']} chunk, {p['dtype']}):")
+    for name, v in p["variants"].items():
+        print(f"  {name}: {v['seconds']:.3f} s (first call {v['first_call_s']:.1f} s), vs fp32 {v['rel_err_vs_fp32']:.2e}")
 EOF
     if [ -f "$RESULTS/profile.json" ]; then
         "$PYTHON" -c "import json, sys; sys.path.insert(0, 'tools'); from profile_cascade import summary; print(summary(json.load(open('$RESULTS/profile.json'))))"
@@ -198,7 +214,7 @@ EOF
 }
 for part in "$@"; do
     declare -F "part_$part" >/dev/null || {
-        echo "gpu_session: error: unknown part '$part' (tests, bench8, precision, cases, train, levers, profile, table)" >&2
+        echo "gpu_session: error: unknown part '$part' (tests, bench8, precision, cases, train, levers, svd, profile, table)" >&2
         exit 2
     }
 done

@@ -18,8 +18,8 @@ an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a w
 - ``svd``: one SVD-decoder chunk (``vae_chunk`` frames): its FLOPs (``FlopCounterMode``) and TFLOP/s,
   device time by operator and input rank under torch.profiler (the 2D convolutions apart from the
   temporal Conv3d), and its time with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) off and on,
-  and with the temporal (3, 1, 1) Conv3d run as the equivalent Conv2d (``sampling.vae_temporal_2d``,
-  :func:`cascadev.models.svd_vae.temporal_convs_as_2d`).
+  and compiled (``sampling.vae_compile``, :func:`cascadev.models.svd_vae.compile_decoder`; inductor on
+  CUDA, on the CPU dynamo's ``eager`` backend, which checks the path but times nothing faster).
 - ``host``: cProfile of the main thread over a whole recon (encode, then decode through the latent
   file): the functions that hold it outside the models, which tools/benchmark.py reports together as
   ``read_and_encode``.
@@ -29,6 +29,7 @@ The JSON (``-o``) holds every figure; the printout ends with a line or a few for
 
 from __future__ import annotations
 
+import copy
 import cProfile
 import json
 import pstats
@@ -217,18 +218,20 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
     finally:
         torch.backends.cudnn.benchmark = saved
     reference = pipe.vae_decode(z)
-    # sampling.vae_temporal_2d's layers, put back afterwards (none are swapped when the config asks for them:
-    # the figures above are then the 2D ones already, and the config's choice stays).
-    swapped = svd_vae.temporal_convs_as_2d(pipe.vae)
-    try:
-        result["temporal_convs_as_2d"] = {
-            "layers": swapped,
-            "seconds": timed(lambda: pipe.vae_decode(z), device, repeats),
-            "rel_err": ((pipe.vae_decode(z) - reference).norm() / reference.norm()).item(),
-        }
-    finally:
-        if swapped:
-            svd_vae.temporal_convs_as_2d(pipe.vae, enable=False)
+    # sampling.vae_compile on a copy, so that the pipeline's own decoder (the host section's) stays as the
+    # config has it. The first call compiles (seconds, or ~45 s for the full decoder on an H100).
+    compiled = copy.copy(pipe)
+    compiled.vae = copy.deepcopy(pipe.vae)
+    backend = "inductor" if device.type == "cuda" else "eager"
+    svd_vae.compile_decoder(compiled.vae, backend=backend)
+    tic = time.perf_counter()
+    out = compiled.vae_decode(z)
+    result["compiled"] = {
+        "backend": backend,
+        "first_call_s": time.perf_counter() - tic,
+        "seconds": timed(lambda: compiled.vae_decode(z), device, repeats),
+        "rel_err": ((out - reference).norm() / reference.norm()).item(),
+    }
     result["tflop_per_chunk"] = flops / 1e12
     result["tflop_per_s"] = flops / result["seconds_cudnn_benchmark_false"] / 1e12
     result["of_peak"] = result["tflop_per_s"] / peak if peak else None
@@ -287,8 +290,9 @@ def summary(report: dict) -> str:
         ops = ", ".join(f"{k} {v:.3f}" for k, v in list(s["by_operator"].items())[:6])
         lines.append(
             f"svd chunk of {s['chunk_frames']}: {s['tflop_per_chunk']:.2f} TFLOP in {s['seconds_cudnn_benchmark_false']:.3f} s "
-            f"(cudnn.benchmark {s['seconds_cudnn_benchmark_true']:.3f} s; temporal convs as 2D "
-            f"{s['temporal_convs_as_2d']['seconds']:.3f} s), {s['tflop_per_s']:.0f} TFLOP/s; {ops}"
+            f"(cudnn.benchmark {s['seconds_cudnn_benchmark_true']:.3f} s; compiled, {s['compiled']['backend']}: "
+            f"{s['compiled']['seconds']:.3f} s after {s['compiled']['first_call_s']:.0f} s), "
+            f"{s['tflop_per_s']:.0f} TFLOP/s; {ops}"
         )
     if "host" in report:
         h = report["host"]

@@ -1,65 +1,53 @@
-"""Faster kernels for diffusers' SVD video VAE (``AutoencoderKLTemporalDecoder``): the same sums, another layout.
+"""A compiled run of diffusers' SVD video decoder (``AutoencoderKLTemporalDecoder``): the same sums, fused.
 
-The decoder is diffusers' own; these only change how PyTorch runs two kinds of its layers, and leave
-its weights and state dict as they are:
+The decoder is diffusers' own, and its weights and state dict stay as they are. Eagerly, a 4-frame
+1024² chunk takes 0.71 s on an H100, 9% of its fp16 peak: the temporal blocks see the (B*T, C, H, W)
+activations through a (B, C, T, H, W) permuted view, so each GroupNorm and (3, 1, 1) Conv3d over them
+copies the tensor first, and group norm (0.23 s) and copies (0.21 s) outweigh the convolutions
+(0.12 s). torch.compile fuses the norms, activations and copies around cuDNN's convolutions: 0.25 s
+(docs/benchmarks.md, "The SVD decoder"). Channels-last weights (0.80 s) and the temporal Conv3d run as
+Conv2d (0.76 s) were measured too and gave nothing.
 
-- :func:`use_channels_last`: the 2D convolutions' weights in channels-last layout, for cuDNN's NHWC
-  kernels (``sampling.vae_channels_last``).
-- :func:`temporal_convs_as_2d`: its (3, 1, 1) Conv3d layers (the temporal mixing of each ResNet block
-  and of the output) run as Conv2d with a (3, 1) kernel over ``(B, C, T, H*W)``, a view of the same
-  memory, so that they run on cuDNN's 2D kernels rather than its 3D ones (``sampling.vae_temporal_2d``).
+:func:`compile_decoder` turns it on (``sampling.vae_compile``). Each new chunk shape (frames, height,
+width) compiles once, about 45 s on an H100, so it pays off over a batch of videos of one size.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Callable
+
 import torch
-import torch.nn.functional as F
-from torch import nn
+from diffusers.models.autoencoders.autoencoder_kl_temporal_decoder import TemporalDecoder
 
-__all__ = ["TemporalConvAs2d", "temporal_convs_as_2d", "use_channels_last"]
+from cascadev.errors import first_line
+
+__all__ = ["CompiledTemporalDecoder", "compile_decoder"]
 
 
-class TemporalConvAs2d(nn.Conv3d):
-    """A (3, 1, 1) Conv3d, zero-padded in time only, computed as a (3, 1) Conv2d over ``(B, C, T, H*W)``.
+class CompiledTemporalDecoder(TemporalDecoder):
+    """diffusers' ``TemporalDecoder`` whose forward runs through torch.compile.
 
-    Made from an existing layer by :func:`temporal_convs_as_2d` (its class is swapped; parameters, state
-    dict and ``isinstance(m, nn.Conv3d)`` stay).
+    Made from an existing decoder by :func:`compile_decoder` (its class is swapped; parameters and state
+    dict stay). Where compiling fails (no C++ or Triton compiler, say), it warns once and runs eagerly.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T, H, W) -> (B, C', T, H, W)."""
-        b, c, t, h, w = x.shape
-        # The 1x1 spatial taps make each pixel a column of its own: (T, H*W) as a 2D image is the same sum.
-        y = F.conv2d(x.reshape(b, c, t, h * w), self.weight[..., 0], self.bias, padding=(1, 0))  # (B, C', T, H*W)
-        return y.view(b, -1, t, h, w)
+    _compiled: Callable | None = None
+
+    def forward(self, sample: torch.Tensor, image_only_indicator: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        """sample (B*T, C, h, w) latent -> (B*T, 3, 8h, 8w) frames, as ``TemporalDecoder.forward``."""
+        if self._compiled is not None:
+            try:
+                return self._compiled(sample, image_only_indicator, num_frames)
+            except torch._dynamo.exc.TorchDynamoException as exc:  # the compiler, not the decoder, failed
+                warnings.warn(f"compiling the SVD decoder failed, running it eagerly: {first_line(exc)}")
+                self._compiled = None
+        return super().forward(sample, image_only_indicator, num_frames)
 
 
-def _is_temporal(module: nn.Module) -> bool:
-    return (
-        type(module) is nn.Conv3d
-        and module.kernel_size == (3, 1, 1)
-        and module.padding == (1, 0, 0)
-        and module.stride == (1, 1, 1)
-        and module.dilation == (1, 1, 1)
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-    )
-
-
-def temporal_convs_as_2d(vae: nn.Module, enable: bool = True) -> int:
-    """Run the VAE's (3, 1, 1) Conv3d layers as Conv2d (``enable``), or as Conv3d again; returns how many."""
-    if enable:
-        layers = [m for m in vae.modules() if _is_temporal(m)]
-    else:
-        layers = [m for m in vae.modules() if type(m) is TemporalConvAs2d]
-    for layer in layers:
-        layer.__class__ = TemporalConvAs2d if enable else nn.Conv3d
-    return len(layers)
-
-
-def use_channels_last(vae: nn.Module) -> int:
-    """The VAE's 2D convolutions' weights in channels-last layout (its Conv3d weights, 5D, keep theirs)."""
-    convs = [m for m in vae.modules() if isinstance(m, nn.Conv2d)]
-    for conv in convs:
-        conv.to(memory_format=torch.channels_last)
-    return len(convs)
+def compile_decoder(vae: torch.nn.Module, backend: str | Callable = "inductor") -> None:
+    """Run ``vae.decoder`` through torch.compile (``backend``, static shapes) from its next call on."""
+    decoder = vae.decoder
+    decoder.__class__ = CompiledTemporalDecoder
+    # The eager forward, bound to this decoder, is what gets traced (not the class's own, which calls it).
+    decoder._compiled = torch.compile(super(CompiledTemporalDecoder, decoder).forward, backend=backend, dynamic=False)
