@@ -155,9 +155,11 @@ part_levers() {
         bench "lever_${lever#sampling.}" --case 8x1024 --settings default --cfg-options "$lever"
     done
     bench lever_io-depth-0 --case 8x1024 --settings default --io-depth 0
-    # The levers that won, together.
-    bench lever_fastest --case 8x1024 --settings default \
-        --cfg-options sampling.compile=reduce-overhead sampling.attention_backend=cudnn sampling.vae_compile=True
+    # The levers that won, together; then the compiled decoder at 2K.
+    local fastest=(sampling.compile=reduce-overhead sampling.attention_backend=cudnn sampling.vae_compile=True)
+    bench lever_fastest --case 8x1024 --settings default --cfg-options "${fastest[@]}"
+    bench lever_vae_compile-2048 --case 8x2048 --settings default --cfg-options sampling.vae_compile=True
+    bench lever_fastest-2048 --case 8x2048 --settings default --cfg-options "${fastest[@]}"
 }
 
 part_svd() {
