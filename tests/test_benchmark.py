@@ -198,6 +198,12 @@ def test_benchmark_table_checks_the_targets_and_compares_levers(tmp_path, capsys
     both = benchmark_table.tables([str(paths[0]), str(paths[2])], [str(paths[1]), str(paths[3])], None)
     assert "| baseline (defaults) | 8x2048 | 0.100 | 1.000 | 9.000 | +0.0% | 50.0% | 20.0 |" in both
     assert "| `sampling.batch_size=9` | 8x2048 | 0.100 | 1.000 | 6.300 | -30.0% | 50.0% | 20.0 |" in both
+    # One lever measured on two cases: a row for each.
+    at_2k = tmp_path / "lever-2048.json"
+    at_2k.write_text(json.dumps(dict(lever, runs=[_run("8x2048", "default", 7.2, 1.0, 0.5, 20.0)])))
+    twice = benchmark_table.tables([str(paths[0]), str(paths[2])], [str(paths[1]), str(at_2k)], None)
+    assert "| `sampling.compile=default` | 8x1024 | 0.100 | 0.350 | 1.520 | -20.0% | 70.0% | 15.0 |" in twice
+    assert "| `sampling.compile=default` | 8x2048 | 0.100 | 1.000 | 7.200 | -20.0% | 50.0% | 20.0 |" in twice
     assert benchmark_table.main([str(paths[0]), "--levers", str(paths[3])]) == 2  # no 8x2048 baseline
     assert capsys.readouterr().err.strip() == (
         "benchmark_table: error: `sampling.batch_size=9` has no default-settings run of case 8x2048 in the "

@@ -89,15 +89,16 @@ def target_table(reports: list[dict], case: str = "8x1024") -> str:
     return "\n".join(rows)
 
 
-def lever_table(baselines: list[dict], levers: dict[str, dict]) -> str:
-    """Each lever file's default run against the baselines' default run of the same case."""
+def lever_table(baselines: list[dict], levers: list[tuple[str, dict]]) -> str:
+    """Each lever file's default run against the baselines' default run of the same case (``levers``:
+    (name, report) pairs; one lever may be measured on several cases, so a name may come twice)."""
     base = {r["case"]: r for report in baselines for r in report["runs"] if r["settings"] == "default"}
     rows = [
         "| lever | case | DiT total | SVD decode | end to end | vs baseline | MFU | peak GiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     compared = []
-    for name, report in levers.items():
+    for name, report in levers:
         run = next((r for r in report["runs"] if r["settings"] == "default"), None)
         if run is None or run["case"] not in base:
             case = "any case" if run is None else f"case {run['case']}"
@@ -152,10 +153,9 @@ def tables(paths: list[str], lever_paths: list[str], baseline_paths: list[str] |
         out.append(targets)
     if lever_paths:
         baselines = [load_report(p) for p in baseline_paths] if baseline_paths else reports
-        levers = {}
-        for path in map(Path, lever_paths):
-            report = load_report(path)
-            levers[lever_name(report, path)] = report
+        levers = [
+            (lever_name(report, path), report) for path in map(Path, lever_paths) for report in [load_report(path)]
+        ]
         out.append(lever_table(baselines, levers))
     return "\n\n".join(out)
 
