@@ -134,6 +134,9 @@ def test_profile_splits_the_time_below_the_stages(tmp_path):
     assert any("conv" in name for name in svd["by_operator"])  # the decoder is convolutions
     compiled = svd["compiled"]  # sampling.vae_compile's path (dynamo's eager backend on the CPU): the same frames
     assert compiled["backend"] == "eager" and compiled["rel_err"] < 1e-5 and compiled["seconds"] > 0
+    trip = report["transfer"]  # tiny at 64x64: a (4, 4, 8, 8) float32 latent
+    assert trip["latent_mib"] == 4 * 4 * 8 * 8 * 4 / 2**20 and trip["to_host_s"] > 0 and trip["to_device_s"] > 0
+    assert "latent round trip per segment" in result.stdout
     functions = [r["function"] for r in report["host"]["cascadev_by_cumulative"]]
     assert any("run_task" in f for f in functions) and any("decode_latent" in f for f in functions)
     assert "svd chunk of 4" in result.stdout and result.stdout.splitlines()[-1].startswith("host: recon")

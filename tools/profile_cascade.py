@@ -5,7 +5,7 @@
     python tools/profile_cascade.py --config configs/tiny.py --device cpu --frames 4 --size 64x64
 
 Full-size models with random weights at the default precision (speed does not depend on the weights),
-an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a warm-up:
+an 8 x 1024 x 1024 clip unless told otherwise. Five measurements, each after a warm-up:
 
 - ``attention``: the DiT's SDPA call alone at the shape of each attention pattern (cells x heads x
   tokens x head dim: 2,048, 8,192 and 32,768 tokens for the release), for each kernel, in TFLOP/s
@@ -20,6 +20,9 @@ an 8 x 1024 x 1024 clip unless told otherwise. Four measurements, each after a w
   temporal Conv3d), and its time with cuDNN's autotuner (``torch.backends.cudnn.benchmark``) off and on,
   and compiled (``sampling.vae_compile``, :func:`cascadev.models.svd_vae.compile_decoder`; inductor on
   CUDA, on the CPU dynamo's ``eager`` backend, which checks the path but times nothing faster).
+- ``transfer``: the one host round trip a segment makes between the DiT and the SVD decoder (the sampled
+  latent, (T, 4, H/8, W/8) float32, to the host and back), each way timed with the copy synchronized:
+  what keeping the latent on the device would save.
 - ``host``: cProfile of the main thread over a whole recon (encode, then decode through the latent
   file): the functions that hold it outside the models, which tools/benchmark.py reports together as
   ``read_and_encode``.
@@ -67,7 +70,7 @@ from benchmark import (  # noqa: E402
 )
 from benchmark_dit import calls_flops_parts  # noqa: E402
 
-SECTIONS = ("attention", "dit", "svd", "host")
+SECTIONS = ("attention", "dit", "svd", "transfer", "host")
 # Kernel names by kind; attention first: cuDNN's attention kernels also carry "sm90" and "wgmma".
 ATTENTION_KERNEL = re.compile(r"fmha|flash|attention|attn|sdpa", re.I)
 MATMUL_KERNEL = re.compile(r"gemm|nvjet|cutlass|xmma|wgmma|matmul|aten::(addmm|mm|bmm|linear)$", re.I)
@@ -238,6 +241,18 @@ def svd_section(pipe, height: int, width: int, device: torch.device, repeats: in
     return result
 
 
+def transfer_section(frames: int, height: int, width: int, device: torch.device, repeats: int) -> dict:
+    """Seconds of the sampled latent's trip to the host (``CascadeVPipeline.sample`` returns it there)
+    and back (``vae_decode``), per segment of ``frames`` frames."""
+    latent = torch.randn(frames, 4, height // VAE_STRIDE, width // VAE_STRIDE, device=device)  # (T, 4, h, w)
+    on_host = latent.cpu()
+    return {
+        "latent_mib": latent.numel() * latent.element_size() / 2**20,
+        "to_host_s": timed(lambda: latent.cpu(), device, repeats),  # .cpu() waits for the copy
+        "to_device_s": timed(lambda: on_host.to(device), device, repeats),
+    }
+
+
 def host_section(pipe, frames: int, height: int, width: int, work: Path) -> dict:
     """cProfile of the main thread over a recon (encode + decode through the latent file), after a warm-up."""
     src = work / "in.mp4"
@@ -293,6 +308,12 @@ def summary(report: dict) -> str:
             f"(cudnn.benchmark {s['seconds_cudnn_benchmark_true']:.3f} s; compiled, {s['compiled']['backend']}: "
             f"{s['compiled']['seconds']:.3f} s after {s['compiled']['first_call_s']:.0f} s), "
             f"{s['tflop_per_s']:.0f} TFLOP/s; {ops}"
+        )
+    if "transfer" in report:
+        t = report["transfer"]
+        lines.append(
+            f"latent round trip per segment ({t['latent_mib']:.1f} MiB): to the host {t['to_host_s'] * 1e3:.2f} ms, "
+            f"back {t['to_device_s'] * 1e3:.2f} ms"
         )
     if "host" in report:
         h = report["host"]
@@ -353,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["dit"] = dit_section(pipe, latent, device, report["peak_tflop_per_s"])
             if "svd" in args.sections:
                 report["svd"] = svd_section(pipe, height, width, device, args.repeats, report["peak_tflop_per_s"])
+            if "transfer" in args.sections:
+                report["transfer"] = transfer_section(args.frames, height, width, device, args.repeats)
         if "host" in args.sections:
             with tempfile.TemporaryDirectory() as tmp:
                 report["host"] = host_section(pipe, args.frames, height, width, Path(tmp))
