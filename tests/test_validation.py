@@ -37,6 +37,7 @@ BAD_OPTIONS = {
     "tools/precision_table.py": (["--device", "tpu"], "precision_table", "--device"),
     "tools/profile_cascade.py": (["--size", "10x"], "profile_cascade", "expected WIDTHxHEIGHT in pixels"),
     "tools/prepare_inter4k.py": (["src", "-o", "out", "--crf", "-1"], "prepare_inter4k", "--crf"),
+    "tools/svd_probe.py": (["--variants", "fp8"], "svd_probe", "--variants"),
     "tools/readme_options.py": (["--update=yes"], "readme_options", "--update"),
     "scripts/evaluate.py": (
         ["--ref", "a", "--rec", "b", "-o", "r.json", "--chunk-frames", "0"],
