@@ -16,8 +16,8 @@
 #   svd        ways to run the SVD decoder (tools/svd_probe.py): eager, channels-last, compiled whole or
 #              by block, each against float32
 #   profile    one level below the stages, on 8x1024²: SDPA kernels per attention pattern, a DiT step's
-#              device time by kind of kernel, the SVD decoder by operator (and cuDNN's autotuner), the
-#              main thread's own time (tools/profile_cascade.py)
+#              device time by kind of kernel, the SVD decoder by operator (cuDNN's autotuner, compiled),
+#              the latent's host round trip, the main thread's own time (tools/profile_cascade.py)
 #   table      docs/benchmarks.md's tables from whatever results are there
 #
 # The plan for one session (30 minutes of device time; the machine stays warm 30 s after a call, so

@@ -5,7 +5,7 @@ The decoder is diffusers' own, and its weights and state dict stay as they are. 
 activations through a (B, C, T, H, W) permuted view, so each GroupNorm and (3, 1, 1) Conv3d over them
 copies the tensor first, and group norm (0.23 s) and copies (0.21 s) outweigh the convolutions
 (0.12 s). torch.compile fuses the norms, activations and copies around cuDNN's convolutions: 0.25 s
-(docs/benchmarks.md, "The SVD decoder"). Channels-last weights (0.80 s) and the temporal Conv3d run as
+(docs/benchmarks.md, "One level down"). Channels-last weights (0.80 s) and the temporal Conv3d run as
 Conv2d (0.76 s) were measured too and gave nothing.
 
 :func:`compile_decoder` turns it on (``sampling.vae_compile``). Each new chunk shape (frames, height,
