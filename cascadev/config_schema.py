@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conditioning import KINDS
-from .config_defaults import MISSING, lookup
+from .config_defaults import MISSING, lookup, setting
 from .errors import CascadeVError
 from .rules import (
     ATTENTION_BACKENDS,
@@ -26,6 +26,7 @@ from .rules import (
     SEED_LIMIT,
     SHORT_VIDEO_MODES,
     TRAIN_TIMESTEPS,
+    attn_strides_problem,
     is_whole,
     whole_description,
 )
@@ -129,7 +130,7 @@ SCHEMA: dict[str, Rule] = {
     "model.mlp_ratio": number(0, above=True),
     "model.pred_sigma": boolean(),
     "model.pe_interpolation": number(0, above=True),
-    "model.attn_strides": sequence(nullable=True),
+    "model.attn_strides": sequence(what="a list of None or [ts, xs] items", nullable=True),  # and _check_strides
     "model.lats_per_vid": COUNT,
     "model.fp32_attention": boolean(),
     "compressor": section(),
@@ -239,6 +240,7 @@ def validate_config(cfg: Mapping[str, Any], source: str = "the config") -> None:
             raise CascadeVError(f"{source} lacks the key {key}, which every command needs.")
     for key, rule in SCHEMA.items():
         _check(key, lookup(cfg, key), rule, source)
+    _check_strides(cfg["model"], "model.attn_strides", source)
     # PixArt's configs give the training steps apart (train_sampling_steps); here training and sampling
     # both take schedule.num_train_timesteps, so a PixArt value that differs is refused, not ignored.
     pixart_steps = lookup(cfg, "train_sampling_steps")
@@ -258,6 +260,8 @@ def validate_section(values: Mapping[str, Any], name: str, source: str) -> None:
     for key, rule in SCHEMA.items():
         if key.startswith(prefix):
             _check(key[len(prefix) :], values.get(key[len(prefix) :], MISSING), rule, source)
+    if name == "model":
+        _check_strides(values, "attn_strides", source)
 
 
 def _check(key: str, value: Any, rule: Rule, source: str) -> None:
@@ -266,3 +270,17 @@ def _check(key: str, value: Any, rule: Rule, source: str) -> None:
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     raise CascadeVError(f"config key {key} must be {rule.what}, got {shown} (in {source}).")
+
+
+def _check_strides(model: Mapping[str, Any], key: str, source: str) -> None:
+    """Each item of the DiT's attn_strides, by the rule the model asks too (against its window and grid)."""
+    strides = model.get("attn_strides")
+    if not isinstance(strides, (list, tuple)):
+        return  # absent or None; any other value its rule has refused
+    size, patch, frames = (
+        setting({"model": model}, f"model.{k}") for k in ("input_size", "patch_size", "lats_per_vid")
+    )
+    for item in strides:
+        problem = attn_strides_problem(item, frames, size // patch)
+        if problem:
+            raise CascadeVError(f"config key {key} has the item {item!r}: {problem} (in {source}).")

@@ -116,6 +116,26 @@ def check_whole(value: Any, what: str, lo: int = 1, hi: int | None = None) -> in
     return int(value)
 
 
+def attn_strides_problem(item: Any, frames: int, tokens: int) -> str | None:
+    """Why ``item`` of a DiT's ``attn_strides`` cannot run, or None: it is None (full attention) or a pair
+    [ts, xs] of whole numbers of at least 1, ts dividing the ``frames`` of a window (lats_per_vid) and those
+    of a 2x-mode window (a quarter, where ts is capped at that), xs the ``tokens`` per side (input_size /
+    patch_size): the cells of :class:`cascadev.models.dit.CascadeDiT`'s grid attention."""
+    if item is None:
+        return None
+    if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(is_whole(x, 1) for x in item)):
+        return "it must be None or a pair [ts, xs] of whole numbers of at least 1"
+    ts, xs = item
+    if frames % ts:
+        return f"ts {ts} does not divide the {frames} frames of a window (lats_per_vid)"
+    if tokens % xs:
+        return f"xs {xs} does not divide the {tokens} tokens per side (input_size / patch_size)"
+    frames_2x = frames // 4
+    if frames_2x and frames_2x % min(ts, frames_2x):
+        return f"ts {ts} does not divide the {frames_2x} frames of a 2x-mode window (lats_per_vid / 4)"
+    return None
+
+
 def check_seed(value: Any, what: str = "The seed") -> int:
     """A noise seed, 0 to 2**63 - 1."""
     return check_whole(value, what, 0, SEED_LIMIT - 1)

@@ -414,3 +414,37 @@ def test_dit_is_a_diffusers_model_and_loads_from_a_pretrained_folder(tmp_path, c
     (tmp_path / "edited" / "config.json").write_text("[1, 2]")
     with pytest.raises(CascadeVError, match="edited has a config.json that is not a JSON object"):
         load_dit_folder(tmp_path / "edited")
+
+
+@pytest.mark.parametrize(
+    "strides,said",
+    [
+        ([[1, 2, 3]], "[1, 2, 3]: it must be None or a pair [ts, xs] of whole numbers of at least 1"),
+        ([[1.5, 2]], "[1.5, 2]: it must be None or a pair [ts, xs] of whole numbers of at least 1"),
+        ([None, 5], "5: it must be None or a pair [ts, xs] of whole numbers of at least 1"),  # was a TypeError
+        ([[3, 1]], "[3, 1]: ts 3 does not divide the 4 frames of a window (lats_per_vid)"),
+        ([[1, 3]], "[1, 3]: xs 3 does not divide the 4 tokens per side (input_size / patch_size)"),
+    ],
+)
+def test_a_dit_folders_attn_strides_items_are_checked(tmp_path, capsys, strides, said):
+    """config.json's attn_strides: each item None or [ts, xs] dividing the window; key, item and file named."""
+    from cli_checks import assert_one_line_error
+    from videos import write_test_video
+
+    from cascadev.cli import main
+    from cascadev.loading import load_config, load_dit_folder
+    from cascadev.models import build_model
+
+    build_model(load_config(TINY_CONFIG).model).save_pretrained(tmp_path / "dit")
+    config = json.loads((tmp_path / "dit" / "config.json").read_text())
+    (tmp_path / "dit" / "config.json").write_text(json.dumps({**config, "attn_strides": strides}))
+    message = f"config key attn_strides has the item {said} (in {tmp_path / 'dit' / 'config.json'})."
+    with pytest.raises(CascadeVError) as refused:
+        load_dit_folder(tmp_path / "dit")
+    assert str(refused.value) == message
+    write_test_video(tmp_path / "clip.mp4", 2, 32, 32)
+    out = tmp_path / "r"
+    code = main(["recon", str(tmp_path / "clip.mp4"), "-o", str(out), "--config", TINY_CONFIG, "--random-init",
+                 "--ckpt", str(tmp_path / "dit")])  # fmt: skip
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not out.exists()

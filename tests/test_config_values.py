@@ -216,7 +216,7 @@ def test_upscale_output_size_is_bounded(tmp_path, capsys, clip):
     [
         (
             ["model.lats_per_vid=3"],
-            "CascadeDiT cannot be built: ValueError: attn_strides [2, 1] do not divide 3 frames",
+            "config key model.attn_strides has the item [2, 1]: ts 2 does not divide the 3 frames of a window",
         ),
         (["model.num_heads=7"], "hidden_size 96 is not divisible by num_heads 7"),
         (["model.hidden_size=128"], "cannot be split into 1D + 2D sin-cos embeddings"),
@@ -235,6 +235,33 @@ def test_values_that_fit_the_schema_but_not_each_other_stop_before_any_work(tmp_
     code, err = run_cli(capsys, "recon", clip, "-o", out, "--config", TINY, "--random-init", "--cfg-options", *options)
     assert_one_line_error(code, err, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "strides,needle",
+    [
+        ("[[1,2,3]]", "[1, 2, 3]: it must be None or a pair [ts, xs] of whole numbers of at least 1"),
+        ("[[1.5,2]]", "[1.5, 2]: it must be None or a pair"),
+        ("[None,5]", "5: it must be None or a pair"),
+        ("[[0,1]]", "[0, 1]: it must be None or a pair"),
+        ("[[3,1]]", "[3, 1]: ts 3 does not divide the 4 frames of a window (lats_per_vid)"),
+        ("[[1,3]]", "[1, 3]: xs 3 does not divide the 4 tokens per side (input_size / patch_size)"),
+    ],
+)
+def test_attn_strides_items_the_dit_cannot_run(tmp_path, capsys, clip, strides, needle):
+    """Each item is None or [ts, xs] dividing tiny's window (4 frames of 4x4 tokens); named with its file."""
+    config = tmp_path / "edited.py"
+    config.write_text(f"_base_ = [{TINY!r}]\nmodel = dict(attn_strides={strides})\n")
+    option = f"model.attn_strides={strides}"
+    for argv, source in (
+        (["--config", config], "(in config edited.py)"),
+        (["--config", TINY, "--cfg-options", option], "(in config tiny.py with --cfg-options)"),
+    ):
+        out = tmp_path / "r"
+        code, err = run_cli(capsys, "recon", clip, "-o", out, "--random-init", *argv)
+        assert_one_line_error(code, err, f"config key model.attn_strides has the item {needle}", source)
+        assert not out.exists()
+    load_config(TINY, ["model.attn_strides=[None,[4,2]]"])  # ts capped at a 2x-mode window's single frame
 
 
 def test_training_clips_must_be_the_dits_window_and_autoencoder_crops_its_grid(tmp_path, capsys, clip):

@@ -1,6 +1,7 @@
 """CascadeDiT: fidelity to the reference (golden fixture), the released layout, grid attention."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,21 @@ def test_2x_mode_runs_on_twice_the_size_with_a_quarter_of_the_frames():
 def test_rejects_shapes_outside_its_modes(shape, t, as_images):
     with pytest.raises(ValueError):
         _tiny()(torch.randn(*shape), torch.tensor(t), as_images=as_images)
+
+
+@pytest.mark.parametrize(
+    "strides,said",
+    [
+        ([[1.5, 2]], "[1.5, 2]: it must be None or a pair"),  # was run as [1, 2]
+        ([[1, 2, 3]], "[1, 2, 3]: it must be None or a pair"),  # was run as [1, 2]
+        ([5], "5: it must be None or a pair"),  # was a TypeError
+        ([[3, 1]], "[3, 1]: ts 3 does not divide the 4 frames of a window"),
+        ([[1, 3]], "[1, 3]: xs 3 does not divide the 4 tokens per side"),
+    ],
+)
+def test_refuses_attn_strides_it_cannot_run(strides, said):
+    with pytest.raises(ValueError, match=re.escape(f"attn_strides item {said}")):
+        _tiny(attn_strides=strides)
 
 
 def test_meta_device_construction_allocates_nothing():

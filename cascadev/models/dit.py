@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cascadev.errors import first_line
+from cascadev.rules import attn_strides_problem
 
 Strides = Sequence[int] | None
 
@@ -302,8 +303,11 @@ class CascadeDiT(ModelMixin, ConfigMixin):
         self.num_heads = num_heads
         self.pe_interpolation = float(pe_interpolation)
         self.lats_per_vid = lats_per_vid
+        for strides in attn_strides or [None]:
+            problem = attn_strides_problem(strides, lats_per_vid, input_size // patch_size)
+            if problem:
+                raise ValueError(f"attn_strides item {strides!r}: {problem}")
         self.attn_strides = [None if s is None else (int(s[0]), int(s[1])) for s in (attn_strides or [None])]
-        self._check_strides()
         self.gradient_checkpointing = False
         self._compiled_blocks: list[nn.Module] | None = None  # compile_blocks(); a plain list, not submodules
         self._cudagraphs = False  # compile_blocks() with a mode that records CUDA graphs
@@ -328,22 +332,6 @@ class CascadeDiT(ModelMixin, ConfigMixin):
             return None
         ts, xs = strides
         return min(ts, frames), xs
-
-    def _check_strides(self) -> None:
-        tokens = self.input_size // self.patch_size
-        for strides in self.attn_strides:
-            if strides is None:
-                continue
-            ts, xs = strides
-            if ts < 1 or xs < 1 or self.lats_per_vid % ts or tokens % xs:
-                raise ValueError(
-                    f"attn_strides {list(strides)} do not divide {self.lats_per_vid} frames x {tokens}^2 tokens"
-                )
-            frames_2x = self.lats_per_vid // 4
-            if frames_2x and frames_2x % self.grid_cells(strides, frames_2x)[0]:
-                raise ValueError(
-                    f"attn_strides {list(strides)} do not divide the {frames_2x} frames of a 2x-mode window"
-                )
 
     def initialize_weights(self) -> None:
         """PixArt's initialisation (xavier linears, small time MLPs, zero output head)."""
