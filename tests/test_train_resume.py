@@ -398,3 +398,24 @@ def test_previous_layout_checkpoint_resumes_exactly_and_loads_as_ckpt(trained, t
     for ckpt in (old / CKPT4, old / CKPT4 / checkpoints.MODEL_FILE, new / CKPT4):  # a checkpoint folder is its DiT
         dit = build_pipeline(load_config(TINY), ["dit"], random_init=True, ckpt=ckpt).dit
         assert all(torch.equal(dit.state_dict()[k], weights[k]) for k in weights), ckpt
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every path under ``folder`` (the folder too) with its mtime and, for a file, its bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+        for p in [folder, *folder.rglob("*")]
+    }
+
+
+def test_a_run_with_nothing_to_train_leaves_the_work_dir_as_it_was(trained, tmp_path, clips, capsys):
+    """Resumed at its --max-steps: no config copy rewritten, no TensorBoard file, no metrics.jsonl rewrite."""
+    work = copy_of(trained, tmp_path)
+    with open(work / "metrics.jsonl", "a") as log:  # a step logged by a run killed before it saved step 5
+        log.write('{"step": 5, "loss": 0.5}\n')
+    before = _snapshot(work)
+    time.sleep(0.01)  # a rewrite, even of the same bytes, shows in the mtimes
+    capsys.readouterr()
+    assert train(work, clips, 4) == 0
+    assert f"nothing to train: {CKPT4} is at step 4" in capsys.readouterr().err
+    assert _snapshot(work) == before

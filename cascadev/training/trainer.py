@@ -255,13 +255,6 @@ class Trainer:
         self.batches_per_epoch = len(self.dataset) // clips_per_batch
         self.resume_from = self._resume_point()
         model = self.build_model()
-        # Only now: a run that stops at its video list or its weights leaves no work dir behind.
-        if acc.is_main_process:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            text = cfg.pretty_text  # what Config.dump writes for a .py file, written whole or not at all
-            with atomic_output(self.work_dir / CONFIG_COPY, "config copy") as tmp:
-                tmp.write_text(text)
-        acc.wait_for_everyone()
         freeze_modules(model, setting(cfg, "frozen_modules"))
         model.to(acc.device).train()
         self.ema = build_ema(model, cfg, acc.device)
@@ -350,8 +343,6 @@ class Trainer:
             if self.ema is not None:
                 self._load_ema(self.resume_from, int(state.get("ema_step", 0)))
             self._say(f"resuming from {self.resume_from.name} (step {state['step']})")
-        if acc.is_main_process:  # the steps after the checkpoint are trained and logged again
-            metrics_log.keep_until(self.work_dir / "metrics.jsonl", state["step"])
         return state
 
     @property
@@ -547,9 +538,15 @@ class Trainer:
                     "or give this run a work dir of its own (--work-dir)"
                 )
             self._say(f"nothing to train: {self.resume_from.name} is at step {total} already ({asked})")
-            return None
-        if acc.is_main_process:
-            # purge_step: TensorBoard drops the events of steps after the checkpoint, which are logged again.
+            return None  # the work dir is left as it was
+        if acc.is_main_process:  # only now: a run that stops before training writes nothing in the work dir
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            text = cfg.pretty_text  # what Config.dump writes for a .py file, written whole or not at all
+            with atomic_output(self.work_dir / CONFIG_COPY, "config copy") as tmp:
+                tmp.write_text(text)
+            # The steps after the checkpoint are trained and logged again: metrics.jsonl drops them, and
+            # TensorBoard (purge_step) their events.
+            metrics_log.keep_until(self.work_dir / "metrics.jsonl", state["step"])
             acc.init_trackers("cascadev", init_kwargs={"tensorboard": {"purge_step": state["step"] + 1}})
         if self.cache is not None:
             self._fill_cache()
