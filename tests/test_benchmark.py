@@ -294,3 +294,90 @@ def test_benchmark_names_a_lever_the_device_cannot_run_in_one_line(tmp_path):
         "benchmark: error: sampling.attention_backend=cudnn has no kernel for these inputs on cpu "
         "(torch.float32); use auto"
     )
+
+
+# Runs each (script, argv) as __main__ in one interpreter, so that torch is imported once; prints
+# [[exit status, stderr], ...] as JSON. For the refusals that must come before any model is built.
+_TOOLS_RUNNER = """
+import contextlib, io, json, runpy, sys
+results = []
+for script, argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    sys.argv = [script, *argv]
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _run_tools(runs, cwd):
+    """[(exit status, stderr)] of each (tool name, argv) of ``runs``, on the CPU with the tiny config."""
+    calls = [
+        [str(ROOT / "tools" / f"{tool}.py"), ["--config", str(ROOT / "configs" / "tiny.py"), "--device", "cpu", *argv]]
+        for tool, argv in runs
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "CASCADEV_MAX_SIZE"}
+    result = subprocess.run(
+        [sys.executable, "-c", _TOOLS_RUNNER, json.dumps(calls)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(env, OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return [tuple(r) for r in json.loads(result.stdout.splitlines()[-1])]
+
+
+def test_measurement_tools_refuse_a_clip_past_the_size_limit_before_building_anything(tmp_path):
+    # cascadev recon --size's limit (cascadev.rules.size_limit_problem) on the short side, then the whole clip
+    # against one frame at the limit: not a MemoryError traceback once the models are built.
+    size = (
+        "--size 100000x100000: 100000 pixels is above the maximum short side of 8192 (one such frame alone is "
+        "111.8 GiB as float32; set CASCADEV_MAX_SIZE to allow more).\n"
+    )
+    frames = (
+        "--frames 100000: 100000 frames of {} are {} GiB as float32, more than one 8192x8192 frame (the most "
+        "these tools hold at once; set CASCADEV_MAX_SIZE to allow more).\n"
+    )
+    runs = {
+        ("benchmark", ("--case", "custom", "--size", "100000x100000")): "benchmark: error: " + size,
+        ("benchmark", ("--case", "custom", "--frames", "100000")): "benchmark: error: "
+        + frames.format("1024x1024", "1171.9"),
+        ("profile_cascade", ("--size", "100000x100000")): "profile_cascade: error: " + size,
+        ("profile_cascade", ("--frames", "100000")): "profile_cascade: error: " + frames.format("1024x1024", "1171.9"),
+        ("svd_probe", ("--size", "100000x100000")): "svd_probe: error: " + size,
+        ("svd_probe", ("--frames", "100000", "--size", "64x64")): "svd_probe: error: " + frames.format("64x64", "4.6"),
+    }
+    assert _run_tools(runs, tmp_path) == [(2, err) for err in runs.values()]
+
+
+def test_measurement_tools_check_the_report_folder_before_measuring(tmp_path):
+    err = "error: Cannot write missing/report.json: the folder missing does not exist.\n"
+    toy = ["--frames", "4", "--size", "64x64", "-o", "missing/report.json"]
+    runs = [("benchmark", ["--case", "custom", *toy]), ("profile_cascade", toy), ("svd_probe", toy)]
+    assert _run_tools(runs, tmp_path) == [(2, f"{tool}: {err}") for tool, _ in runs]
+    assert not (tmp_path / "missing").exists()
+
+
+def test_benchmark_refuses_the_custom_options_without_case_custom(tmp_path):
+    refused = "benchmark: error: {} --case custom ({} the custom case; the named cases are fixed).\n"
+    runs = [
+        ("benchmark", ["--frames", "4", "--size", "64x64"]),  # the default case, 8x1024
+        ("benchmark", ["--case", "custom", "--upscale", "2", "--case", "8x1024"]),  # the last --case wins
+        ("benchmark", ["--case", "8x2048", "--size", "64x64"]),
+        # gpu_session.sh's SMOKE: --case custom and its options after the named case; refused only for
+        # the missing folder, after the options passed.
+        ("benchmark", ["--case", "8x1024", "--case", "custom", "--frames", "4", "--size", "64x64", "-o", "no/x.json"]),
+    ]
+    assert _run_tools(runs, tmp_path) == [
+        (2, refused.format("--frames and --size need", "they define")),
+        (2, refused.format("--upscale needs", "it defines")),
+        (2, refused.format("--size needs", "it defines")),
+        (2, "benchmark: error: Cannot write no/x.json: the folder no does not exist.\n"),
+    ]

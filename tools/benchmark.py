@@ -54,6 +54,7 @@ from mmengine.config import Config  # noqa: E402
 from cascadev import overlap, reconstruct  # noqa: E402
 from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_float, positive_int, width_by_height  # noqa: E402
+from cascadev.atomic import check_output_path  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import Conditioner  # noqa: E402
 from cascadev.enhance import upscale_video  # noqa: E402
@@ -61,6 +62,7 @@ from cascadev.errors import CascadeVError  # noqa: E402
 from cascadev.frames import to_uint8  # noqa: E402
 from cascadev.loading import build_pipeline, load_config, resolve_device, resolve_precision  # noqa: E402
 from cascadev.reconstruct import SamplingArgs  # noqa: E402
+from cascadev.rules import MAX_SIZE_ENV, max_size, size_limit_problem  # noqa: E402
 from cascadev.video_io import VideoReader, VideoWriter, write_video  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,6 +77,43 @@ CASES = {
     "64x1024": (64, 1024, 1024, None),  # long: memory must stay flat
     "8x256-up4": (8, 1024, 1024, 4),  # another model's 256x256 output upscaled x4 to 1024x1024
 }
+# The custom case's options (dest, option, default): given without --case custom they would do nothing.
+CUSTOM_OPTIONS = (("frames", "--frames", 8), ("size", "--size", (1024, 1024)), ("upscale", "--upscale", None))
+
+
+def check_clip(frames: int, width: int, height: int) -> None:
+    """Refuse, in one line and before anything is built, a clip of ``frames`` frames of ``width`` x ``height``
+    past the project's size limit (:func:`cascadev.rules.size_limit_problem`, ``cascadev recon --size``'s):
+    the short side, then the whole clip, which these tools hold at once (the synthetic input, the latent,
+    the decoded chunk), against the pixels of one frame at the limit."""
+    problem = size_limit_problem(min(width, height))
+    if problem:
+        raise CascadeVError(f"--size {width}x{height}: {problem}.")
+    limit = max_size()
+    if frames * width * height > limit * limit:
+        gib = 3 * 4 * frames * width * height / 2**30  # float32 RGB, as size_limit_problem counts
+        raise CascadeVError(
+            f"--frames {frames}: {frames} frames of {width}x{height} are {gib:.1f} GiB as float32, more than "
+            f"one {limit}x{limit} frame (the most these tools hold at once; set {MAX_SIZE_ENV} to allow more)."
+        )
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The checks of the options together, before any work: the custom case's options without
+    ``--case custom``, a custom clip past the size limit, an output that cannot be written. Fills in the
+    custom options' defaults."""
+    given = [option for dest, option, _ in CUSTOM_OPTIONS if getattr(args, dest) is not None]
+    if given and "custom" not in args.case:
+        them = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+        verb, pronoun = ("needs", "it defines") if len(given) == 1 else ("need", "they define")
+        raise CascadeVError(f"{them} {verb} --case custom ({pronoun} the custom case; the named cases are fixed).")
+    for dest, _, default in CUSTOM_OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if "custom" in args.case:
+        check_clip(args.frames, *args.size)
+    if args.output:
+        check_output_path(args.output, "report")
 
 
 class Stages:
@@ -317,12 +356,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--case", nargs="+", default=["8x1024"], choices=[*CASES, "all", "custom"], help="one or more cases"
     )
-    parser.add_argument("--frames", type=positive_int, default=8, help="custom case: frames")
+    parser.add_argument("--frames", type=positive_int, default=None, help="custom case: frames (default 8)")
     parser.add_argument(
         "--size",
         type=width_by_height,
-        default=(1024, 1024),
-        help="custom case: output WxH (the input is WxH over --upscale)",
+        default=None,
+        help="custom case: output WxH (default 1024x1024; the input is WxH over --upscale)",
     )
     parser.add_argument("--upscale", type=positive_int, default=None, help="custom case: upscale factor")
     parser.add_argument("--settings", default="both", choices=["default", "release", "both"])
@@ -361,6 +400,7 @@ def main(argv=None) -> int:
 
 def benchmark(args) -> int:
     """``main`` after parsing: every case and setting, the JSON report."""
+    check_options(args)
     device = resolve_device(args.device)
     # The levers (--cfg-options) are the defaults' alone: the release settings run the config as it is.
     configs = {"default": load_config(args.config, args.cfg_options), "release": load_config(args.config)}

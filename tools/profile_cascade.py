@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int, width_by_height  # noqa: E402
-from cascadev.atomic import atomic_output  # noqa: E402
+from cascadev.atomic import atomic_output, check_output_path  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import VAE_STRIDE  # noqa: E402
 from cascadev.errors import CascadeVError, first_line  # noqa: E402
@@ -62,6 +62,7 @@ from cascadev.reconstruct import SamplingArgs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import (  # noqa: E402
+    check_clip,
     measured_peak_tflops,
     recorded_dit_calls,
     run_task,
@@ -341,12 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="JSON file")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.dtype, device)
-        cfg = load_config(args.config, args.cfg_options)
         width, height = args.size
         if height % LATENT_STRIDE or width % LATENT_STRIDE:
             raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {LATENT_STRIDE}")
+        check_clip(args.frames, width, height)
+        if args.output:
+            check_output_path(args.output, "report")  # now, not after the measurements
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.dtype, device)
+        cfg = load_config(args.config, args.cfg_options)
         pipe = build_pipeline(
             cfg,
             ["dit", "compressor", "vae"],

@@ -31,11 +31,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark import check_clip  # noqa: E402
 from profile_cascade import timed  # noqa: E402
 
 from cascadev.argparsing import Parser, fail  # noqa: E402
 from cascadev.argtypes import positive_int, width_by_height  # noqa: E402
-from cascadev.atomic import atomic_output  # noqa: E402
+from cascadev.atomic import atomic_output, check_output_path  # noqa: E402
 from cascadev.cli import add_device_options  # noqa: E402
 from cascadev.conditioning import VAE_STRIDE  # noqa: E402
 from cascadev.errors import CascadeVError  # noqa: E402
@@ -97,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="JSON file")
     args = parser.parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.dtype, device)
         width, height = args.size
         if height % VAE_STRIDE or width % VAE_STRIDE:
             raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {VAE_STRIDE}")
+        check_clip(args.frames, width, height)
+        if args.output:
+            check_output_path(args.output, "report")  # now, not after the measurements
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.dtype, device)
         cfg = load_config(args.config)
         vae = build_pipeline(cfg, ["vae"], device=device, dtype=precision.dtype, random_init=True).vae
         z = torch.randn(args.frames, 4, height // VAE_STRIDE, width // VAE_STRIDE, device=device)
