@@ -342,17 +342,19 @@ def test_measurement_tools_refuse_a_clip_past_the_size_limit_before_building_any
         "111.8 GiB as float32; set CASCADEV_MAX_SIZE to allow more).\n"
     )
     frames = (
-        "--frames 100000: 100000 frames of {} are {} GiB as float32, more than one 8192x8192 frame (the most "
+        "--frames {}: {} frames of {} are {} GiB as float32, more than 16 frames of 8192x8192 (the most "
         "these tools hold at once; set CASCADEV_MAX_SIZE to allow more).\n"
     )
     runs = {
         ("benchmark", ("--case", "custom", "--size", "100000x100000")): "benchmark: error: " + size,
         ("benchmark", ("--case", "custom", "--frames", "100000")): "benchmark: error: "
-        + frames.format("1024x1024", "1171.9"),
+        + frames.format(100000, 100000, "1024x1024", "1171.9"),
         ("profile_cascade", ("--size", "100000x100000")): "profile_cascade: error: " + size,
-        ("profile_cascade", ("--frames", "100000")): "profile_cascade: error: " + frames.format("1024x1024", "1171.9"),
+        ("profile_cascade", ("--frames", "100000")): "profile_cascade: error: "
+        + frames.format(100000, 100000, "1024x1024", "1171.9"),
         ("svd_probe", ("--size", "100000x100000")): "svd_probe: error: " + size,
-        ("svd_probe", ("--frames", "100000", "--size", "64x64")): "svd_probe: error: " + frames.format("64x64", "4.6"),
+        ("svd_probe", ("--frames", "1000000", "--size", "64x64")): "svd_probe: error: "
+        + frames.format(1000000, 1000000, "64x64", "45.8"),
     }
     assert _run_tools(runs, tmp_path) == [(2, err) for err in runs.values()]
 

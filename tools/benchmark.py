@@ -81,20 +81,25 @@ CASES = {
 CUSTOM_OPTIONS = (("frames", "--frames", 8), ("size", "--size", (1024, 1024)), ("upscale", "--upscale", None))
 
 
+# The most pixels a measured clip may hold, in frames at the size limit: 1,024 frames at 1024².
+CLIP_FRAMES_AT_LIMIT = 16
+
+
 def check_clip(frames: int, width: int, height: int) -> None:
     """Refuse, in one line and before anything is built, a clip of ``frames`` frames of ``width`` x ``height``
     past the project's size limit (:func:`cascadev.rules.size_limit_problem`, ``cascadev recon --size``'s):
     the short side, then the whole clip, which these tools hold at once (the synthetic input, the latent,
-    the decoded chunk), against the pixels of one frame at the limit."""
+    the decoded chunk), against the pixels of ``CLIP_FRAMES_AT_LIMIT`` frames at the limit."""
     problem = size_limit_problem(min(width, height))
     if problem:
         raise CascadeVError(f"--size {width}x{height}: {problem}.")
     limit = max_size()
-    if frames * width * height > limit * limit:
+    if frames * width * height > CLIP_FRAMES_AT_LIMIT * limit * limit:
         gib = 3 * 4 * frames * width * height / 2**30  # float32 RGB, as size_limit_problem counts
         raise CascadeVError(
             f"--frames {frames}: {frames} frames of {width}x{height} are {gib:.1f} GiB as float32, more than "
-            f"one {limit}x{limit} frame (the most these tools hold at once; set {MAX_SIZE_ENV} to allow more)."
+            f"{CLIP_FRAMES_AT_LIMIT} frames of {limit}x{limit} (the most these tools hold at once; set {MAX_SIZE_ENV} "
+            "to allow more)."
         )
 
 
