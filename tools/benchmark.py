@@ -85,11 +85,14 @@ CUSTOM_OPTIONS = (("frames", "--frames", 8), ("size", "--size", (1024, 1024)), (
 CLIP_FRAMES_AT_LIMIT = 16
 
 
-def check_clip(frames: int, width: int, height: int) -> None:
+def check_clip(frames: int, width: int, height: int, multiple: int = 1) -> None:
     """Refuse, in one line and before anything is built, a clip of ``frames`` frames of ``width`` x ``height``
-    past the project's size limit (:func:`cascadev.rules.size_limit_problem`, ``cascadev recon --size``'s):
-    the short side, then the whole clip, which these tools hold at once (the synthetic input, the latent,
-    the decoded chunk), against the pixels of ``CLIP_FRAMES_AT_LIMIT`` frames at the limit."""
+    whose sides are not multiples of ``multiple``, or past the project's size limit
+    (:func:`cascadev.rules.size_limit_problem`, ``cascadev recon --size``'s): the short side, then the
+    whole clip, which these tools hold at once (the synthetic input, the latent, the decoded chunk),
+    against the pixels of ``CLIP_FRAMES_AT_LIMIT`` frames at the limit."""
+    if height % multiple or width % multiple:
+        raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {multiple}")
     problem = size_limit_problem(min(width, height))
     if problem:
         raise CascadeVError(f"--size {width}x{height}: {problem}.")

@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         width, height = args.size
-        if height % LATENT_STRIDE or width % LATENT_STRIDE:
-            raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {LATENT_STRIDE}")
-        check_clip(args.frames, width, height)
+        check_clip(args.frames, width, height, LATENT_STRIDE)
         if args.output:
             check_output_path(args.output, "report")  # now, not after the measurements
         device = resolve_device(args.device)

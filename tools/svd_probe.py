@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         width, height = args.size
-        if height % VAE_STRIDE or width % VAE_STRIDE:
-            raise CascadeVError(f"--size {width}x{height}: both sides must be multiples of {VAE_STRIDE}")
-        check_clip(args.frames, width, height)
+        check_clip(args.frames, width, height, VAE_STRIDE)
         if args.output:
             check_output_path(args.output, "report")  # now, not after the measurements
         device = resolve_device(args.device)
